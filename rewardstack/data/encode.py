@@ -1,0 +1,128 @@
+"""Token encoding: chat template, explicit truncation, right padding and length-grouped batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .load import Message
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one (prompt, response) sequence; the reward is read at its last token."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prompt_ids, *self.response_ids]
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def truncate(
+    prompt_ids: Sequence[int], responses: Sequence[Sequence[int]], max_length: int, max_prompt_length: int
+) -> tuple[list[int], list[list[int]], bool]:
+    """Fit prompt + each response into `max_length`: keep the END of the prompt and the START of each
+    response. The prompt keeps max(max_length − longest response, max_prompt_length) tokens at most;
+    the responses share the rest. Returns (prompt, responses, whether anything was cut)."""
+    longest = max(len(r) for r in responses)
+    if len(prompt_ids) + longest <= max_length:
+        return list(prompt_ids), [list(r) for r in responses], False
+    keep = min(len(prompt_ids), max(max_length - longest, max_prompt_length))
+    budget = max_length - keep
+    return list(prompt_ids[len(prompt_ids) - keep :]), [list(r[:budget]) for r in responses], True
+
+
+class Encoder:
+    """Renders chat messages with the tokenizer's template and tokenises prompt and response apart,
+    so the boundary between them is exact (the prompt is shared by all responses to it)."""
+
+    def __init__(self, tokenizer, max_length: int, max_prompt_length: int | None = None):
+        if max_length < 8:
+            raise ValueError("max_length must be at least 8 tokens")
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length if max_prompt_length is not None else max_length // 2
+        if not 0 < self.max_prompt_length < max_length:
+            raise ValueError("max_prompt_length must be between 1 and max_length - 1")
+
+    def render(self, prompt: Sequence[Message], response: str) -> tuple[str, str]:
+        """Prompt text (up to where the assistant starts) and response text (with its end-of-turn)."""
+        messages = list(prompt)
+        tok = self.tokenizer
+        if tok.chat_template:
+            prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+            if full.startswith(prompt_text):
+                return prompt_text, full[len(prompt_text) :]
+            return prompt_text, response + (tok.eos_token or "")
+        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+        return turns + "Assistant: ", response + (tok.eos_token or "")
+
+    def encode(self, prompt: Sequence[Message], responses: Sequence[str]) -> tuple[list[Encoded], bool]:
+        """Encode several responses to one prompt; returns the sequences and whether any was truncated."""
+        rendered = [self.render(prompt, r) for r in responses]
+        with_specials = not self.tokenizer.chat_template  # templates write their own BOS
+        prompt_ids = self.tokenizer(rendered[0][0], add_special_tokens=with_specials)["input_ids"]
+        response_ids = [self.tokenizer(r, add_special_tokens=False)["input_ids"] for _, r in rendered]
+        prompt_ids, response_ids, cut = truncate(prompt_ids, response_ids, self.max_length, self.max_prompt_length)
+        return [Encoded(tuple(prompt_ids), tuple(r)) for r in response_ids], cut
+
+
+def as_messages(prompt: str | Sequence[Message]) -> tuple[Message, ...]:
+    """A prompt given as a plain string is one user turn."""
+    if isinstance(prompt, str):
+        return ({"role": "user", "content": prompt},)
+    return tuple(prompt)
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), right-padded to the longest sequence."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so little padding is computed."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class EncodedPairs:
+    """Encoded preference pairs; `margin` is 0 where a pair has none."""
+
+    chosen: list[Encoded]
+    rejected: list[Encoded]
+    margin: list[float]
+    subset: list[str | None]
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def tokens(self, index: int) -> int:
+        return len(self.chosen[index]) + len(self.rejected[index])
+
+
+def encode_pairs(encoder: Encoder, pairs) -> EncodedPairs:
+    """Encode `PreferencePair`s; the prompt is tokenised once per pair and truncated alike for both."""
+    chosen, rejected, truncated = [], [], 0
+    for pair in pairs:
+        (c, r), cut = encoder.encode(pair.prompt, [pair.chosen, pair.rejected])
+        chosen.append(c)
+        rejected.append(r)
+        truncated += cut
+    margins = [p.margin or 0.0 for p in pairs]
+    return EncodedPairs(chosen, rejected, margins, [p.subset for p in pairs], truncated)

@@ -1,0 +1,327 @@
+"""Preference data: read files or Hugging Face datasets and normalise every row to a `PreferencePair`.
+
+Accepted rows (TRL's formats, column names configurable through `Columns`):
+- explicit prompt: `prompt` plus `chosen`/`rejected`, each a string or a list of chat messages;
+- implicit prompt: only `chosen`/`rejected`, whole dialogues sharing all turns but the last, as message
+  lists, Anthropic-style "\\n\\nHuman: … \\n\\nAssistant: …" strings, or plain strings with a shared prefix;
+- an optional `margin` (number) and `subset` (any value, used to break evaluation down).
+Format `pandalm` reads PandaLM's rows (instruction, input, response1/2, annotator1..3 by majority vote).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import UserError
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: `chosen` is preferred to `rejected` as the next assistant turn after `prompt`."""
+
+    prompt: tuple[Message, ...]
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    subset: str | None = None
+
+
+@dataclass
+class Columns:
+    """Where the fields are in the user's rows, and which row format to expect."""
+
+    prompt_key: str = "prompt"
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    margin_key: str = "margin"
+    subset_key: str = "subset"
+    format: str = "auto"  # auto | pandalm
+    split: str = "train"  # for Hugging Face dataset names
+
+
+@dataclass
+class LoadReport:
+    """What happened to the rows of one source: how many became pairs and why the others did not."""
+
+    source: str
+    rows: int = 0
+    pairs: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "rows": self.rows, "pairs": self.pairs, "skipped": dict(self.skipped)}
+
+
+class RowError(Exception):
+    """A row that cannot become a pair; `reason` is the short category used in skip counts."""
+
+    def __init__(self, reason: str, field_name: str | None, detail: str):
+        super().__init__(detail)
+        self.reason, self.field_name, self.detail = reason, field_name, detail
+
+
+# Rows that a format drops by definition (not errors): always counted, never fatal.
+class DroppedRow(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def load_preferences(
+    source: str | Path, columns: Columns | None = None, skip_invalid: bool = False
+) -> tuple[list[PreferencePair], LoadReport]:
+    """Read `source` into pairs. Invalid rows raise a `UserError` naming file, row and field, or, with
+    `skip_invalid`, are counted by reason in the returned report."""
+    columns = columns or Columns()
+    if columns.format not in ("auto", "pandalm"):
+        raise UserError(f"unknown data format {columns.format!r}: use 'auto' or 'pandalm'")
+    report = LoadReport(str(source))
+    pairs = []
+    for row_number, row in read_rows(source, columns.split):
+        report.rows += 1
+        try:
+            _check_row(row)
+            pairs.append(pandalm_pair(row) if columns.format == "pandalm" else row_to_pair(row, columns))
+        except DroppedRow as dropped:
+            report.skipped[dropped.reason] += 1
+        except RowError as err:
+            _skip_or_raise(err, source, row_number, skip_invalid, report)
+    report.pairs = len(pairs)
+    if not pairs:
+        raise UserError(f"{source}: no usable preference pairs ({report.rows} rows, skipped {dict(report.skipped)})")
+    return pairs, report
+
+
+def _skip_or_raise(err: RowError, source, row_number: int, skip_invalid: bool, report: LoadReport) -> None:
+    """Count an invalid row under its reason, or stop with file, row and field named."""
+    if not skip_invalid:
+        where = f"field {err.field_name!r}: " if err.field_name else ""
+        raise UserError(f"{source}: row {row_number}: {where}{err.detail}")
+    report.skipped[err.reason] += 1
+
+
+def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number, row) from jsonl[.gz], json, parquet, csv or a Hugging Face dataset.
+    A line that is not valid JSON is yielded as a `RowError` so the caller decides what to do."""
+    path = Path(source)
+    name = path.name.lower()
+    if not path.exists():
+        yield from _read_hub_dataset(str(source), split)
+        return
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, RowError("invalid JSON", None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+    elif name.endswith(".json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(data, list):
+            raise UserError(f"{path}: a .json data file must hold a list of rows")
+        yield from enumerate(data, 1)
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        yield from enumerate(pq.read_table(path).to_pylist(), 1)
+    elif name.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as handle:
+            yield from enumerate(csv.DictReader(handle), 1)
+    else:
+        raise UserError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
+
+
+def _read_hub_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
+    if "/" not in name or name.startswith((".", "/")):
+        raise UserError(f"{name}: no such file")
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # datasets raises many types for missing/offline datasets
+        raise UserError(f"{name}: not a file and not a loadable Hugging Face dataset ({type(exc).__name__})") from None
+    yield from enumerate(dataset, 1)
+
+
+def row_to_pair(row: dict, columns: Columns) -> PreferencePair:
+    chosen = _required(row, columns.chosen_key)
+    rejected = _required(row, columns.rejected_key)
+    prompt_value = row.get(columns.prompt_key)
+    if prompt_value is None:
+        prompt, chosen_text, rejected_text = _split_implicit(chosen, rejected, columns)
+    else:
+        prompt = _prompt_messages(prompt_value, columns.prompt_key)
+        chosen_text = _response_after(prompt, chosen, columns.chosen_key)
+        rejected_text = _response_after(prompt, rejected, columns.rejected_key)
+    if not chosen_text.strip():
+        raise RowError("empty response", columns.chosen_key, "empty response")
+    if not rejected_text.strip():
+        raise RowError("empty response", columns.rejected_key, "empty response")
+    if chosen_text == rejected_text:
+        raise RowError("chosen equals rejected", columns.rejected_key, "identical to the chosen response")
+    return PreferencePair(tuple(prompt), chosen_text, rejected_text, _margin(row, columns.margin_key), _subset(row, columns.subset_key))
+
+
+def pandalm_pair(row: dict) -> PreferencePair:
+    """PandaLM: prompt = instruction (+ input), label = majority of annotator1..3 (1 or 2; 0 = tie)."""
+    instruction = _string(row, "instruction")
+    extra = row.get("input") or ""
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    votes = Counter(row.get(f"annotator{i}") for i in (1, 2, 3))
+    if votes[1] > votes[2]:
+        chosen, rejected = _string(row, "response1"), _string(row, "response2")
+    elif votes[2] > votes[1]:
+        chosen, rejected = _string(row, "response2"), _string(row, "response1")
+    else:
+        raise DroppedRow("tie (no majority)")
+    if not chosen.strip() or not rejected.strip():
+        raise RowError("empty response", "response1" if not chosen.strip() else "response2", "empty response")
+    if chosen == rejected:
+        raise RowError("chosen equals rejected", "response2", "identical to the other response")
+    return PreferencePair(({"role": "user", "content": prompt},), chosen, rejected)
+
+
+def _check_row(row: Any) -> None:
+    if isinstance(row, RowError):
+        raise row
+    if not isinstance(row, dict):
+        raise RowError("wrong type", None, f"a row must be an object, got {type(row).__name__}")
+
+
+def _required(row: dict, key: str) -> Any:
+    if key not in row or row[key] is None:
+        raise RowError("missing field", key, "missing")
+    return row[key]
+
+
+def _string(row: dict, key: str) -> str:
+    value = _required(row, key)
+    if not isinstance(value, str):
+        raise RowError("wrong type", key, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _margin(row: dict, key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RowError("wrong type", key, "expected a number, got bool")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RowError("wrong type", key, f"expected a number, got {value!r:.40}") from None
+
+
+def _subset(row: dict, key: str) -> str | None:
+    value = row.get(key)
+    return None if value is None else str(value)
+
+
+def _messages(value: Any, key: str) -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise RowError("wrong type", key, "expected a string or a non-empty list of chat messages")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            raise RowError("wrong type", key, f"message {i} must be an object with string 'role' and 'content'")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+ANTHROPIC_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def parse_anthropic(text: str) -> list[Message] | None:
+    """Split "\\n\\nHuman: … \\n\\nAssistant: …" into messages; None if `text` is not in that format."""
+    if not text.startswith("\n\nHuman:") and not text.startswith("Human:"):
+        return None
+    parts = ANTHROPIC_TURN.split("\n\n" + text if text.startswith("Human:") else text)
+    if parts[0].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[speaker], "content": content.strip()} for speaker, content in zip(parts[1::2], parts[2::2])]
+
+
+def _prompt_messages(value: Any, key: str) -> list[Message]:
+    if isinstance(value, str):
+        messages = parse_anthropic(value)
+        if messages is None:
+            return [{"role": "user", "content": value}]
+        if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+            messages.pop()  # "…\n\nAssistant:" left open for the response
+        return messages
+    return _messages(value, key)
+
+
+def _response_after(prompt: list[Message], value: Any, key: str) -> str:
+    if isinstance(value, str):
+        return value
+    messages = _messages(value, key)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise RowError("wrong type", key, "with an explicit prompt, a conversational response must be one assistant message")
+    return messages[0]["content"]
+
+
+def _split_implicit(chosen: Any, rejected: Any, columns: Columns) -> tuple[list[Message], str, str]:
+    """Shared prompt and the two final responses of two whole dialogues."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        chosen_msgs, rejected_msgs = parse_anthropic(chosen), parse_anthropic(rejected)
+        if chosen_msgs is None or rejected_msgs is None:
+            return _split_plain(chosen, rejected)
+    else:
+        chosen_msgs, rejected_msgs = _messages(chosen, columns.chosen_key), _messages(rejected, columns.rejected_key)
+    for msgs, key in ((chosen_msgs, columns.chosen_key), (rejected_msgs, columns.rejected_key)):
+        if len(msgs) < 2 or msgs[-1]["role"] != "assistant":
+            raise RowError("no shared prompt", key, "an implicit-prompt dialogue must end with an assistant turn after a prompt")
+    if chosen_msgs[:-1] != rejected_msgs[:-1]:
+        raise RowError("no shared prompt", columns.rejected_key, "chosen and rejected must share every turn but the last")
+    return chosen_msgs[:-1], chosen_msgs[-1]["content"], rejected_msgs[-1]["content"]
+
+
+def _split_plain(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
+    """Plain strings: the longest common prefix, cut back to a whitespace boundary, is the prompt."""
+    n = 0
+    limit = min(len(chosen), len(rejected))
+    while n < limit and chosen[n] == rejected[n]:
+        n += 1
+    while n > 0 and not chosen[n - 1].isspace():
+        n -= 1
+    if n == 0:
+        raise RowError("no shared prompt", "chosen", "no prompt column and chosen/rejected share no prefix")
+    return [{"role": "user", "content": chosen[:n]}], chosen[n:], rejected[n:]
+
+
+def load_score_rows(
+    source: str | Path, prompt_key: str = "prompt", response_key: str = "response", skip_invalid: bool = False
+) -> tuple[list[dict], list[tuple[Message, ...]], list[str], LoadReport]:
+    """Rows to score: (the rows as read, their prompts as messages, their responses, report)."""
+    report = LoadReport(str(source))
+    rows, prompts, responses = [], [], []
+    for row_number, row in read_rows(source):
+        report.rows += 1
+        try:
+            _check_row(row)
+            prompt = _prompt_messages(_required(row, prompt_key), prompt_key)
+            response = _string(row, response_key)
+        except RowError as err:
+            _skip_or_raise(err, source, row_number, skip_invalid, report)
+            continue
+        rows.append(row)
+        prompts.append(tuple(prompt))
+        responses.append(response)
+    report.pairs = len(rows)
+    return rows, prompts, responses, report

@@ -1,0 +1,27 @@
+"""Reward sources: anything with `score(prompts, responses) -> RewardScores`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..data.load import Message
+
+
+@dataclass
+class RewardScores:
+    """Rewards for a list of (prompt, response) rows.
+
+    mean: reward per row; std: its standard deviation (None when the source has no uncertainty);
+    parts: named per-aspect rewards; truncated: rows cut to fit the source's maximum length."""
+
+    mean: np.ndarray
+    std: np.ndarray | None = None
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+    truncated: int = 0
+
+
+class RewardSource(Protocol):
+    def score(self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str]) -> RewardScores: ...

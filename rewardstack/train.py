@@ -1,0 +1,253 @@
+"""Training loop on accelerate: the same code runs on one process or under `accelerate launch`.
+
+A step consumes one global batch of `batch_size` pairs. Each process takes every world-th pair of it and
+splits its share into micro-batches of at most `micro_batch_size`; the loss of a micro-batch is
+Σ loss_i · world / |global batch|, so after DDP averages gradients across processes every step follows
+the gradient of the mean loss over the global batch, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .config import TrainConfig
+from .data.encode import EncodedPairs, encode_pairs, pad_right
+from .data.load import load_preferences
+from .errors import UserError
+from .evaluate import evaluate_encoded
+from .losses import bradley_terry_loss
+from .model import RewardModel
+
+LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Global batches for all epochs: per epoch a seeded shuffle, sorted by length within chunks of
+    LENGTH_GROUP batches (little padding), then the batches shuffled. Every pair is used once per epoch."""
+    batches = []
+    for epoch in range(epochs):
+        rng = np.random.default_rng(seed + epoch)
+        order = rng.permutation(len(lengths)).tolist()
+        chunk = batch_size * LENGTH_GROUP
+        epoch_batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: -lengths[i])
+            epoch_batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        batches += [epoch_batches[i] for i in rng.permutation(len(epoch_batches))]
+    return batches
+
+
+def micro_batches(global_batch: list[int], rank: int, world: int, micro_batch_size: int) -> list[tuple[list[int], float]]:
+    """This process's micro-batches of a global batch as (pair indices, weight). Every process gets the
+    same number of them (DDP needs matching backward passes); an empty share reuses a pair with weight 0."""
+    share = global_batch[rank::world]
+    count = math.ceil(math.ceil(len(global_batch) / world) / micro_batch_size)
+    out = []
+    for part in np.array_split(np.array(share, dtype=int), count):
+        if len(part):
+            out.append((part.tolist(), 1.0))
+        else:
+            out.append(([global_batch[0]], 0.0))
+    return out
+
+
+def pair_loss(model: torch.nn.Module, data: EncodedPairs, indices: list[int], config: TrainConfig) -> torch.Tensor:
+    """Per-pair Bradley–Terry loss for `indices`, chosen and rejected in one forward pass."""
+    sequences = [data.chosen[i].ids for i in indices] + [data.rejected[i].ids for i in indices]
+    ids, mask = pad_right(sequences, model_pad_id(model))
+    device = next(p for p in model.parameters()).device
+    rewards = model(ids.to(device), mask.to(device))
+    margin = torch.tensor([data.margin[i] for i in indices], dtype=rewards.dtype, device=device)
+    n = len(indices)
+    return bradley_terry_loss(rewards[:n], rewards[n:], margin, config.center_rewards_coefficient)
+
+
+def model_pad_id(model: torch.nn.Module) -> int:
+    return getattr(model, "module", model).tokenizer.pad_token_id
+
+
+def train(
+    config: TrainConfig,
+    data: str,
+    output_dir: str | Path,
+    eval_data: Sequence[str] = (),
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train a reward model on `data`, evaluating on `eval_data`; write the run directory:
+    config.yaml, metrics.jsonl, checkpoints/, model/ and summary.json. Returns the summary."""
+    output_dir = Path(output_dir)
+    if not resume and (output_dir / "metrics.jsonl").exists():
+        raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
+    # Without cpu=True accelerate ignores a multi-process launch on a machine with no accelerator.
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    set_seed(config.seed)
+
+    pairs, report = load_preferences(data, config.columns, config.skip_invalid)
+    model = RewardModel.create(config)
+    model.training_config = asdict(config)
+    train_set = encode_pairs(model.encoder, pairs)
+    eval_sets = {}
+    for source in eval_data:
+        eval_pairs, eval_report = load_preferences(source, config.columns, config.skip_invalid)
+        eval_sets[str(source)] = (encode_pairs(model.encoder, eval_pairs), eval_report)
+
+    batches = plan_batches([train_set.tokens(i) for i in range(len(train_set))], config.batch_size, config.epochs, config.seed)
+    total_steps = len(batches)
+    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler(
+        "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+        **({} if config.lr_scheduler == "constant" else {"num_training_steps": total_steps}),
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped: RewardModel = accelerator.unwrap_model(model)
+
+    start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler) if resume else 0
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump({"data": str(data), "eval_data": [str(e) for e in eval_data], **asdict(config)}, sort_keys=False))
+        _trim_metrics(output_dir / "metrics.jsonl", start_step)
+    log = _MetricsLog(output_dir / "metrics.jsonl", enabled=main)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        results = {name: evaluate_encoded(unwrapped, encoded, config.eval_batch_size) for name, (encoded, _) in eval_sets.items()}
+        if results:
+            log.write({"step": step, "eval": results})
+        return results
+
+    model.train()
+    tokens, started = 0, time.perf_counter()
+    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not main, dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        global_batch = batches[step]
+        step_loss = torch.zeros((), dtype=torch.float64)
+        parts = micro_batches(global_batch, rank, world, config.micro_batch_size)
+        for i, (indices, weight) in enumerate(parts):
+            sync = i == len(parts) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                losses = pair_loss(model, train_set, indices, config)
+                loss = losses.sum() * (weight * world / len(global_batch))
+                accelerator.backward(loss)
+            step_loss += loss.detach().double().cpu() / world
+            tokens += int(weight) * sum(train_set.tokens(j) for j in indices)
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum").item()
+        log.write({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+        done = step + 1
+        if config.eval_every and done % config.eval_every == 0 and done < total_steps:
+            if main:
+                run_eval(done)
+            accelerator.wait_for_everyone()
+        if config.save_every and done % config.save_every == 0 and done < total_steps:
+            if main:
+                save_checkpoint(output_dir, done, unwrapped, optimizer, scheduler, config.keep_checkpoints)
+            accelerator.wait_for_everyone()
+    bar.close()
+    seconds = time.perf_counter() - started
+    tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
+
+    summary: dict[str, Any] = {}
+    if main:
+        final_eval = run_eval(total_steps)
+        unwrapped.save(output_dir / "model")
+        summary = {
+            "steps": total_steps,
+            "resumed_from_step": start_step,
+            "train": {**report.to_dict(), "truncated": train_set.truncated},
+            "eval_data": {name: {**rep.to_dict(), "truncated": enc.truncated} for name, (enc, rep) in eval_sets.items()},
+            "eval": final_eval,
+            "train_seconds": seconds,
+            "tokens_per_second": tokens / seconds if seconds > 0 else None,
+            "processes": world,
+        }
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+class _MetricsLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they are produced again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, scheduler, keep: int) -> None:
+    """Trainable weights (safetensors), optimizer, scheduler and RNG state; older checkpoints pruned."""
+    root = output_dir / "checkpoints"
+    tmp = root / f".step-{step}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    weights = {name: p.detach().cpu().contiguous() for name, p in model.trainable_parameters().items()}
+    save_file(weights, tmp / "trainable.safetensors")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "state.pt",
+    )
+    (tmp / "step.json").write_text(json.dumps({"step": step}))
+    final = root / f"step-{step}"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old)
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    found = [p for p in root.glob("step-*") if (p / "step.json").exists()] if root.exists() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _load_latest_checkpoint(output_dir: Path, model: RewardModel, optimizer, scheduler) -> int:
+    found = _checkpoints(output_dir)
+    if not found:
+        raise UserError(f"{output_dir}: no checkpoint to resume from (train with --save-every N)")
+    latest = found[-1]
+    weights = load_file(latest / "trainable.safetensors")
+    params = model.trainable_parameters()
+    if set(weights) != set(params):
+        raise UserError(f"{latest}: checkpoint does not match this configuration (different trainable weights)")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = torch.load(latest / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return json.loads((latest / "step.json").read_text())["step"]

@@ -1,0 +1,148 @@
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rewardstack.backbones import tiny_random_tokenizer
+from rewardstack.data.encode import Encoder, length_batches, pad_right, truncate
+from rewardstack.data.load import Columns, PreferencePair, load_preferences, load_score_rows, parse_anthropic
+from rewardstack.errors import UserError
+
+from conftest import write_jsonl
+
+USER_HI = ({"role": "user", "content": "Hi?"},)
+
+
+def test_standard_rows_from_every_file_type(tmp_path):
+    rows = [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away.", "margin": 1.5}]
+    expected = [PreferencePair(USER_HI, "Hello.", "Go away.", 1.5)]
+    write_jsonl(tmp_path / "a.jsonl", rows)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
+        f.write(json.dumps(rows[0]) + "\n")
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    (tmp_path / "a.csv").write_text("prompt,chosen,rejected,margin\nHi?,Hello.,Go away.,1.5\n")
+    for name in ("a.jsonl", "a.jsonl.gz", "a.json", "a.parquet", "a.csv"):
+        pairs, report = load_preferences(tmp_path / name)
+        assert pairs == expected, name
+        assert (report.rows, report.pairs) == (1, 1)
+
+
+def test_conversational_explicit_and_implicit(tmp_path):
+    user = [{"role": "user", "content": "Hi?"}]
+    rows = [
+        {"prompt": user, "chosen": [{"role": "assistant", "content": "Hello."}], "rejected": [{"role": "assistant", "content": "No."}]},
+        {"chosen": user + [{"role": "assistant", "content": "Hello."}], "rejected": user + [{"role": "assistant", "content": "No."}]},
+    ]
+    pairs, _ = load_preferences(write_jsonl(tmp_path / "c.jsonl", rows))
+    assert pairs == [PreferencePair(USER_HI, "Hello.", "No.")] * 2
+
+
+def test_anthropic_dialogues_split_into_prompt_and_final_turns(tmp_path):
+    shared = "\n\nHuman: Hi?\n\nAssistant: Hey.\n\nHuman: Help me."
+    row = {"chosen": shared + "\n\nAssistant: Sure.", "rejected": shared + "\n\nAssistant: No."}
+    (pair,), _ = load_preferences(write_jsonl(tmp_path / "h.jsonl", [row]))
+    assert pair.prompt == (
+        {"role": "user", "content": "Hi?"},
+        {"role": "assistant", "content": "Hey."},
+        {"role": "user", "content": "Help me."},
+    )
+    assert (pair.chosen, pair.rejected) == ("Sure.", "No.")
+    assert parse_anthropic("plain text") is None
+
+
+def test_plain_strings_split_at_shared_prefix_and_custom_columns(tmp_path):
+    row = {"good": "Q: 2+2? A: 4", "bad": "Q: 2+2? A: 5", "grp": "math"}
+    columns = Columns(chosen_key="good", rejected_key="bad", subset_key="grp")
+    (pair,), _ = load_preferences(write_jsonl(tmp_path / "p.jsonl", [row]), columns)
+    assert pair == PreferencePair(({"role": "user", "content": "Q: 2+2? A: "},), "4", "5", None, "math")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "p", "rejected": "b"}', "row 2: field 'chosen': missing"),
+        ('{"prompt": "p", "chosen": 3, "rejected": "b"}', "row 2: field 'chosen': expected a string or a non-empty list"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "b", "margin": "x"}', "row 2: field 'margin': expected a number"),
+        ('{"prompt": "p", "chosen": ', "row 2: invalid JSON"),
+        ('{"prompt": "p", "chosen": "  ", "rejected": "b"}', "row 2: field 'chosen': empty response"),
+        ('{"prompt": "p", "chosen": "a", "rejected": "a"}', "row 2: field 'rejected': identical to the chosen response"),
+        ('[1, 2]', "row 2: a row must be an object"),
+    ],
+)
+def test_bad_rows_name_file_row_and_field(tmp_path, line, message):
+    path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "p", "chosen": "a", "rejected": "b"}', line])
+    with pytest.raises(UserError) as err:
+        load_preferences(path)
+    assert str(err.value).startswith(f"{path}: {message}")
+
+
+def test_skip_invalid_counts_by_reason(tmp_path):
+    rows = [
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}',
+        '{"prompt": "p", "chosen": "a", "rejected": "a"}',
+        '{"prompt": "p", "chosen": "", "rejected": "b"}',
+        '{"prompt": "p", "chosen": "', 
+        '{"prompt": "p", "chosen": "c", "rejected": "d"}',
+    ]
+    pairs, report = load_preferences(write_jsonl(tmp_path / "s.jsonl", rows), skip_invalid=True)
+    assert len(pairs) == 2
+    assert report.to_dict()["skipped"] == {"chosen equals rejected": 1, "empty response": 1, "invalid JSON": 1}
+    assert report.rows == 5
+
+
+def test_pandalm_majority_vote_and_ties_counted(tmp_path):
+    base = {"instruction": "Fix it.", "input": "teh cat", "response1": "the cat", "response2": "teh cat"}
+    rows = [
+        {**base, "annotator1": 1, "annotator2": 1, "annotator3": 2},
+        {**base, "annotator1": 2, "annotator2": 0, "annotator3": 2},
+        {**base, "annotator1": 1, "annotator2": 2, "annotator3": 0},
+    ]
+    pairs, report = load_preferences(write_jsonl(tmp_path / "pl.jsonl", rows), Columns(format="pandalm"))
+    prompt = ({"role": "user", "content": "Fix it.\n\nteh cat"},)
+    assert pairs == [PreferencePair(prompt, "the cat", "teh cat"), PreferencePair(prompt, "teh cat", "the cat")]
+    assert report.to_dict()["skipped"] == {"tie (no majority)": 1}
+
+
+def test_missing_file_and_unknown_type(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_preferences(tmp_path / "nope.jsonl")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(UserError, match="unsupported file type"):
+        load_preferences(tmp_path / "x.txt")
+
+
+def test_score_rows_keep_everything(tmp_path):
+    rows = [{"prompt": "Hi?", "response": "Hello.", "id": 7}, {"prompt": "Hi?", "response": 5}]
+    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    with pytest.raises(UserError, match=r"row 2: field 'response': expected a string"):
+        load_score_rows(path)
+    kept, prompts, responses, report = load_score_rows(path, skip_invalid=True)
+    assert kept == [rows[0]] and prompts == [USER_HI] and responses == ["Hello."]
+    assert report.to_dict()["skipped"] == {"wrong type": 1}
+
+
+def test_truncate_keeps_prompt_end_and_response_start():
+    prompt, responses = list(range(10)), [[100, 101, 102], [200, 201, 202, 203, 204, 205]]
+    assert truncate(prompt, responses, 16, 8) == (prompt, responses, False)
+    # longest response 6: prompt keeps max(12 - 6, 8 // 2 = 4) = 6 tokens; responses get 12 - 6 = 6.
+    assert truncate(prompt, responses, 12, 4) == ([4, 5, 6, 7, 8, 9], responses, True)
+    # prompt keeps at least max_prompt_length = 8 of 10; responses get 2 tokens.
+    assert truncate(prompt, responses, 10, 8) == ([2, 3, 4, 5, 6, 7, 8, 9], [[100, 101], [200, 201]], True)
+
+
+def test_encoder_applies_chat_template_with_exact_boundary():
+    tok = tiny_random_tokenizer()
+    encoder = Encoder(tok, max_length=256)
+    (a, b), cut = encoder.encode(USER_HI, ["Hello.", "No."])
+    assert not cut and a.prompt_ids == b.prompt_ids
+    assert tok.decode(a.prompt_ids) == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert tok.decode(a.response_ids) == "Hello.<|im_end|>\n"
+
+
+def test_padding_and_length_batches():
+    ids, mask = pad_right([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert length_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]

@@ -1,0 +1,40 @@
+import math
+
+import numpy as np
+import torch
+
+from rewardstack.losses import bradley_terry_loss
+from rewardstack.metrics import expected_calibration_error, pairwise_metrics
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_bradley_terry_loss_exact():
+    rc, rr = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    assert torch.allclose(bradley_terry_loss(rc, rr), torch.tensor([-math.log(sig(1.0)), -math.log(sig(-1.0))]))
+    margin = torch.tensor([0.5, 0.0])
+    assert torch.allclose(bradley_terry_loss(rc, rr, margin), torch.tensor([-math.log(sig(0.5)), -math.log(sig(-1.0))]))
+    centred = bradley_terry_loss(rc, rr, None, center_coefficient=0.01)
+    assert torch.allclose(centred, torch.tensor([-math.log(sig(1.0)) + 0.01 * 9, -math.log(sig(-1.0)) + 0.01 * 1]))
+
+
+def test_pairwise_metrics_by_hand():
+    rc, rr = np.array([2.0, 0.0, 1.0, 3.0]), np.array([1.0, 1.0, 1.0, 0.0])
+    m = pairwise_metrics(rc, rr)
+    deltas = [1.0, -1.0, 0.0, 3.0]
+    assert m["accuracy"] == (1 + 0 + 0.5 + 1) / 4
+    assert math.isclose(m["mean_margin"], 0.75)
+    assert math.isclose(m["brier"], sum((1 - sig(d)) ** 2 for d in deltas) / 4)
+    assert math.isclose(m["nll"], sum(-math.log(sig(d)) for d in deltas) / 4)
+
+
+def test_ece_by_hand():
+    # p = 0.75 and 0.95, mirrored to 0.25 and 0.05; bins: [0.0,0.1): 0.05 (y=0), [0.2,0.3): 0.25 (y=0),
+    # [0.7,0.8): 0.75 (y=1), [0.9,1.0]: 0.95 (y=1). ECE = (0.05 + 0.25 + 0.25 + 0.05) / 4 = 0.15.
+    assert math.isclose(expected_calibration_error(np.array([0.75, 0.95])), 0.15)
+    # Two pairs in one bin: p = 0.6, 0.65 with mirrors 0.4, 0.35 → bins [0.6,0.7) and [0.3,0.4).
+    assert math.isclose(expected_calibration_error(np.array([0.6, 0.65])), (2 * abs(1 - 0.625) + 2 * abs(0 - 0.375)) / 4)
+    # Orientation does not matter.
+    assert math.isclose(expected_calibration_error(np.array([0.2, 0.9])), expected_calibration_error(np.array([0.8, 0.1])))

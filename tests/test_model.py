@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from rewardstack.data.encode import as_messages, pad_right
+from rewardstack.errors import UserError
+from rewardstack.model import ModelConfig, RewardModel
+
+PROMPTS = ["What is 2 + 2?", [{"role": "user", "content": "Name a colour."}], "Say hi.", "Count to three, slowly please."]
+RESPONSES = ["4", "Blue, the colour of a clear sky.", "Hi!", "One. Two. Three."]
+
+
+def make_model(lora_r=4) -> RewardModel:
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=lora_r))
+    torch.manual_seed(1)
+    with torch.no_grad():  # move away from the zero initialisation so rewards differ
+        for p in model.trainable_parameters().values():
+            p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("lora_r", [4, 0])
+def test_save_and_reload_give_same_rewards(tmp_path, lora_r):
+    model = make_model(lora_r)
+    before = model.score(PROMPTS, RESPONSES).mean
+    model.save(tmp_path / "m")
+    after = RewardModel.from_pretrained(tmp_path / "m").score(PROMPTS, RESPONSES).mean
+    assert np.abs(before).max() > 1e-3
+    np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_rewards_do_not_depend_on_batch_size_or_padding():
+    model = make_model()
+    one_by_one = np.concatenate([model.score([p], [r], batch_size=1).mean for p, r in zip(PROMPTS, RESPONSES)])
+    np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=3).mean, one_by_one, atol=1e-5)
+    # Extra right padding on every sequence changes nothing, and the tokenizer's padding side is unused.
+    seqs = [model.encoder.encode(as_messages(p), [r])[0][0].ids for p, r in zip(PROMPTS, RESPONSES)]
+    ids, mask = pad_right(seqs, model.tokenizer.pad_token_id)
+    wide_ids = torch.cat([ids, torch.full((len(seqs), 7), model.tokenizer.pad_token_id)], dim=1)
+    wide_mask = torch.cat([mask, torch.zeros((len(seqs), 7), dtype=mask.dtype)], dim=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(model(wide_ids, wide_mask).numpy(), one_by_one, atol=1e-5)
+    model.tokenizer.padding_side = "left"
+    np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
+
+
+def test_new_head_starts_at_zero_and_lm_head_stays_usable():
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=4))
+    assert torch.count_nonzero(model.head.weight) == 0
+    ids = torch.tensor([[5, 6, 7]])
+    assert model.backbone(input_ids=ids).logits.shape == (1, 3, len(model.tokenizer))
+
+
+def test_score_rejects_mismatched_lengths_and_reports_truncation():
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=32, lora_r=4))
+    with pytest.raises(UserError, match="2 prompts but 1 responses"):
+        model.score(["a", "b"], ["x"])
+    assert model.score(["short?"], ["x" * 100]).truncated == 1
+
+
+def test_from_pretrained_names_a_missing_directory(tmp_path):
+    with pytest.raises(UserError, match="not a reward model directory"):
+        RewardModel.from_pretrained(tmp_path)

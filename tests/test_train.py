@@ -1,0 +1,118 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rewardstack.train as train_module
+from rewardstack.config import TrainConfig
+from rewardstack.data.load import Columns
+from rewardstack.errors import UserError
+from rewardstack.model import RewardModel
+from rewardstack.synthetic import arithmetic_pairs, write_jsonl
+from rewardstack.train import micro_batches, plan_batches, train
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    values = dict(model="tiny-random", max_length=256, lora_r=4, batch_size=8, micro_batch_size=8,
+                  learning_rate=5e-3, warmup_ratio=0.0, seed=3, columns=Columns())
+    return TrainConfig(**{**values, **overrides}).validate()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return str(write_jsonl(arithmetic_pairs(40, seed=0), root / "train.jsonl")), str(write_jsonl(arithmetic_pairs(16, seed=1), root / "test.jsonl"))
+
+
+def final_rewards(run_dir, n=16):
+    rows = arithmetic_pairs(n, seed=1)
+    return RewardModel.from_pretrained(run_dir / "model").score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).mean
+
+
+def test_plan_batches_covers_every_pair_once_per_epoch():
+    lengths = list(range(37))
+    batches = plan_batches(lengths, 8, epochs=2, seed=0)
+    assert len(batches) == 10
+    first, second = batches[:5], batches[5:]
+    assert sorted(i for b in first for i in b) == lengths == sorted(i for b in second for i in b)
+    assert plan_batches(lengths, 8, 2, 0) == batches
+
+
+def test_micro_batches_split_a_global_batch_evenly_across_processes():
+    assert micro_batches([0, 1, 2, 3, 4], rank=0, world=1, micro_batch_size=2) == [([0, 1], 1.0), ([2, 3], 1.0), ([4], 1.0)]
+    assert micro_batches([0, 1, 2, 3, 4], rank=1, world=2, micro_batch_size=8) == [([1, 3], 1.0)]
+    # One pair for two processes: the second runs a zero-weight pass so both do the same work.
+    assert micro_batches([9], rank=1, world=2, micro_batch_size=4) == [([9], 0.0)]
+
+
+def test_training_writes_run_directory_and_learns(tmp_path, data):
+    train_file, test_file = data
+    summary = train(tiny_config(epochs=3), train_file, tmp_path / "run", eval_data=[test_file])
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.yaml", "metrics.jsonl", "model", "summary.json"}
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert len(losses) == summary["steps"] == 15
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert summary["train"]["pairs"] == 40 and summary["train"]["truncated"] == 0
+    assert set(summary["eval"][test_file]["subsets"]) <= {"addition", "subtraction", "multiplication"}
+    with pytest.raises(UserError, match="already holds a run"):
+        train(tiny_config(), train_file, tmp_path / "run")
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, data):
+    train_file, _ = data
+    train(tiny_config(), train_file, tmp_path / "big")
+    train(tiny_config(micro_batch_size=3), train_file, tmp_path / "acc")
+    # Micro-batches of 3, 3 and 2 pairs: equal only if every pair is weighted 1/8 (float32 order noise ~2e-5).
+    np.testing.assert_allclose(final_rewards(tmp_path / "acc"), final_rewards(tmp_path / "big"), atol=1e-4)
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, data, monkeypatch):
+    train_file, test_file = data
+    config = tiny_config(epochs=2, save_every=3, lora_dropout=0.1)
+    full = train(config, train_file, tmp_path / "full", eval_data=[test_file])
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(output_dir, step, *args):
+        real_save(output_dir, step, *args)
+        if step == 6:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, train_file, tmp_path / "cut", eval_data=[test_file])
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = train(config, train_file, tmp_path / "cut", eval_data=[test_file], resume=True)
+
+    assert resumed["resumed_from_step"] == 6
+    assert resumed["eval"][test_file]["nll"] == pytest.approx(full["eval"][test_file]["nll"], abs=1e-6)
+    np.testing.assert_allclose(final_rewards(tmp_path / "cut"), final_rewards(tmp_path / "full"), atol=1e-5)
+    steps = [json.loads(l)["step"] for l in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+    assert steps == list(range(1, 11))
+
+
+def test_resume_without_checkpoint_is_a_user_error(tmp_path, data):
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
+        train(tiny_config(), data[0], tmp_path / "empty", resume=True)
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
+    train_file, _ = data
+    common = ["train", "--data", train_file, "--model", "tiny-random", "--max-length", "256", "--lora-r", "4",
+              "--batch-size", "8", "--learning-rate", "5e-3", "--warmup-ratio", "0", "--seed", "3"]
+    rewardstack = [sys.executable, "-m", "rewardstack.cli"]
+    subprocess.run(rewardstack + common + ["--output-dir", str(tmp_path / "one")], check=True, capture_output=True)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launched = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--micro-batch-size", "4", "--output-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    np.testing.assert_allclose(final_rewards(tmp_path / "two"), final_rewards(tmp_path / "one"), atol=1e-4)
