@@ -22,7 +22,6 @@ ChosenKey = Annotated[Optional[str], typer.Option(help="Column of the preferred 
 RejectedKey = Annotated[Optional[str], typer.Option(help="Column of the other response or dialogue [default: rejected]")]
 MarginKey = Annotated[Optional[str], typer.Option(help="Optional column of per-pair margins [default: margin]")]
 SubsetKey = Annotated[Optional[str], typer.Option(help="Optional column to break evaluation down by [default: subset]")]
-DataFormat = Annotated[Optional[str], typer.Option("--format", help="Row format: auto or pandalm [default: auto]")]
 Split = Annotated[Optional[str], typer.Option(help="Split of a Hugging Face dataset name [default: train]")]
 SkipInvalid = Annotated[Optional[bool], typer.Option("--skip-invalid", help="Count and skip invalid rows instead of stopping")]
 
@@ -67,7 +66,6 @@ def train(
     rejected_key: RejectedKey = None,
     margin_key: MarginKey = None,
     subset_key: SubsetKey = None,
-    data_format: DataFormat = None,
     split: Split = None,
     skip_invalid: SkipInvalid = None,
 ):
@@ -78,7 +76,6 @@ def train(
     from .train import train as run_training
 
     columns = {k: options.pop(k) for k in ("prompt_key", "chosen_key", "rejected_key", "margin_key", "subset_key", "split")}
-    columns["format"] = options.pop("data_format")
     for key in ("data", "output_dir", "eval_data", "config", "resume"):
         options.pop(key)
     cfg = load_config(TrainConfig, config, {**options, "columns": columns})
@@ -105,7 +102,6 @@ def eval_command(
     rejected_key: RejectedKey = None,
     margin_key: MarginKey = None,
     subset_key: SubsetKey = None,
-    data_format: DataFormat = None,
     split: Split = None,
     skip_invalid: SkipInvalid = None,
 ):
@@ -114,7 +110,7 @@ def eval_command(
     from .model import RewardModel
 
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, margin_key=margin_key,
-                       subset_key=subset_key, format=data_format, split=split)
+                       subset_key=subset_key, split=split)
     reward_model = RewardModel.from_pretrained(model_dir)
     results = evaluate(reward_model, data, columns, bool(skip_invalid), batch_size)
     typer.echo(format_table(results))
@@ -157,7 +153,7 @@ def score(
 def demo(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes its data and run")] = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Backbone")] = "smollm2-135m",
-    pairs: Annotated[int, typer.Option(help="Generated training pairs")] = 192,
+    pairs: Annotated[int, typer.Option(help="Generated training pairs")] = 256,
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ):
     """Generate arithmetic preference pairs, train a reward model on them and evaluate it."""
@@ -168,6 +164,8 @@ def demo(
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and datasets come from local caches only
     try:
         app()
     except UserError as err:

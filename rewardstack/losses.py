@@ -23,3 +23,4 @@ def bradley_terry_loss(
     if center_coefficient:
         loss = loss + center_coefficient * (r_chosen + r_rejected) ** 2
     return loss
+

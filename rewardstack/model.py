@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .backbones import load_backbone
@@ -25,6 +26,7 @@ from .sources import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
+PROGRESS_MIN_BATCHES = 20  # scoring shows a progress bar from this many batches on
 
 
 @dataclass
@@ -90,7 +92,8 @@ class RewardModel(torch.nn.Module):
         out = np.empty(len(sequences), dtype=np.float64)
         device = self.head.weight.device
         try:
-            for batch in length_batches([len(s) for s in sequences], batch_size):
+            batches = length_batches([len(s) for s in sequences], batch_size)
+            for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
                 ids, mask = pad_right([sequences[i].ids for i in batch], self.tokenizer.pad_token_id)
                 out[batch] = self(ids.to(device), mask.to(device)).double().cpu().numpy()
         finally:

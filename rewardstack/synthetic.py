@@ -1,7 +1,11 @@
 """Generated preference data with a verifiable answer: templated arithmetic word problems.
 
-The chosen response states the right result, the rejected one a wrong result in the same words, so a
-reward model must read the numbers to tell them apart. Used by the demo and the tests."""
+The chosen response works the problem out correctly. The rejected one fails in one of three ways, kept
+in the `subset` column so evaluation shows which failures a reward model catches:
+- `wrong result`: the right operands, a wrong result (the reward model must do the arithmetic);
+- `wrong operands`: a number not in the question, worked out consistently (it must compare with the prompt);
+- `evasive`: no answer at all.
+Used by the demo and the tests."""
 
 from __future__ import annotations
 
@@ -29,21 +33,33 @@ def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
     return question, answer, f"{a} {op} {b}"
 
 
+EVASIVE = [
+    "It is hard to say without more details.",
+    "You could count them yourself to be sure.",
+    "That depends on how you look at it.",
+]
+FAILURES = ["wrong result", "wrong operands", "evasive"]
+
+
 def arithmetic_pairs(count: int, seed: int = 0) -> list[dict]:
-    """`count` rows {prompt, chosen, rejected, subset} with the operation as subset."""
+    """`count` rows {prompt, chosen, rejected, subset}; the failure kinds take turns."""
     rng = random.Random(seed)
     rows = []
-    for _ in range(count):
+    for i in range(count):
         question, answer, expression = arithmetic_problem(rng)
-        wrong = answer + rng.choice([-10, -2, -1, 1, 2, 10])
-        wrong = wrong if wrong >= 0 else answer + 3
+        a, op, b = expression.split()
+        failure = FAILURES[i % len(FAILURES)]
+        if failure == "wrong result":
+            wrong = answer + rng.choice([-10, -2, -1, 1, 2, 10])
+            rejected = f"{expression} = {wrong}. The answer is {wrong}."
+        elif failure == "wrong operands":
+            other = int(a) + rng.choice([-3, -1, 1, 3, 7])
+            result = {"+": other + int(b), "-": other - int(b), "*": other * int(b)}[op]
+            rejected = f"{other} {op} {b} = {result}. The answer is {result}."
+        else:
+            rejected = rng.choice(EVASIVE)
         rows.append(
-            {
-                "prompt": question,
-                "chosen": f"{expression} = {answer}. The answer is {answer}.",
-                "rejected": f"{expression} = {wrong}. The answer is {wrong}.",
-                "subset": {"+": "addition", "-": "subtraction", "*": "multiplication"}[expression.split()[1]],
-            }
+            {"prompt": question, "chosen": f"{expression} = {answer}. The answer is {answer}.", "rejected": rejected, "subset": failure}
         )
     return rows
 

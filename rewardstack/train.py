@@ -67,19 +67,11 @@ def micro_batches(global_batch: list[int], rank: int, world: int, micro_batch_si
     return out
 
 
-def pair_loss(model: torch.nn.Module, data: EncodedPairs, indices: list[int], config: TrainConfig) -> torch.Tensor:
-    """Per-pair Bradley–Terry loss for `indices`, chosen and rejected in one forward pass."""
+def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, margin): the chosen sequences of `indices`, then their rejected ones."""
     sequences = [data.chosen[i].ids for i in indices] + [data.rejected[i].ids for i in indices]
-    ids, mask = pad_right(sequences, model_pad_id(model))
-    device = next(p for p in model.parameters()).device
-    rewards = model(ids.to(device), mask.to(device))
-    margin = torch.tensor([data.margin[i] for i in indices], dtype=rewards.dtype, device=device)
-    n = len(indices)
-    return bradley_terry_loss(rewards[:n], rewards[n:], margin, config.center_rewards_coefficient)
-
-
-def model_pad_id(model: torch.nn.Module) -> int:
-    return getattr(model, "module", model).tokenizer.pad_token_id
+    ids, mask = pad_right(sequences, pad_id)
+    return ids, mask, torch.tensor([data.margin[i] for i in indices], dtype=torch.float32)
 
 
 def train(
@@ -121,10 +113,14 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: RewardModel = accelerator.unwrap_model(model)
 
-    start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler) if resume else 0
+    run_config = {"data": str(data), "eval_data": [str(e) for e in eval_data], **asdict(config)}
+    start_step = 0
+    if resume:
+        _check_same_run(output_dir, run_config)
+        start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump({"data": str(data), "eval_data": [str(e) for e in eval_data], **asdict(config)}, sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
         _trim_metrics(output_dir / "metrics.jsonl", start_step)
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=main)
 
@@ -134,6 +130,7 @@ def train(
             log.write({"step": step, "eval": results})
         return results
 
+    pad_id = unwrapped.tokenizer.pad_token_id
     model.train()
     tokens, started = 0, time.perf_counter()
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not main, dynamic_ncols=True)
@@ -144,7 +141,10 @@ def train(
         for i, (indices, weight) in enumerate(parts):
             sync = i == len(parts) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                losses = pair_loss(model, train_set, indices, config)
+                ids, mask, margin = collate_pairs(train_set, indices, pad_id)
+                rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
+                n = len(indices)
+                losses = bradley_terry_loss(rewards[:n], rewards[n:], margin.to(accelerator.device), config.center_rewards_coefficient)
                 loss = losses.sum() * (weight * world / len(global_batch))
                 accelerator.backward(loss)
             step_loss += loss.detach().double().cpu() / world
@@ -226,6 +226,17 @@ def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, 
     tmp.rename(final)
     for old in _checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+def _check_same_run(output_dir: Path, run_config: dict[str, Any]) -> None:
+    """A resumed run must use the options it was started with, or its result would be neither run."""
+    path = output_dir / "config.yaml"
+    if not path.exists():
+        raise UserError(f"{output_dir}: no run to resume (no config.yaml)")
+    saved = yaml.safe_load(path.read_text())
+    changed = sorted(k for k in run_config.keys() | saved.keys() if run_config.get(k) != saved.get(k))
+    if changed:
+        raise UserError(f"{output_dir}: --resume with other options than the run was started with: {', '.join(changed)}")
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:

@@ -6,7 +6,8 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def write_jsonl(path: Path, rows) -> Path:
+def write_rows(path: Path, rows) -> Path:
+    """Rows as JSON lines; a str row is written as is (to make invalid lines)."""
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
 

@@ -10,7 +10,7 @@ from rewardstack.data.encode import Encoder, length_batches, pad_right, truncate
 from rewardstack.data.load import Columns, PreferencePair, load_preferences, load_score_rows, parse_anthropic
 from rewardstack.errors import UserError
 
-from conftest import write_jsonl
+from conftest import write_rows
 
 USER_HI = ({"role": "user", "content": "Hi?"},)
 
@@ -18,7 +18,7 @@ USER_HI = ({"role": "user", "content": "Hi?"},)
 def test_standard_rows_from_every_file_type(tmp_path):
     rows = [{"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away.", "margin": 1.5}]
     expected = [PreferencePair(USER_HI, "Hello.", "Go away.", 1.5)]
-    write_jsonl(tmp_path / "a.jsonl", rows)
+    write_rows(tmp_path / "a.jsonl", rows)
     with gzip.open(tmp_path / "a.jsonl.gz", "wt") as f:
         f.write(json.dumps(rows[0]) + "\n")
     (tmp_path / "a.json").write_text(json.dumps(rows))
@@ -36,14 +36,14 @@ def test_conversational_explicit_and_implicit(tmp_path):
         {"prompt": user, "chosen": [{"role": "assistant", "content": "Hello."}], "rejected": [{"role": "assistant", "content": "No."}]},
         {"chosen": user + [{"role": "assistant", "content": "Hello."}], "rejected": user + [{"role": "assistant", "content": "No."}]},
     ]
-    pairs, _ = load_preferences(write_jsonl(tmp_path / "c.jsonl", rows))
+    pairs, _ = load_preferences(write_rows(tmp_path / "c.jsonl", rows))
     assert pairs == [PreferencePair(USER_HI, "Hello.", "No.")] * 2
 
 
 def test_anthropic_dialogues_split_into_prompt_and_final_turns(tmp_path):
     shared = "\n\nHuman: Hi?\n\nAssistant: Hey.\n\nHuman: Help me."
     row = {"chosen": shared + "\n\nAssistant: Sure.", "rejected": shared + "\n\nAssistant: No."}
-    (pair,), _ = load_preferences(write_jsonl(tmp_path / "h.jsonl", [row]))
+    (pair,), _ = load_preferences(write_rows(tmp_path / "h.jsonl", [row]))
     assert pair.prompt == (
         {"role": "user", "content": "Hi?"},
         {"role": "assistant", "content": "Hey."},
@@ -56,7 +56,7 @@ def test_anthropic_dialogues_split_into_prompt_and_final_turns(tmp_path):
 def test_plain_strings_split_at_shared_prefix_and_custom_columns(tmp_path):
     row = {"good": "Q: 2+2? A: 4", "bad": "Q: 2+2? A: 5", "grp": "math"}
     columns = Columns(chosen_key="good", rejected_key="bad", subset_key="grp")
-    (pair,), _ = load_preferences(write_jsonl(tmp_path / "p.jsonl", [row]), columns)
+    (pair,), _ = load_preferences(write_rows(tmp_path / "p.jsonl", [row]), columns)
     assert pair == PreferencePair(({"role": "user", "content": "Q: 2+2? A: "},), "4", "5", None, "math")
 
 
@@ -73,7 +73,7 @@ def test_plain_strings_split_at_shared_prefix_and_custom_columns(tmp_path):
     ],
 )
 def test_bad_rows_name_file_row_and_field(tmp_path, line, message):
-    path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "p", "chosen": "a", "rejected": "b"}', line])
+    path = write_rows(tmp_path / "bad.jsonl", ['{"prompt": "p", "chosen": "a", "rejected": "b"}', line])
     with pytest.raises(UserError) as err:
         load_preferences(path)
     assert str(err.value).startswith(f"{path}: {message}")
@@ -87,20 +87,20 @@ def test_skip_invalid_counts_by_reason(tmp_path):
         '{"prompt": "p", "chosen": "', 
         '{"prompt": "p", "chosen": "c", "rejected": "d"}',
     ]
-    pairs, report = load_preferences(write_jsonl(tmp_path / "s.jsonl", rows), skip_invalid=True)
+    pairs, report = load_preferences(write_rows(tmp_path / "s.jsonl", rows), skip_invalid=True)
     assert len(pairs) == 2
     assert report.to_dict()["skipped"] == {"chosen equals rejected": 1, "empty response": 1, "invalid JSON": 1}
     assert report.rows == 5
 
 
-def test_pandalm_majority_vote_and_ties_counted(tmp_path):
+def test_pandalm_rows_recognised_majority_vote_and_ties_counted(tmp_path):
     base = {"instruction": "Fix it.", "input": "teh cat", "response1": "the cat", "response2": "teh cat"}
     rows = [
         {**base, "annotator1": 1, "annotator2": 1, "annotator3": 2},
         {**base, "annotator1": 2, "annotator2": 0, "annotator3": 2},
         {**base, "annotator1": 1, "annotator2": 2, "annotator3": 0},
     ]
-    pairs, report = load_preferences(write_jsonl(tmp_path / "pl.jsonl", rows), Columns(format="pandalm"))
+    pairs, report = load_preferences(write_rows(tmp_path / "pl.jsonl", rows))
     prompt = ({"role": "user", "content": "Fix it.\n\nteh cat"},)
     assert pairs == [PreferencePair(prompt, "the cat", "teh cat"), PreferencePair(prompt, "teh cat", "the cat")]
     assert report.to_dict()["skipped"] == {"tie (no majority)": 1}
@@ -114,9 +114,15 @@ def test_missing_file_and_unknown_type(tmp_path):
         load_preferences(tmp_path / "x.txt")
 
 
+def test_unknown_hub_dataset_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="someorg/no-such-dataset: no such file, and no such Hugging Face dataset"):
+        load_preferences("someorg/no-such-dataset")
+
+
 def test_score_rows_keep_everything(tmp_path):
     rows = [{"prompt": "Hi?", "response": "Hello.", "id": 7}, {"prompt": "Hi?", "response": 5}]
-    path = write_jsonl(tmp_path / "s.jsonl", rows)
+    path = write_rows(tmp_path / "s.jsonl", rows)
     with pytest.raises(UserError, match=r"row 2: field 'response': expected a string"):
         load_score_rows(path)
     kept, prompts, responses, report = load_score_rows(path, skip_invalid=True)
@@ -146,3 +152,17 @@ def test_padding_and_length_batches():
     ids, mask = pad_right([[1, 2, 3], [4]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     assert length_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]
+
+
+def test_generated_arithmetic_pairs_are_verifiable():
+    from rewardstack.synthetic import arithmetic_pairs
+
+    rows = arithmetic_pairs(30, seed=5)
+    assert rows == arithmetic_pairs(30, seed=5)
+    assert [r["subset"] for r in rows[:3]] == ["wrong result", "wrong operands", "evasive"]
+    for row in rows:
+        expression, _, rest = row["chosen"].partition(" = ")
+        a, op, b = expression.split()
+        assert int(rest.split(".")[0]) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+        assert a in row["prompt"] and b in row["prompt"]
+        assert row["chosen"] != row["rejected"]

@@ -4,8 +4,9 @@ Accepted rows (TRL's formats, column names configurable through `Columns`):
 - explicit prompt: `prompt` plus `chosen`/`rejected`, each a string or a list of chat messages;
 - implicit prompt: only `chosen`/`rejected`, whole dialogues sharing all turns but the last, as message
   lists, Anthropic-style "\\n\\nHuman: … \\n\\nAssistant: …" strings, or plain strings with a shared prefix;
-- an optional `margin` (number) and `subset` (any value, used to break evaluation down).
-Format `pandalm` reads PandaLM's rows (instruction, input, response1/2, annotator1..3 by majority vote).
+- an optional `margin` (number) and `subset` (any value, used to break evaluation down);
+- PandaLM's rows (instruction, input, response1/2, annotator1..3), recognised by those fields; the label
+  is the annotators' majority vote.
 """
 
 from __future__ import annotations
@@ -37,14 +38,13 @@ class PreferencePair:
 
 @dataclass
 class Columns:
-    """Where the fields are in the user's rows, and which row format to expect."""
+    """Where the fields are in the user's rows."""
 
     prompt_key: str = "prompt"
     chosen_key: str = "chosen"
     rejected_key: str = "rejected"
     margin_key: str = "margin"
     subset_key: str = "subset"
-    format: str = "auto"  # auto | pandalm
     split: str = "train"  # for Hugging Face dataset names
 
 
@@ -82,15 +82,13 @@ def load_preferences(
     """Read `source` into pairs. Invalid rows raise a `UserError` naming file, row and field, or, with
     `skip_invalid`, are counted by reason in the returned report."""
     columns = columns or Columns()
-    if columns.format not in ("auto", "pandalm"):
-        raise UserError(f"unknown data format {columns.format!r}: use 'auto' or 'pandalm'")
     report = LoadReport(str(source))
     pairs = []
     for row_number, row in read_rows(source, columns.split):
         report.rows += 1
         try:
             _check_row(row)
-            pairs.append(pandalm_pair(row) if columns.format == "pandalm" else row_to_pair(row, columns))
+            pairs.append(pandalm_pair(row) if _is_pandalm(row, columns) else row_to_pair(row, columns))
         except DroppedRow as dropped:
             report.skipped[dropped.reason] += 1
         except RowError as err:
@@ -154,7 +152,10 @@ def _read_hub_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
     try:
         dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:  # datasets raises many types for missing/offline datasets
-        raise UserError(f"{name}: not a file and not a loadable Hugging Face dataset ({type(exc).__name__})") from None
+        raise UserError(
+            f"{name}: no such file, and no such Hugging Face dataset in the local cache ({type(exc).__name__}); "
+            "the CLI downloads only with REWARDSTACK_ALLOW_DOWNLOAD=1"
+        ) from None
     yield from enumerate(dataset, 1)
 
 
@@ -175,6 +176,10 @@ def row_to_pair(row: dict, columns: Columns) -> PreferencePair:
     if chosen_text == rejected_text:
         raise RowError("chosen equals rejected", columns.rejected_key, "identical to the chosen response")
     return PreferencePair(tuple(prompt), chosen_text, rejected_text, _margin(row, columns.margin_key), _subset(row, columns.subset_key))
+
+
+def _is_pandalm(row: dict, columns: Columns) -> bool:
+    return columns.chosen_key not in row and {"response1", "response2", "annotator1"} <= row.keys()
 
 
 def pandalm_pair(row: dict) -> PreferencePair:

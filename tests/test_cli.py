@@ -1,0 +1,88 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from rewardstack.config import TrainConfig, load_config
+from rewardstack.data.load import Columns
+from rewardstack.errors import UserError
+from rewardstack.model import ModelConfig, RewardModel
+from rewardstack.synthetic import arithmetic_pairs
+
+from conftest import write_rows
+
+
+def cli(*args, check_rc=0):
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "rewardstack.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    assert result.returncode == check_rc, result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("m") / "model"
+    RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=4)).save(directory)
+    return directory
+
+
+def test_bad_row_exits_2_with_one_line(tmp_path, model_dir):
+    data = write_rows(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}])
+    result = cli("eval", "--model-dir", model_dir, "--data", data, check_rc=2)
+    assert result.stderr.strip() == f"error: {data}: row 2: field 'rejected': missing"
+
+
+def test_train_with_yaml_config_and_flag_override(tmp_path):
+    data = write_rows(tmp_path / "t.jsonl", arithmetic_pairs(8, seed=0))
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": "tiny-random", "max_length": 256, "lora_r": 2, "batch_size": 4, "columns": {"subset_key": "none"}}))
+    result = cli("train", "--data", data, "--output-dir", tmp_path / "run", "--config", config, "--batch-size", "8")
+    assert "trained 1 steps on 8 pairs (0 truncated, 0 skipped)" in result.stdout
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["batch_size"], saved["lora_r"], saved["columns"]["subset_key"]) == (8, 2, "none")
+
+
+def test_unknown_config_key_is_a_user_error(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("batch_sise: 3\n")
+    with pytest.raises(UserError, match="unknown option 'batch_sise'"):
+        load_config(TrainConfig, config)
+    with pytest.raises(UserError, match="option 'epochs' must be int"):
+        load_config(TrainConfig, None, {"epochs": "two"})
+    with pytest.raises(UserError, match="lr_scheduler must be"):
+        load_config(TrainConfig, None, {"lr_scheduler": "step"})
+
+
+def test_eval_writes_json_with_subsets_and_counts(tmp_path, model_dir):
+    rows = arithmetic_pairs(6, seed=2) + [{"prompt": "p", "chosen": "a", "rejected": "a"}]
+    data = write_rows(tmp_path / "e.jsonl", rows)
+    result = cli("eval", "--model-dir", model_dir, "--data", data, "--output", tmp_path / "m.json", "--skip-invalid")
+    metrics = json.loads((tmp_path / "m.json").read_text())[str(data)]
+    assert metrics["pairs"] == 6 and metrics["rows"] == 7
+    assert metrics["skipped"] == {"chosen equals rejected": 1}
+    assert metrics["accuracy"] == 0.5  # a fresh head scores every response 0: all ties
+    assert sum(s["pairs"] for s in metrics["subsets"].values()) == 6
+    assert "acc" in result.stdout.splitlines()[0]
+
+
+def test_score_keeps_input_fields_and_matches_python(tmp_path, model_dir):
+    rows = [{"id": i, "prompt": r["prompt"], "response": r["chosen"]} for i, r in enumerate(arithmetic_pairs(5, seed=4))]
+    data = write_rows(tmp_path / "s.jsonl", rows)
+    result = cli("score", "--model-dir", model_dir, "--input", data, "--output", tmp_path / "out.jsonl")
+    assert "scored 5 rows (0 truncated, 0 skipped)" in result.stdout
+    out = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
+    expected = RewardModel.from_pretrained(model_dir).score([r["prompt"] for r in rows], [r["response"] for r in rows]).mean
+    assert [o["id"] for o in out] == list(range(5))
+    assert [o["reward"] for o in out] == pytest.approx(list(expected), abs=1e-6)
+
+
+def test_every_config_field_has_a_documented_train_flag():
+    text = cli("train", "--help").stdout
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "columns"]
+    names += [f.name for f in dataclasses.fields(Columns)]
+    for name in names:
+        assert "--" + name.replace("_", "-") in text, name
