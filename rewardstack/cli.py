@@ -55,6 +55,13 @@ def train(
     warmup_ratio: Annotated[Optional[float], typer.Option(help="Share of steps with linear warm-up [default: 0.03]")] = None,
     lr_scheduler: Annotated[Optional[str], typer.Option(help="linear, cosine or constant [default: linear]")] = None,
     max_grad_norm: Annotated[Optional[float], typer.Option(help="Gradient clipping norm, 0 = off [default: 1.0]")] = None,
+    objective: Annotated[Optional[str], typer.Option(help="bt (reward head), haf (reward head + token-level policy loss) or dpo (policy loss alone) [default: bt]")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="β of the policy loss and the implicit reward [default: 0.1]")] = None,
+    policy_loss: Annotated[Optional[str], typer.Option(help="sigmoid, ipo, hinge or simpo [default: sigmoid]")] = None,
+    reward_weight: Annotated[Optional[float], typer.Option(help="λ: weight of the Bradley–Terry loss under haf [default: 1.0]")] = None,
+    policy_weight: Annotated[Optional[float], typer.Option(help="α: weight of the policy loss under haf [default: 0.2]")] = None,
+    simpo_gamma: Annotated[Optional[float], typer.Option(help="γ margin of the simpo policy loss [default: 0.5]")] = None,
+    ref_cache_dir: Annotated[Optional[str], typer.Option(help="Also cache reference log-probabilities on disk here")] = None,
     center_rewards_coefficient: Annotated[Optional[float], typer.Option(help="c in the centering term c·(r_c + r_r)² [default: 0.0]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Steps between evaluations, 0 = at the end only [default: 0]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Steps between checkpoints, 0 = none [default: 0]")] = None,
@@ -69,7 +76,7 @@ def train(
     split: Split = None,
     skip_invalid: SkipInvalid = None,
 ):
-    """Train a Bradley–Terry reward model."""
+    """Train a reward model: Bradley–Terry, the HaF hybrid objective, or DPO."""
     options = dict(locals())
     from .config import TrainConfig, load_config
     from .evaluate import format_table

@@ -12,6 +12,7 @@ import yaml
 
 from .data.load import Columns
 from .errors import UserError
+from .losses import POLICY_LOSSES
 from .model import ModelConfig
 
 
@@ -28,6 +29,10 @@ class TrainConfig(ModelConfig):
     lr_scheduler: str = "linear"  # linear | cosine | constant (after warm-up)
     max_grad_norm: float = 1.0  # 0 disables clipping
     center_rewards_coefficient: float = 0.0  # c in c·(r_c + r_r)²
+    reward_weight: float = 1.0  # λ: weight of the Bradley–Terry loss in the haf objective
+    policy_weight: float = 0.2  # α: weight of the token-level policy loss in the haf objective
+    simpo_gamma: float = 0.5  # γ margin of the simpo policy loss
+    ref_cache_dir: str | None = None  # also keep reference log-probabilities on disk here, keyed by model and data
     eval_every: int = 0  # steps between evaluations on --eval-data (0: only at the end)
     save_every: int = 0  # steps between checkpoints (0: none)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
@@ -45,6 +50,10 @@ class TrainConfig(ModelConfig):
             raise UserError(f"lr_scheduler must be linear, cosine or constant, got {self.lr_scheduler!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.objective not in ("bt", "haf", "dpo"):
+            raise UserError(f"objective must be bt, haf or dpo, got {self.objective!r}")
+        if self.policy_loss not in POLICY_LOSSES:
+            raise UserError(f"policy_loss must be one of {', '.join(POLICY_LOSSES)}, got {self.policy_loss!r}")
         if self.lora_r < 0:
             raise UserError(f"lora_r must be 0 (full fine-tuning) or positive, got {self.lora_r}")
         return self

@@ -12,11 +12,16 @@ from .model import RewardModel
 
 
 def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16) -> dict[str, Any]:
-    """Pairwise metrics of `model` on encoded pairs, with a breakdown by subset when pairs carry one."""
+    """Pairwise metrics of `model` on encoded pairs, with a breakdown by subset when pairs carry one.
+    The reward is the head's (bt, haf) or the implicit one (dpo); a haf model also gets `implicit_reward`
+    metrics, β·(log π − log π_ref) with the adapter-disabled backbone as reference."""
     rewards = model.rewards(pairs.chosen + pairs.rejected, batch_size)
     r_chosen, r_rejected = rewards[: len(pairs)], rewards[len(pairs) :]
     result: dict[str, Any] = pairwise_metrics(r_chosen, r_rejected)
     result["truncated"] = pairs.truncated
+    if model.config.objective == "haf":  # the LM head was trained too: report its implicit reward as well
+        implicit = model.implicit_rewards(pairs.chosen + pairs.rejected, batch_size)
+        result["implicit_reward"] = pairwise_metrics(implicit[: len(pairs)], implicit[len(pairs) :])
     groups: dict[str, list[int]] = defaultdict(list)
     for i, subset in enumerate(pairs.subset):
         if subset is not None:
@@ -60,6 +65,8 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
     for source, m in results.items():
         lines.append(line(source, m, m.get("truncated", ""), sum(m.get("skipped", {}).values())))
+        if "implicit_reward" in m:
+            lines.append(line("  implicit reward (LM head)", m["implicit_reward"]))
         for subset, sm in m.get("subsets", {}).items():
             lines.append(line(f"  {subset}", sm))
     return "\n".join(lines)

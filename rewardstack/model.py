@@ -6,6 +6,7 @@ prompt + response. The LM head is left in place and usable.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -22,11 +24,13 @@ from .backbones import load_backbone
 from .data.encode import Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
 from .errors import UserError
+from .losses import implicit_reward
 from .sources import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
 PROGRESS_MIN_BATCHES = 20  # scoring shows a progress bar from this many batches on
+LOGPROB_CHUNK = 512  # response positions per LM-head chunk
 
 
 @dataclass
@@ -40,6 +44,9 @@ class ModelConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: str = "all-linear"  # comma-separated module names, or all-linear
+    objective: str = "bt"  # bt | haf | dpo: how it was trained; a dpo model's reward is its implicit reward
+    beta: float = 0.1  # β of the policy loss and of the implicit reward
+    policy_loss: str = "sigmoid"  # sigmoid | ipo | hinge | simpo
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -56,6 +63,7 @@ class RewardModel(torch.nn.Module):
         self.head = torch.nn.Linear(backbone.config.hidden_size, 1, bias=False)
         torch.nn.init.zeros_(self.head.weight)
         self.encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length)
+        self._cache: dict[str, Any] = {}  # lazily loaded helpers (the reference model), not saved
 
     @classmethod
     def create(cls, config: ModelConfig) -> "RewardModel":
@@ -70,23 +78,83 @@ class RewardModel(torch.nn.Module):
                 target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             )
             backbone = get_peft_model(backbone, lora)
-        return cls(backbone, tokenizer, config)
+        model = cls(backbone, tokenizer, config)
+        model.head.requires_grad_(config.objective != "dpo")  # dpo rewards come from the LM head alone
+        return model
 
     @property
     def decoder(self) -> torch.nn.Module:
         """The transformer body without the LM head (LoRA layers included)."""
-        base = self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
-        return base.get_decoder()
+        return self._base_lm().get_decoder()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards of right-padded sequences, shape (batch,)."""
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Rewards of right-padded sequences, shape (batch,); with `prompt_lengths`, also the response
+        log-probabilities log π(y|x) from the same backbone pass."""
         hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
-        return self.head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1)
+        rewards = self.head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1)
+        if prompt_lengths is None:
+            return rewards
+        return rewards, self.response_logprobs(hidden, input_ids, attention_mask, prompt_lengths)
+
+    def response_logprobs(
+        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor,
+        chunk_size: int = LOGPROB_CHUNK,
+    ) -> torch.Tensor:
+        """log π(y|x) = Σ_t log p(y_t | x, y_<t) over response tokens only. The LM head and log-softmax run
+        on the positions that predict response tokens, `chunk_size` rows at a time, recomputed in the
+        backward pass, so memory stays near chunk_size × vocabulary whatever the response length."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        is_response = (positions[None] >= prompt_lengths[:, None]) & (positions[None] < attention_mask.sum(1)[:, None])
+        rows, cols = is_response.nonzero(as_tuple=True)
+        states, targets = hidden[rows, cols - 1], input_ids[rows, cols]
+        lm_head = self._base_lm().get_output_embeddings()
+        parts = [
+            checkpoint(_token_logprobs, lm_head, states[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
+            for i in range(0, len(rows), chunk_size)
+        ]
+        token_logps = torch.cat(parts) if parts else hidden.new_zeros(0)
+        return hidden.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
+
+    def _base_lm(self) -> torch.nn.Module:
+        return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 
     @torch.no_grad()
     def rewards(self, sequences: Sequence[Encoded], batch_size: int = 16) -> np.ndarray:
-        """Rewards of encoded sequences, computed in length-grouped batches, in input order."""
+        """Rewards of encoded sequences in input order: the head's, or for a dpo model the implicit reward."""
+        if self.config.objective == "dpo":
+            return self.implicit_rewards(sequences, batch_size)
+        return self._batched(sequences, batch_size, lambda ids, mask, _: self(ids, mask))
+
+    @torch.no_grad()
+    def implicit_rewards(self, sequences: Sequence[Encoded], batch_size: int = 16) -> np.ndarray:
+        """β·(log π(y|x) − log π_ref(y|x)), or β·log π(y|x)/|y| for simpo (see losses.implicit_reward)."""
+        logps = torch.from_numpy(self.logprobs(sequences, batch_size))
+        lengths = torch.tensor([len(s.response_ids) for s in sequences], dtype=torch.float64)
+        if self.config.policy_loss == "simpo":
+            return implicit_reward(logps, None, self.config.beta, lengths).numpy()
+        ref = torch.from_numpy(self.logprobs(sequences, batch_size, reference=True))
+        return implicit_reward(logps, ref, self.config.beta).numpy()
+
+    @torch.no_grad()
+    def logprobs(self, sequences: Sequence[Encoded], batch_size: int = 16, reference: bool = False) -> np.ndarray:
+        """log π(y|x) of each sequence's response; `reference` uses the backbone as it was before training
+        (LoRA disabled, or the base model reloaded after full fine-tuning)."""
+        model = self._reference_model() if reference and not isinstance(self.backbone, PeftModel) else self
+        context = self.backbone.disable_adapter() if reference and model is self else contextlib.nullcontext()
+        with context:
+            return model._batched(sequences, batch_size, lambda ids, mask, prompt: model(ids, mask, prompt)[1])
+
+    def _reference_model(self) -> "RewardModel":
+        if "reference" not in self._cache:
+            backbone, _ = load_backbone(self.config.model)
+            self._cache["reference"] = RewardModel(backbone.to(self.head.weight.device), self.tokenizer, self.config).eval()
+        return self._cache["reference"]
+
+    def _batched(self, sequences: Sequence[Encoded], batch_size: int, compute) -> np.ndarray:
+        """compute(input_ids, attention_mask, prompt_lengths) over length-grouped batches, in input order."""
         was_training = self.training
         self.eval()
         out = np.empty(len(sequences), dtype=np.float64)
@@ -95,7 +163,8 @@ class RewardModel(torch.nn.Module):
             batches = length_batches([len(s) for s in sequences], batch_size)
             for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
                 ids, mask = pad_right([sequences[i].ids for i in batch], self.tokenizer.pad_token_id)
-                out[batch] = self(ids.to(device), mask.to(device)).double().cpu().numpy()
+                prompt = torch.tensor([len(sequences[i].prompt_ids) for i in batch], device=device)
+                out[batch] = compute(ids.to(device), mask.to(device), prompt).double().cpu().numpy()
         finally:
             self.train(was_training)
         return out
@@ -146,3 +215,8 @@ class RewardModel(torch.nn.Module):
         model = cls(backbone, tokenizer, config, meta.get("training"))
         model.head.weight.data.copy_(load_file(directory / "head.safetensors")["weight"])
         return model.eval()
+
+
+def _token_logprobs(lm_head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) under the LM head for each row of `states`."""
+    return torch.log_softmax(lm_head(states).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)

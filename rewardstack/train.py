@@ -9,11 +9,12 @@ the gradient of the mean loss over the global batch, whatever the number of proc
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +32,7 @@ from .data.encode import EncodedPairs, encode_pairs, pad_right
 from .data.load import load_preferences
 from .errors import UserError
 from .evaluate import evaluate_encoded
-from .losses import bradley_terry_loss
+from .losses import bradley_terry_loss, policy_loss
 from .model import RewardModel
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
@@ -67,11 +68,71 @@ def micro_batches(global_batch: list[int], rank: int, world: int, micro_batch_si
     return out
 
 
-def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, margin): the chosen sequences of `indices`, then their rejected ones."""
-    sequences = [data.chosen[i].ids for i in indices] + [data.rejected[i].ids for i in indices]
-    ids, mask = pad_right(sequences, pad_id)
-    return ids, mask, torch.tensor([data.margin[i] for i in indices], dtype=torch.float32)
+@dataclass
+class PairBatch:
+    """Chosen sequences of some pairs followed by their rejected ones, right-padded."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_lengths: torch.Tensor
+    response_lengths: torch.Tensor
+    margin: torch.Tensor
+    indices: list[int]
+
+    def to(self, device) -> "PairBatch":
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+        return PairBatch(**moved)
+
+
+def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int) -> PairBatch:
+    encoded = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
+    ids, mask = pad_right([e.ids for e in encoded], pad_id)
+    return PairBatch(
+        ids, mask,
+        torch.tensor([len(e.prompt_ids) for e in encoded]),
+        torch.tensor([len(e.response_ids) for e in encoded], dtype=torch.float32),
+        torch.tensor([data.margin[i] for i in indices], dtype=torch.float32),
+        indices,
+    )
+
+
+def objective_losses(model: torch.nn.Module, batch: PairBatch, config: TrainConfig, reference: torch.Tensor | None) -> torch.Tensor:
+    """Per-pair loss of the configured objective:
+      bt:  L_BT (see losses.bradley_terry_loss)
+      haf: λ·L_BT + α·L_policy, both from one backbone pass (reward head and LM head)
+      dpo: L_policy alone
+    `reference` holds the reference log-probabilities of the pairs as (pairs, 2): chosen, rejected."""
+    n = len(batch.indices)
+    if config.objective == "bt":
+        rewards = model(batch.input_ids, batch.attention_mask)
+        return bradley_terry_loss(rewards[:n], rewards[n:], batch.margin, config.center_rewards_coefficient)
+    rewards, logps = model(batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+    ref_c, ref_r = (None, None) if reference is None else (reference[batch.indices, 0], reference[batch.indices, 1])
+    policy = policy_loss(logps[:n], logps[n:], ref_c, ref_r, config.beta, config.policy_loss,
+                         batch.response_lengths[:n], batch.response_lengths[n:], config.simpo_gamma)
+    if config.objective == "dpo":
+        return policy
+    bt = bradley_terry_loss(rewards[:n], rewards[n:], batch.margin, config.center_rewards_coefficient)
+    return config.reward_weight * bt + config.policy_weight * policy
+
+
+def reference_logprobs(model: RewardModel, data: EncodedPairs, config: TrainConfig) -> torch.Tensor:
+    """log π_ref of every pair's chosen and rejected response, shape (pairs, 2), computed once before
+    training while the model still is the reference (LoRA starts as the identity; full fine-tuning has
+    not changed a weight yet). With `ref_cache_dir` they are also stored on disk, keyed by a hash of the
+    backbone name and every token id, and read back by later runs on the same data."""
+    cache = None
+    if config.ref_cache_dir:
+        digest = hashlib.sha256(json.dumps([config.model, [e.ids for e in data.chosen], [e.ids for e in data.rejected]]).encode())
+        cache = Path(config.ref_cache_dir) / f"reflogps-{digest.hexdigest()[:24]}.safetensors"
+        if cache.exists():
+            return load_file(cache)["logps"]
+    logps = model.logprobs(data.chosen + data.rejected, config.eval_batch_size)
+    table = torch.from_numpy(logps).float().reshape(2, len(data)).T.contiguous()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"logps": table}, cache)
+    return table
 
 
 def train(
@@ -96,6 +157,8 @@ def train(
     model = RewardModel.create(config)
     model.training_config = asdict(config)
     train_set = encode_pairs(model.encoder, pairs)
+    needs_reference = config.objective != "bt" and config.policy_loss != "simpo"
+    reference = reference_logprobs(model, train_set, config).to(accelerator.device) if needs_reference else None
     eval_sets = {}
     for source in eval_data:
         eval_pairs, eval_report = load_preferences(source, config.columns, config.skip_invalid)
@@ -141,10 +204,8 @@ def train(
         for i, (indices, weight) in enumerate(parts):
             sync = i == len(parts) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                ids, mask, margin = collate_pairs(train_set, indices, pad_id)
-                rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
-                n = len(indices)
-                losses = bradley_terry_loss(rewards[:n], rewards[n:], margin.to(accelerator.device), config.center_rewards_coefficient)
+                batch = collate_pairs(train_set, indices, pad_id).to(accelerator.device)
+                losses = objective_losses(model, batch, config, reference)
                 loss = losses.sum() * (weight * world / len(global_batch))
                 accelerator.backward(loss)
             step_loss += loss.detach().double().cpu() / world

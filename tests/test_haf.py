@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rewardstack.config import TrainConfig
+from rewardstack.data.encode import encode_pairs
+from rewardstack.data.load import Columns, PreferencePair
+from rewardstack.evaluate import evaluate_encoded
+from rewardstack.losses import bradley_terry_loss, policy_loss
+from rewardstack.model import RewardModel
+from rewardstack.synthetic import arithmetic_pairs, write_jsonl
+from rewardstack.train import collate_pairs, objective_losses, reference_logprobs, train
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_policy_losses_by_hand():
+    c, r, ref_c, ref_r = (torch.tensor([v]) for v in (-5.0, -7.0, -6.0, -6.0))  # h = 1 − (−1) = 2
+    assert policy_loss(c, r, ref_c, ref_r, 0.1, "sigmoid").item() == pytest.approx(-math.log(sig(0.2)))
+    assert policy_loss(c, r, ref_c, ref_r, 0.1, "ipo").item() == pytest.approx((2 - 5) ** 2)
+    assert policy_loss(c, r, ref_c, ref_r, 0.1, "hinge").item() == pytest.approx(0.8)
+    # simpo: β·(−5/5 − (−7/7)) − γ = −0.5, no reference needed
+    simpo = policy_loss(c, r, None, None, 0.1, "simpo", torch.tensor([5.0]), torch.tensor([7.0]), simpo_gamma=0.5)
+    assert simpo.item() == pytest.approx(-math.log(sig(-0.5)))
+    with pytest.raises(ValueError, match="needs reference"):
+        policy_loss(c, r, None, None, 0.1, "sigmoid")
+
+
+def config(**overrides) -> TrainConfig:
+    values = dict(model="tiny-random", max_length=256, lora_r=4, objective="haf", batch_size=4, micro_batch_size=4,
+                  learning_rate=5e-3, warmup_ratio=0.0, seed=3, eval_batch_size=4, columns=Columns())
+    return TrainConfig(**{**values, **overrides}).validate()
+
+
+def perturbed_model(cfg: TrainConfig) -> RewardModel:
+    model = RewardModel.create(cfg)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.trainable_parameters().values():
+            p.normal_(0, 0.2)
+    return model
+
+
+def pairs_of(n=4):
+    rows = arithmetic_pairs(n, seed=7)
+    return [PreferencePair(({"role": "user", "content": r["prompt"]},), r["chosen"], r["rejected"]) for r in rows]
+
+
+def test_response_logprobs_sum_response_tokens_only_in_any_chunking():
+    model = perturbed_model(config())
+    data = encode_pairs(model.encoder, pairs_of(3))
+    batch = collate_pairs(data, [0, 1, 2], model.tokenizer.pad_token_id)
+    with torch.no_grad():
+        hidden = model.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        chunked = model.response_logprobs(hidden, batch.input_ids, batch.attention_mask, batch.prompt_lengths, chunk_size=7)
+        whole = model.response_logprobs(hidden, batch.input_ids, batch.attention_mask, batch.prompt_lengths, chunk_size=10**6)
+        logits = model.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.log_softmax(-1)
+    for row in range(len(batch.input_ids)):
+        start, end = batch.prompt_lengths[row].item(), batch.attention_mask[row].sum().item()
+        manual = sum(logits[row, t - 1, batch.input_ids[row, t]].item() for t in range(start, end))
+        assert chunked[row].item() == pytest.approx(manual, abs=1e-4)
+    torch.testing.assert_close(chunked, whole)
+
+
+def test_alpha_zero_is_exactly_bt_and_lambda_zero_is_exactly_dpo():
+    cfg = config()
+    model = perturbed_model(cfg)
+    data = encode_pairs(model.encoder, pairs_of(4))
+    reference = reference_logprobs(model, data, cfg) - 0.3  # any reference will do for the identities
+    batch = collate_pairs(data, [0, 1, 2, 3], model.tokenizer.pad_token_id)
+
+    def loss_and_grads(c):
+        model.zero_grad()
+        loss = objective_losses(model, batch, c, reference).mean()
+        loss.backward()
+        return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
+
+    # (the head's gradient under dpo is None, under λ = 0 exactly zero: both compare as zeros)
+    for mixed, pure in ((config(policy_weight=0.0), config(objective="bt")),
+                        (config(reward_weight=0.0, policy_weight=1.0), config(objective="dpo"))):
+        loss_a, grads_a = loss_and_grads(mixed)
+        loss_b, grads_b = loss_and_grads(pure)
+        assert torch.equal(loss_a, loss_b)
+        for a, b in zip(grads_a, grads_b):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # haf = λ·BT + α·policy with the defaults λ = 1, α = 0.2
+    rewards, logps = model(batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+    expected = bradley_terry_loss(rewards[:4], rewards[4:]) + 0.2 * policy_loss(logps[:4], logps[4:], reference[:, 0], reference[:, 1], 0.1)
+    torch.testing.assert_close(objective_losses(model, batch, cfg, reference), expected)
+
+
+def test_cached_reference_equals_on_the_fly_and_the_adapter_disabled_model(tmp_path):
+    cfg = config(ref_cache_dir=str(tmp_path / "refs"))
+    model = RewardModel.create(cfg)  # fresh LoRA: the identity, so this model is the reference
+    data = encode_pairs(model.encoder, pairs_of(4))
+    computed = reference_logprobs(model, data, cfg)
+    assert len(list((tmp_path / "refs").iterdir())) == 1
+    with torch.no_grad():  # train-like change of the adapter: the cache must not move
+        for p in model.trainable_parameters().values():
+            p.add_(0.1)
+    cached = reference_logprobs(model, data, cfg)
+    torch.testing.assert_close(cached, computed)
+    adapter_off = model.logprobs(data.chosen + data.rejected, reference=True)
+    np.testing.assert_allclose(adapter_off, np.concatenate([computed[:, 0], computed[:, 1]]), atol=1e-4)
+    assert not np.allclose(model.logprobs(data.chosen + data.rejected), adapter_off, atol=1e-3)
+
+
+def test_haf_and_dpo_train_end_to_end_and_report_both_rewards(tmp_path):
+    train_file = write_jsonl(arithmetic_pairs(12, seed=0), tmp_path / "train.jsonl")
+    test_file = write_jsonl(arithmetic_pairs(6, seed=1), tmp_path / "test.jsonl")
+    summary = train(config(), str(train_file), tmp_path / "haf", eval_data=[str(test_file)])
+    metrics = summary["eval"][str(test_file)]
+    assert metrics["pairs"] == metrics["implicit_reward"]["pairs"] == 6
+
+    train(config(objective="dpo"), str(train_file), tmp_path / "dpo")
+    dpo = RewardModel.from_pretrained(tmp_path / "dpo" / "model")
+    rows = arithmetic_pairs(6, seed=1)
+    scores = dpo.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).mean
+    encoded = [dpo.encoder.encode(({"role": "user", "content": r["prompt"]},), [r["chosen"]])[0][0] for r in rows]
+    logps, ref = dpo.logprobs(encoded), dpo.logprobs(encoded, reference=True)
+    np.testing.assert_allclose(scores, 0.1 * (logps - ref), atol=1e-6)
+    assert np.abs(scores).max() > 0
+    assert "implicit_reward" not in evaluate_encoded(dpo, encode_pairs(dpo.encoder, pairs_of(3)))
