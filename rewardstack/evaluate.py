@@ -15,12 +15,17 @@ def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 
     """Pairwise metrics of `model` on encoded pairs, with a breakdown by subset when pairs carry one.
     The reward is the head's (bt, haf) or the implicit one (dpo); a haf model also gets `implicit_reward`
     metrics, β·(log π − log π_ref) with the adapter-disabled backbone as reference."""
-    rewards = model.rewards(pairs.chosen + pairs.rejected, batch_size)
+    sequences = pairs.chosen + pairs.rejected
+    implicit = None
+    if model.config.objective == "haf":  # the LM head was trained too: report its implicit reward as well
+        rewards, logps = model.head_rewards_and_logprobs(sequences, batch_size)
+        implicit = model.implicit_rewards(sequences, batch_size, logps=logps)
+    else:
+        rewards = model.rewards(sequences, batch_size)
     r_chosen, r_rejected = rewards[: len(pairs)], rewards[len(pairs) :]
     result: dict[str, Any] = pairwise_metrics(r_chosen, r_rejected)
     result["truncated"] = pairs.truncated
-    if model.config.objective == "haf":  # the LM head was trained too: report its implicit reward as well
-        implicit = model.implicit_rewards(pairs.chosen + pairs.rejected, batch_size)
+    if implicit is not None:
         result["implicit_reward"] = pairwise_metrics(implicit[: len(pairs)], implicit[len(pairs) :])
     groups: dict[str, list[int]] = defaultdict(list)
     for i, subset in enumerate(pairs.subset):

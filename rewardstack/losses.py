@@ -25,7 +25,6 @@ def bradley_terry_loss(
     return loss
 
 
-
 POLICY_LOSSES = ("sigmoid", "ipo", "hinge", "simpo")
 
 

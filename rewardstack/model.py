@@ -129,9 +129,16 @@ class RewardModel(torch.nn.Module):
         return self._batched(sequences, batch_size, lambda ids, mask, _: self(ids, mask))
 
     @torch.no_grad()
-    def implicit_rewards(self, sequences: Sequence[Encoded], batch_size: int = 16) -> np.ndarray:
-        """β·(log π(y|x) − log π_ref(y|x)), or β·log π(y|x)/|y| for simpo (see losses.implicit_reward)."""
-        logps = torch.from_numpy(self.logprobs(sequences, batch_size))
+    def head_rewards_and_logprobs(self, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """The head's reward and log π(y|x) of each sequence, from one backbone pass."""
+        both = self._batched(sequences, batch_size, lambda ids, mask, prompt: torch.stack(self(ids, mask, prompt), dim=1))
+        return both[:, 0], both[:, 1]
+
+    @torch.no_grad()
+    def implicit_rewards(self, sequences: Sequence[Encoded], batch_size: int = 16, logps: np.ndarray | None = None) -> np.ndarray:
+        """β·(log π(y|x) − log π_ref(y|x)), or β·log π(y|x)/|y| for simpo (see losses.implicit_reward).
+        `logps` skips the policy pass when log π is already known."""
+        logps = torch.from_numpy(self.logprobs(sequences, batch_size) if logps is None else logps)
         lengths = torch.tensor([len(s.response_ids) for s in sequences], dtype=torch.float64)
         if self.config.policy_loss == "simpo":
             return implicit_reward(logps, None, self.config.beta, lengths).numpy()
@@ -155,16 +162,21 @@ class RewardModel(torch.nn.Module):
 
     def _batched(self, sequences: Sequence[Encoded], batch_size: int, compute) -> np.ndarray:
         """compute(input_ids, attention_mask, prompt_lengths) over length-grouped batches, in input order."""
+        if not sequences:
+            return np.empty(0, dtype=np.float64)
         was_training = self.training
         self.eval()
-        out = np.empty(len(sequences), dtype=np.float64)
+        out = None  # shaped (sequences, *per-sequence shape) from the first batch
         device = self.head.weight.device
         try:
             batches = length_batches([len(s) for s in sequences], batch_size)
             for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
                 ids, mask = pad_right([sequences[i].ids for i in batch], self.tokenizer.pad_token_id)
                 prompt = torch.tensor([len(sequences[i].prompt_ids) for i in batch], device=device)
-                out[batch] = compute(ids.to(device), mask.to(device), prompt).double().cpu().numpy()
+                values = compute(ids.to(device), mask.to(device), prompt).double().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(sequences),) + values.shape[1:], dtype=np.float64)
+                out[batch] = values
         finally:
             self.train(was_training)
         return out

@@ -125,3 +125,13 @@ def test_haf_and_dpo_train_end_to_end_and_report_both_rewards(tmp_path):
     np.testing.assert_allclose(scores, 0.1 * (logps - ref), atol=1e-6)
     assert np.abs(scores).max() > 0
     assert "implicit_reward" not in evaluate_encoded(dpo, encode_pairs(dpo.encoder, pairs_of(3)))
+
+
+def test_one_pass_head_rewards_and_logprobs_equal_separate_passes():
+    model = perturbed_model(config())
+    data = encode_pairs(model.encoder, pairs_of(3))
+    sequences = data.chosen + data.rejected
+    rewards, logps = model.head_rewards_and_logprobs(sequences, batch_size=2)
+    np.testing.assert_allclose(rewards, model.rewards(sequences, batch_size=3), atol=1e-5)
+    np.testing.assert_allclose(logps, model.logprobs(sequences, batch_size=3), atol=1e-4)
+    np.testing.assert_allclose(model.implicit_rewards(sequences, logps=logps), model.implicit_rewards(sequences), atol=1e-5)
