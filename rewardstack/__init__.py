@@ -5,11 +5,15 @@ import warnings
 # peft calls a transformers property deprecated in 5.x on every adapter save; nothing for users to do.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+from .bayes import Posterior, fit_laplace  # noqa: E402
 from .data.load import Columns, PreferencePair, load_preferences  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .model import ModelConfig, RewardModel  # noqa: E402
 from .sources import RewardScores  # noqa: E402
 
-__all__ = ["Columns", "ModelConfig", "PreferencePair", "RewardModel", "RewardScores", "UserError", "evaluate", "load_preferences"]
+__all__ = [
+    "Columns", "ModelConfig", "Posterior", "PreferencePair", "RewardModel", "RewardScores", "UserError", "evaluate",
+    "fit_laplace", "load_preferences",
+]
 __version__ = "0.1.0"

@@ -111,20 +111,66 @@ def eval_command(
     subset_key: SubsetKey = None,
     split: Split = None,
     skip_invalid: SkipInvalid = None,
+    ref_cache_dir: Annotated[Optional[str], typer.Option(help="Keep reference log-probabilities (haf, dpo) on disk here")] = None,
+    ood_data: Annotated[Optional[list[str]], typer.Option(help="Out-of-distribution pairs: AUROC of reward std against --data (needs a posterior; repeatable)")] = None,
 ):
-    """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset."""
+    """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset; with a Laplace
+    posterior also the Laplace predictive's, and out-of-distribution detection by reward std."""
     from .evaluate import evaluate, format_table
     from .model import RewardModel
 
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, margin_key=margin_key,
                        subset_key=subset_key, split=split)
     reward_model = RewardModel.from_pretrained(model_dir)
-    results = evaluate(reward_model, data, columns, bool(skip_invalid), batch_size)
+    results = evaluate(reward_model, data, columns, bool(skip_invalid), batch_size, ref_cache_dir, ood_data or [])
     typer.echo(format_table(results))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
         typer.echo(f"metrics written to {output}")
+
+
+@app.command()
+def laplace(
+    model_dir: Annotated[Path, typer.Option(help="A trained model directory; the posterior is saved into it")],
+    data: Annotated[str, typer.Option(help="The pairs the model was trained on (or a sample of them)")],
+    subset: Annotated[str, typer.Option(help="all: LoRA weights and reward head; head: the reward head alone")] = "all",
+    prior: Annotated[str, typer.Option(help="evidence: prior precision by marginal likelihood; val: by Laplace NLL on --val-data")] = "evidence",
+    val_data: Annotated[Optional[str], typer.Option(help="Held-out pairs for --prior val")] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per forward/backward pass")] = 8,
+    max_factor_size: Annotated[int, typer.Option(help="Kronecker factors with a larger side are kept as rank --factor-rank plus a diagonal")] = 1024,
+    factor_rank: Annotated[int, typer.Option(help="Eigenpairs kept of a large factor")] = 128,
+    prompt_key: PromptKey = None,
+    chosen_key: ChosenKey = None,
+    rejected_key: RejectedKey = None,
+    split: Split = None,
+    skip_invalid: SkipInvalid = None,
+):
+    """Fit a Laplace posterior (K-FAC over the LoRA weights and reward head) to a trained reward model;
+    from then on its rewards come with a standard deviation."""
+    from accelerate import PartialState
+
+    from .bayes import fit_laplace
+    from .model import RewardModel
+
+    columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, split=split)
+    reward_model = RewardModel.from_pretrained(model_dir)
+    posterior = fit_laplace(reward_model, data, subset, batch_size, max_factor_size, factor_rank, columns,
+                            bool(skip_invalid), prior, val_data)
+    if not PartialState().is_main_process:
+        return
+    posterior.save(model_dir)
+    info = posterior.info
+    typer.echo(
+        f"fitted on {info['pairs']} pairs ({info['truncated']} truncated, {sum(info.get('skipped', {}).values())} skipped) "
+        f"in {info['fit_seconds']:.1f} s: {posterior.n_params:,} weights, posterior {posterior.memory_bytes() / 2**20:.1f} MiB"
+    )
+    typer.echo(f"prior precision {posterior.prior_precision:.4g} (by {prior}); log evidence by prior precision:")
+    for delta, value in info["evidence_curve"][::4]:
+        typer.echo(f"  {delta:10.4g}  {value:14.2f}")
+    if "val_nll_curve" in info:
+        typer.echo("validation NLL by prior precision: " + ", ".join(f"{d:.3g}: {v:.4f}" for d, v in info["val_nll_curve"][::4]))
+    typer.echo(f"posterior saved in {model_dir}")
 
 
 @app.command()

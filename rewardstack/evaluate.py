@@ -1,41 +1,73 @@
-"""Evaluation of a reward model on preference data: overall and per subset."""
+"""Evaluation of a reward model on preference data: overall and per subset, the Laplace predictive when
+the model has a posterior, and how well reward std flags out-of-distribution data."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any, Sequence
 
+import numpy as np
+
+from .bayes import pair_moments, probit_logit
 from .data.encode import EncodedPairs, encode_pairs
 from .data.load import Columns, load_preferences
-from .metrics import pairwise_metrics
+from .errors import UserError
+from .metrics import auroc, logit_metrics, pairwise_metrics
 from .model import RewardModel
 
 
-def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16) -> dict[str, Any]:
-    """Pairwise metrics of `model` on encoded pairs, with a breakdown by subset when pairs carry one.
-    The reward is the head's (bt, haf) or the implicit one (dpo); a haf model also gets `implicit_reward`
-    metrics, β·(log π − log π_ref) with the adapter-disabled backbone as reference."""
+def score_pairs(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16, ref_cache_dir: str | None = None) -> dict[str, np.ndarray]:
+    """Per-pair arrays: `chosen`, `rejected` (the model's reward: the head's, or the implicit one for dpo);
+    for haf, `implicit_chosen`, `implicit_rejected` = β·(log π − log π_ref), the adapter-disabled backbone
+    as reference (log π_ref kept in `ref_cache_dir` when given); with a posterior, `var_chosen`,
+    `var_rejected` and `var_delta` = Var[r_c − r_r]. `batch_size` counts sequences."""
     sequences = pairs.chosen + pairs.rejected
-    implicit = None
-    if model.config.objective == "haf":  # the LM head was trained too: report its implicit reward as well
-        rewards, logps = model.head_rewards_and_logprobs(sequences, batch_size)
-        implicit = model.implicit_rewards(sequences, batch_size, logps=logps)
+    n = len(pairs)
+    logps = None
+    if model.posterior is not None:
+        scores = {k: v[:, 0] if v.ndim == 2 else v for k, v in pair_moments(model, pairs, max(batch_size // 2, 1)).items()}
+    elif model.config.objective == "dpo":
+        implicit = model.implicit_rewards(sequences, batch_size, ref_cache_dir=ref_cache_dir)
+        scores = {"chosen": implicit[:n], "rejected": implicit[n:]}
     else:
-        rewards = model.rewards(sequences, batch_size)
-    r_chosen, r_rejected = rewards[: len(pairs)], rewards[len(pairs) :]
-    result: dict[str, Any] = pairwise_metrics(r_chosen, r_rejected)
+        if model.config.objective == "haf":  # head reward and log π from one backbone pass
+            rewards, logps = model.head_rewards_and_logprobs(sequences, batch_size)
+        else:
+            rewards = model.rewards(sequences, batch_size)
+        scores = {"chosen": rewards[:n], "rejected": rewards[n:]}
+    if model.config.objective == "haf":  # the LM head was trained too: its implicit reward is reported as well
+        implicit = model.implicit_rewards(sequences, batch_size, logps=logps, ref_cache_dir=ref_cache_dir)
+        scores.update(implicit_chosen=implicit[:n], implicit_rejected=implicit[n:])
+    return scores
+
+
+def pair_metrics(scores: dict[str, np.ndarray], pairs: EncodedPairs) -> dict[str, Any]:
+    """Metrics of score_pairs' arrays: pairwise_metrics of the reward, `implicit_reward` and `laplace`
+    (the probit predictive σ(μ_Δ/√(1 + π Var[Δ]/8)), with `mean_std` of the rewards) when present, and a
+    breakdown by subset."""
+    result: dict[str, Any] = pairwise_metrics(scores["chosen"], scores["rejected"])
     result["truncated"] = pairs.truncated
-    if implicit is not None:
-        result["implicit_reward"] = pairwise_metrics(implicit[: len(pairs)], implicit[len(pairs) :])
+    if "implicit_chosen" in scores:
+        result["implicit_reward"] = pairwise_metrics(scores["implicit_chosen"], scores["implicit_rejected"])
+    if "var_delta" in scores:
+        logits = probit_logit(scores["chosen"] - scores["rejected"], scores["var_delta"])
+        stds = np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
+        result["laplace"] = {"pairs": len(pairs), "mean_margin": result["mean_margin"], **logit_metrics(logits),
+                             "mean_std": float(stds.mean()) if len(stds) else float("nan")}
     groups: dict[str, list[int]] = defaultdict(list)
     for i, subset in enumerate(pairs.subset):
         if subset is not None:
             groups[subset].append(i)
     if groups:
         result["subsets"] = {
-            name: pairwise_metrics(r_chosen[idx], r_rejected[idx]) for name, idx in sorted(groups.items())
+            name: pairwise_metrics(scores["chosen"][idx], scores["rejected"][idx]) for name, idx in sorted(groups.items())
         }
     return result
+
+
+def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16, ref_cache_dir: str | None = None) -> dict[str, Any]:
+    """pair_metrics(score_pairs(...)) of encoded pairs."""
+    return pair_metrics(score_pairs(model, pairs, batch_size, ref_cache_dir), pairs)
 
 
 def evaluate(
@@ -44,16 +76,29 @@ def evaluate(
     columns: Columns | None = None,
     skip_invalid: bool = False,
     batch_size: int = 16,
+    ref_cache_dir: str | None = None,
+    ood_sources: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Metrics per data source: accuracy (ties ½), mean margin, ECE, Brier, NLL, and counts of
-    pairs, truncated pairs and skipped rows."""
-    results = {}
-    for source in sources:
+    pairs, truncated pairs and skipped rows. Each of `ood_sources` (needs a posterior) is evaluated too and
+    gets `ood_auroc`: how well reward std separates its responses from those of `sources` (1 = fully)."""
+    if ood_sources and model.posterior is None:
+        raise UserError("eval: --ood-data needs a model with a Laplace posterior (run `rewardstack laplace` first)")
+    results, stds = {}, {}
+    for source in [*sources, *ood_sources]:
         pairs, report = load_preferences(source, columns, skip_invalid)
-        metrics = evaluate_encoded(model, encode_pairs(model.encoder, pairs), batch_size)
+        encoded = encode_pairs(model.encoder, pairs)
+        scores = score_pairs(model, encoded, batch_size, ref_cache_dir)
+        metrics = pair_metrics(scores, encoded)
         metrics["skipped"] = dict(report.skipped)
         metrics["rows"] = report.rows
         results[str(source)] = metrics
+        if "var_chosen" in scores:
+            stds[str(source)] = np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
+    if ood_sources:
+        in_distribution = np.concatenate([stds[str(s)] for s in sources])
+        for source in ood_sources:
+            results[str(source)]["ood_auroc"] = auroc(in_distribution, stds[str(source)])
     return results
 
 
@@ -72,6 +117,10 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(line(source, m, m.get("truncated", ""), sum(m.get("skipped", {}).values())))
         if "implicit_reward" in m:
             lines.append(line("  implicit reward (LM head)", m["implicit_reward"]))
+        if "laplace" in m:
+            lines.append(line(f"  laplace predictive (mean std {m['laplace']['mean_std']:.3f})", m["laplace"]))
+        if "ood_auroc" in m:
+            lines.append(f"  out-of-distribution AUROC of reward std: {m['ood_auroc']:.3f}")
         for subset, sm in m.get("subsets", {}).items():
             lines.append(line(f"  {subset}", sm))
     return "\n".join(lines)

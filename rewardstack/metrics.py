@@ -28,16 +28,42 @@ def expected_calibration_error(p: np.ndarray, bins: int = 10) -> float:
     return float(total / len(probs))
 
 
-def pairwise_metrics(r_chosen: np.ndarray, r_rejected: np.ndarray) -> dict[str, float]:
-    """accuracy (ties count ½), mean margin r_c − r_r, and calibration of p = σ(r_c − r_r):
-    ECE (10 bins), Brier = mean (1 − p)², NLL = mean −log p."""
-    delta = np.asarray(r_chosen, dtype=np.float64) - np.asarray(r_rejected, dtype=np.float64)
-    p = preference_probability(delta, 0.0)
+def logit_metrics(logits: np.ndarray) -> dict[str, float]:
+    """Metrics of P(chosen ≻ rejected) = σ(z) for pairs whose outcome is "chosen": accuracy (z = 0 counts
+    ½), ECE (10 bins), Brier = mean (1 − p)², NLL = mean −log p."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = preference_probability(z, 0.0)
     return {
-        "pairs": int(len(delta)),
-        "accuracy": float(np.mean((delta > 0) + 0.5 * (delta == 0))),
-        "mean_margin": float(delta.mean()),
+        "accuracy": float(np.mean((z > 0) + 0.5 * (z == 0))),
         "ece": expected_calibration_error(p),
         "brier": float(np.mean((1.0 - p) ** 2)),
-        "nll": float(np.mean(np.logaddexp(0.0, -delta))),
+        "nll": float(np.mean(np.logaddexp(0.0, -z))),
     }
+
+
+def pairwise_metrics(r_chosen: np.ndarray, r_rejected: np.ndarray) -> dict[str, float]:
+    """pairs, mean margin r_c − r_r, and logit_metrics of p = σ(r_c − r_r)."""
+    delta = np.asarray(r_chosen, dtype=np.float64) - np.asarray(r_rejected, dtype=np.float64)
+    return {"pairs": int(len(delta)), "mean_margin": float(delta.mean()), **logit_metrics(delta)}
+
+
+def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
+    """Area under the ROC curve of a score separating positives from negatives: P(s⁺ > s⁻) + ½ P(s⁺ = s⁻),
+    from average ranks (Mann–Whitney U / (n⁺ n⁻))."""
+    negatives, positives = np.asarray(negatives, dtype=np.float64), np.asarray(positives, dtype=np.float64)
+    if len(negatives) == 0 or len(positives) == 0:
+        raise ValueError("auroc needs at least one score of each class")
+    scores = np.concatenate([negatives, positives])
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    start = 0
+    while start < len(scores):  # average rank over each run of equal scores
+        end = start
+        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    n_pos = len(positives)
+    u = ranks[len(negatives) :].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * len(negatives)))

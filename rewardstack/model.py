@@ -7,10 +7,11 @@ prompt + response. The LM head is left in place and usable.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .backbones import load_backbone
+from .bayes import Posterior, reward_moments
 from .data.encode import Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
 from .errors import UserError
@@ -63,6 +65,7 @@ class RewardModel(torch.nn.Module):
         self.head = torch.nn.Linear(backbone.config.hidden_size, 1, bias=False)
         torch.nn.init.zeros_(self.head.weight)
         self.encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length)
+        self.posterior = None  # a bayes.Posterior once fitted: score() then gives each reward a std
         self._cache: dict[str, Any] = {}  # lazily loaded helpers (the reference model), not saved
 
     @classmethod
@@ -135,15 +138,24 @@ class RewardModel(torch.nn.Module):
         return both[:, 0], both[:, 1]
 
     @torch.no_grad()
-    def implicit_rewards(self, sequences: Sequence[Encoded], batch_size: int = 16, logps: np.ndarray | None = None) -> np.ndarray:
+    def implicit_rewards(
+        self,
+        sequences: Sequence[Encoded],
+        batch_size: int = 16,
+        logps: np.ndarray | None = None,
+        ref_cache_dir: str | Path | None = None,
+    ) -> np.ndarray:
         """β·(log π(y|x) − log π_ref(y|x)), or β·log π(y|x)/|y| for simpo (see losses.implicit_reward).
-        `logps` skips the policy pass when log π is already known."""
+        `logps` skips the policy pass when log π is already known; log π_ref is read from or stored in
+        `ref_cache_dir` (see cached_reference_logprobs)."""
         logps = torch.from_numpy(self.logprobs(sequences, batch_size) if logps is None else logps)
         lengths = torch.tensor([len(s.response_ids) for s in sequences], dtype=torch.float64)
         if self.config.policy_loss == "simpo":
             return implicit_reward(logps, None, self.config.beta, lengths).numpy()
-        ref = torch.from_numpy(self.logprobs(sequences, batch_size, reference=True))
-        return implicit_reward(logps, ref, self.config.beta).numpy()
+        ref = cached_reference_logprobs(
+            ref_cache_dir, self.config.model, sequences, lambda: self.logprobs(sequences, batch_size, reference=True)
+        )
+        return implicit_reward(logps, torch.from_numpy(ref), self.config.beta).numpy()
 
     @torch.no_grad()
     def logprobs(self, sequences: Sequence[Encoded], batch_size: int = 16, reference: bool = False) -> np.ndarray:
@@ -184,7 +196,8 @@ class RewardModel(torch.nn.Module):
     def score(
         self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str], batch_size: int = 16
     ) -> RewardScores:
-        """Reward of each (prompt, response) row; `truncated` counts rows cut to max_length."""
+        """Reward of each (prompt, response) row, with its standard deviation when the model has a Laplace
+        posterior; `truncated` counts rows cut to max_length."""
         if len(prompts) != len(responses):
             raise UserError(f"score: {len(prompts)} prompts but {len(responses)} responses")
         sequences, truncated = [], 0
@@ -192,6 +205,9 @@ class RewardModel(torch.nn.Module):
             (encoded,), cut = self.encoder.encode(as_messages(prompt), [response])
             sequences.append(encoded)
             truncated += cut
+        if self.posterior is not None:
+            mean, var = reward_moments(self, sequences, batch_size)
+            return RewardScores(mean=mean, std=np.sqrt(var), truncated=truncated)
         return RewardScores(mean=self.rewards(sequences, batch_size), truncated=truncated)
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -209,6 +225,8 @@ class RewardModel(torch.nn.Module):
         self.tokenizer.save_pretrained(directory / "tokenizer")
         meta = {"format_version": FORMAT_VERSION, "model": asdict(self.config), "training": self.training_config}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if self.posterior is not None:
+            self.posterior.save(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RewardModel":
@@ -226,7 +244,25 @@ class RewardModel(torch.nn.Module):
             backbone = AutoModelForCausalLM.from_pretrained(directory / "backbone", dtype=torch.float32, local_files_only=True)
         model = cls(backbone, tokenizer, config, meta.get("training"))
         model.head.weight.data.copy_(load_file(directory / "head.safetensors")["weight"])
+        model.posterior = Posterior.load(directory)
         return model.eval()
+
+
+def cached_reference_logprobs(
+    cache_dir: str | Path | None, backbone: str, sequences: Sequence[Encoded], compute: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """log π_ref of `sequences` from compute(), stored in `cache_dir` (when given) under a hash of the
+    backbone name and every token id, and read back by any later run on the same backbone and tokens."""
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha256(json.dumps([backbone, [s.ids for s in sequences]]).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"reflogps-{digest}.safetensors"
+    if path.exists():
+        return load_file(path)["logps"].numpy()
+    logps = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"logps": torch.from_numpy(logps)}, path)
+    return logps
 
 
 def _token_logprobs(lm_head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ the gradient of the mean loss over the global batch, whatever the number of proc
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -33,7 +32,7 @@ from .data.load import load_preferences
 from .errors import UserError
 from .evaluate import evaluate_encoded
 from .losses import bradley_terry_loss, policy_loss
-from .model import RewardModel
+from .model import RewardModel, cached_reference_logprobs
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 
@@ -119,20 +118,12 @@ def objective_losses(model: torch.nn.Module, batch: PairBatch, config: TrainConf
 def reference_logprobs(model: RewardModel, data: EncodedPairs, config: TrainConfig) -> torch.Tensor:
     """log π_ref of every pair's chosen and rejected response, shape (pairs, 2), computed once before
     training while the model still is the reference (LoRA starts as the identity; full fine-tuning has
-    not changed a weight yet). With `ref_cache_dir` they are also stored on disk, keyed by a hash of the
-    backbone name and every token id, and read back by later runs on the same data."""
-    cache = None
-    if config.ref_cache_dir:
-        digest = hashlib.sha256(json.dumps([config.model, [e.ids for e in data.chosen], [e.ids for e in data.rejected]]).encode())
-        cache = Path(config.ref_cache_dir) / f"reflogps-{digest.hexdigest()[:24]}.safetensors"
-        if cache.exists():
-            return load_file(cache)["logps"]
-    logps = model.logprobs(data.chosen + data.rejected, config.eval_batch_size)
-    table = torch.from_numpy(logps).float().reshape(2, len(data)).T.contiguous()
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"logps": table}, cache)
-    return table
+    not changed a weight yet), and kept on disk too when `ref_cache_dir` is set."""
+    sequences = data.chosen + data.rejected
+    logps = cached_reference_logprobs(
+        config.ref_cache_dir, config.model, sequences, lambda: model.logprobs(sequences, config.eval_batch_size)
+    )
+    return torch.from_numpy(logps).float().reshape(2, len(data)).T.contiguous()
 
 
 def train(

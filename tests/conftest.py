@@ -1,9 +1,20 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cli(*args, check_rc=0):
+    """Run `python -m rewardstack.cli ARGS` and check its exit code."""
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-m", "rewardstack.cli", *map(str, args)], capture_output=True, text=True, env=env)
+    assert result.returncode == check_rc, result.stderr[-2000:]
+    return result
 
 
 def write_rows(path: Path, rows) -> Path:

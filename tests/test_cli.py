@@ -1,8 +1,5 @@
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -13,14 +10,7 @@ from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
 from rewardstack.synthetic import arithmetic_pairs
 
-from conftest import write_rows
-
-
-def cli(*args, check_rc=0):
-    env = {**os.environ, "COLUMNS": "250"}
-    result = subprocess.run([sys.executable, "-m", "rewardstack.cli", *map(str, args)], capture_output=True, text=True, env=env)
-    assert result.returncode == check_rc, result.stderr[-2000:]
-    return result
+from conftest import cli, write_rows
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from rewardstack.config import TrainConfig
 from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import Columns, PreferencePair
 from rewardstack.evaluate import evaluate_encoded
 from rewardstack.losses import bradley_terry_loss, policy_loss
+from rewardstack.metrics import pairwise_metrics
 from rewardstack.model import RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
 from rewardstack.train import collate_pairs, objective_losses, reference_logprobs, train
@@ -135,3 +137,18 @@ def test_one_pass_head_rewards_and_logprobs_equal_separate_passes():
     np.testing.assert_allclose(rewards, model.rewards(sequences, batch_size=3), atol=1e-5)
     np.testing.assert_allclose(logps, model.logprobs(sequences, batch_size=3), atol=1e-4)
     np.testing.assert_allclose(model.implicit_rewards(sequences, logps=logps), model.implicit_rewards(sequences), atol=1e-5)
+
+
+def test_eval_reads_reference_logprobs_from_the_cache(tmp_path):
+    model = perturbed_model(config())
+    data = encode_pairs(model.encoder, pairs_of(3))
+    plain = evaluate_encoded(model, data)
+    assert evaluate_encoded(model, data, ref_cache_dir=str(tmp_path)) == plain
+    (cache,) = tmp_path.iterdir()
+    sequences = data.chosen + data.rejected
+    np.testing.assert_allclose(load_file(cache)["logps"].numpy(), model.logprobs(sequences, reference=True), atol=1e-6)
+    save_file({"logps": torch.zeros(len(sequences), dtype=torch.float64)}, cache)  # a planted cache is what eval uses
+    logps = model.logprobs(sequences)
+    implicit = 0.1 * logps
+    expected = pairwise_metrics(implicit[:3], implicit[3:])
+    assert evaluate_encoded(model, data, ref_cache_dir=str(tmp_path))["implicit_reward"] == pytest.approx(expected)

@@ -4,7 +4,10 @@ import numpy as np
 import torch
 
 from rewardstack.losses import bradley_terry_loss
-from rewardstack.metrics import expected_calibration_error, pairwise_metrics
+import pytest
+
+from rewardstack.bayes import probit_logit
+from rewardstack.metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics
 
 
 def sig(x):
@@ -38,3 +41,22 @@ def test_ece_by_hand():
     assert math.isclose(expected_calibration_error(np.array([0.6, 0.65])), (2 * abs(1 - 0.625) + 2 * abs(0 - 0.375)) / 4)
     # Orientation does not matter.
     assert math.isclose(expected_calibration_error(np.array([0.2, 0.9])), expected_calibration_error(np.array([0.8, 0.1])))
+
+
+def test_logit_metrics_by_hand():
+    m = logit_metrics(np.array([2.0, 0.0, -1.0]))
+    assert m["accuracy"] == pytest.approx(0.5)  # 1 + ½ (tie) + 0
+    assert m["brier"] == pytest.approx(((1 - sig(2)) ** 2 + 0.25 + (1 - sig(-1)) ** 2) / 3)
+    assert m["nll"] == pytest.approx((math.log(1 + math.exp(-2)) + math.log(2) + math.log(1 + math.e)) / 3)
+
+
+def test_auroc_counts_ties_half():
+    # positives beat negatives in 1 (0.4 > 0.1) + 3 (0.8 > all) of 6 comparisons, tie in 2 (0.4 = 0.4)
+    assert auroc([0.1, 0.4, 0.4], [0.4, 0.8]) == pytest.approx(5 / 6)
+    assert auroc([1.0, 2.0], [3.0]) == 1.0 and auroc([3.0], [1.0, 2.0]) == 0.0
+
+
+def test_probit_logit_shrinks_by_the_variance():
+    # σ(μ / √(1 + π·Var/8)): Var = 8/π halves the squared logit
+    assert probit_logit(np.array([2.0]), np.array([8 / math.pi]))[0] == pytest.approx(math.sqrt(2))
+    assert probit_logit(np.array([-1.5]), np.array([0.0]))[0] == -1.5

@@ -1,0 +1,220 @@
+"""Fitting the Laplace posterior of a trained reward model on preference pairs.
+
+Likelihood: Bradley–Terry, −log σ(Δ) with Δ = r_c − r_r. Its generalised Gauss–Newton is
+Σ_n λ_n J_Δ,nᵀ J_Δ,n with λ_n = p_n(1 − p_n), p_n = σ(Δ_n), and J_Δ the Jacobian of Δ (chosen minus
+rejected, so what the two responses share cancels). Backpropagating Σ_n √λ_n Δ_n gives every layer the
+output gradients g of √λ_n Δ_n in one pass.
+
+Per layer, with J_Δ = Σ_k g_k a_kᵀ over the token positions k of the pair:
+- one output (the reward head): the exact block, G = 1 and A = Σ_n j_n j_nᵀ with j_n = Σ_k g_k a_k;
+- otherwise K-FAC over tokens: the cross terms between positions are dropped and
+  Σ_k (g_k g_kᵀ) ⊗ (a_k a_kᵀ) ≈ G ⊗ A with G = Σ_k g_k g_kᵀ and A = Σ_k a_k a_kᵀ / K (K = positions).
+  The positions of a pair are every token of both sequences, where the two share a token prefix (the
+  prompt) counted once with g_chosen + g_rejected (the activations there are the same in both).
+A side longer than `max_factor_size` is accumulated as a Nyström sketch plus its exact diagonal (memory
+O(side·rank)) and kept as its top `factor_rank` eigenpairs plus the mean of the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..data.encode import EncodedPairs, encode_pairs, pad_right
+from ..data.load import Columns, load_preferences
+from ..errors import UserError
+from .posterior import Block, Eigen, Posterior
+from .taps import posterior_layers, record
+
+class FactorSum:
+    """Running Σ x xᵀ over rows x of length `dim`: dense, or for dim > max_dense a Nyström sketch
+    Y = (Σ x xᵀ) Ω with a fixed Gaussian Ω of 2·rank columns, plus the exact diagonal. Both are linear in
+    the rows, so sums over batches and processes are exact and order-free; memory O(dim · rank)."""
+
+    def __init__(self, dim: int, max_dense: int, rank: int, device: torch.device):
+        self.dim, self.rank = dim, rank
+        self.dense = dim <= max_dense
+        if self.dense:
+            self.sum = torch.zeros(dim, dim, device=device)
+        else:
+            generator = torch.Generator().manual_seed(dim)  # the same Ω on every process
+            self.test = torch.randn(dim, min(2 * rank, dim), generator=generator).to(device)
+            self.sum = torch.zeros(dim, self.test.shape[1], device=device)
+            self.diagonal = torch.zeros(dim, device=device)
+
+    def add(self, rows: torch.Tensor) -> None:
+        rows = rows.float()
+        if self.dense:
+            self.sum += rows.T @ rows
+        else:
+            self.sum += rows.T @ (rows @ self.test)
+            self.diagonal += rows.square().sum(0)
+
+    def all_reduce(self, accelerator: Accelerator) -> None:
+        if accelerator.num_processes > 1:
+            self.sum = accelerator.reduce(self.sum, reduction="sum")
+            if not self.dense:
+                self.diagonal = accelerator.reduce(self.diagonal, reduction="sum")
+
+    def eigen(self, scale: float) -> Eigen:
+        """Eigendecomposition of scale · Σ x xᵀ; for a sketch its top `rank` eigenpairs by the stabilised
+        Nyström approximation Y (ΩᵀY)⁺ Yᵀ, and the rest of the trace spread evenly over the other directions."""
+        if self.dense:
+            return Eigen.of(scale * self.sum.cpu())
+        y, test = self.sum.cpu().double(), self.test.cpu().double()
+        core_values, core_vectors = torch.linalg.eigh((test.T @ y + y.T @ test) / 2)  # Ωᵀ (Σ x xᵀ) Ω
+        kept = core_values > max(float(core_values.max()), 0.0) * self.dim * torch.finfo(torch.float32).eps
+        top = torch.zeros(self.dim, 0, dtype=torch.float64)
+        if kept.any():
+            factor = y @ core_vectors[:, kept] / core_values[kept].sqrt()  # F Fᵀ = Y (ΩᵀY)⁺ Yᵀ
+            top, s, _ = torch.linalg.svd(factor, full_matrices=False)
+            top, s = top[:, : self.rank], s[: self.rank]
+        n = top.shape[1]
+        rest = max(float(self.diagonal.sum()) - float(s.square().sum() if n else 0.0), 0.0) / (self.dim - n)
+        values = torch.cat([s.square() if n else torch.zeros(0, dtype=torch.float64), torch.full((self.rank - n,), rest, dtype=torch.float64)])
+        vectors = torch.linalg.qr(torch.cat([top, test], dim=1))[0][:, : self.rank]  # fewer than rank found: filled up
+        return Eigen(vectors.float(), (scale * values).float(), scale * rest)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class _KfacStatistics:
+    """Accumulates the factors of every posterior layer from batches of pairs (see the module docstring)."""
+
+    def __init__(self, layers: dict[str, torch.nn.Linear], max_factor_size: int, factor_rank: int, device):
+        self.inputs, self.outputs, self.positions = {}, {}, {}
+        for name, layer in layers.items():
+            out_dim, in_dim = layer.weight.shape
+            self.inputs[name] = FactorSum(in_dim, max_factor_size, factor_rank, device)
+            self.outputs[name] = None if out_dim == 1 else FactorSum(out_dim, max_factor_size, factor_rank, device)
+            self.positions[name] = torch.zeros((), device=device)
+        self.batch: dict[str, torch.Tensor] = {}
+
+    def start_batch(self, prefix: torch.Tensor, lengths: torch.Tensor) -> None:
+        """prefix: (pairs,) shared token prefix; lengths: (2·pairs,) tokens of chosen then rejected."""
+        self.batch = {"prefix": prefix, "lengths": lengths}
+
+    def on_gradient(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        n = len(a) // 2
+        if self.outputs[name] is None:  # exact block: j = Σ_k g_k a_k per sequence, summed over the pair
+            j = torch.einsum("sto,sti->si", g, a)
+            self.inputs[name].add(j[:n] + j[n:])
+            return
+        positions = torch.arange(a.shape[1], device=a.device)[None]
+        prefix, lengths = self.batch["prefix"][:, None], self.batch["lengths"][:, None]
+        shared = positions < prefix
+        g = torch.cat([g[:n] + g[n:] * shared[..., None], g[n:]])
+        keep = torch.cat([positions < lengths[:n], (positions >= prefix) & (positions < lengths[n:])])
+        self.inputs[name].add(a[keep])
+        self.outputs[name].add(g[keep])
+        self.positions[name] += keep.sum()
+
+    def all_reduce(self, accelerator: Accelerator) -> None:
+        for name in self.inputs:
+            self.inputs[name].all_reduce(accelerator)
+            if self.outputs[name] is not None:
+                self.outputs[name].all_reduce(accelerator)
+                self.positions[name] = accelerator.reduce(self.positions[name], reduction="sum")
+
+    def blocks(self) -> list[Block]:
+        one = Eigen(torch.ones(1, 1), torch.ones(1))
+        blocks = []
+        for name, inputs in self.inputs.items():
+            if self.outputs[name] is None:
+                blocks.append(Block(name, one, inputs.eigen(1.0)))
+            else:
+                count = max(float(self.positions[name]), 1.0)
+                blocks.append(Block(name, self.outputs[name].eigen(1.0), inputs.eigen(1.0 / count)))
+        return blocks
+
+
+def fit_laplace(
+    model,
+    data: str | EncodedPairs,
+    subset: str = "all",
+    batch_size: int = 8,
+    max_factor_size: int = 1024,
+    factor_rank: int = 128,
+    columns: Columns | None = None,
+    skip_invalid: bool = False,
+    prior: str = "evidence",
+    val_data: str | EncodedPairs | None = None,
+) -> Posterior:
+    """Fit the Laplace posterior of `model` (a trained bt or haf reward model) on preference pairs, choose
+    the prior precision (`evidence`: marginal likelihood; `val`: Laplace NLL on `val_data`), attach it as
+    `model.posterior` and return it. Runs on every process under `accelerate launch` (pairs are split,
+    factors summed)."""
+    started = time.perf_counter()
+    if prior not in ("evidence", "val"):
+        raise UserError(f"laplace: prior must be 'evidence' or 'val', not {prior!r}")
+    if prior == "val" and val_data is None:
+        raise UserError("laplace: --prior val needs --val-data")
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    layers = posterior_layers(model, subset)
+    pairs, info = _encoded(model, data, columns, skip_invalid)
+    if len(pairs) == 0:
+        raise UserError("laplace: no pairs to fit on")
+    model.to(accelerator.device).eval()
+    stats = _KfacStatistics(layers, max_factor_size, factor_rank, accelerator.device)
+    log_likelihood = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    order = sorted(range(len(pairs)), key=lambda i: -pairs.tokens(i))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][accelerator.process_index :: accelerator.num_processes]
+    with record(layers, stats.on_gradient) as backward:
+        for batch in tqdm(batches, desc="laplace", disable=not accelerator.is_main_process or len(batches) < 5):
+            sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
+            ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
+            prefix = torch.tensor([common_prefix(pairs.chosen[i].ids, pairs.rejected[i].ids) for i in batch])
+            stats.start_batch(prefix.to(accelerator.device), mask.sum(1).to(accelerator.device))
+            rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
+            delta = rewards[: len(batch)] - rewards[len(batch) :]
+            p = torch.sigmoid(delta.detach())
+            log_likelihood += torch.nn.functional.logsigmoid(delta.detach()).double().sum()
+            backward((torch.sqrt(p * (1 - p)) * delta).sum())
+    stats.all_reduce(accelerator)
+    if accelerator.num_processes > 1:
+        log_likelihood = accelerator.reduce(log_likelihood, reduction="sum")
+    mean_sq_norm = float(sum(layer.weight.detach().double().square().sum() for layer in layers.values()))
+    posterior = Posterior(subset, stats.blocks(), float(log_likelihood), mean_sq_norm)
+    delta, curve = posterior.optimize_prior_precision()
+    info.update(
+        prior_method=prior,
+        evidence_curve=curve,
+        evidence_prior_precision=delta,
+        max_factor_size=max_factor_size,
+        factor_rank=factor_rank,
+        parameters=posterior.n_params,
+        posterior_bytes=posterior.memory_bytes(),
+    )
+    if prior == "val":
+        from .predict import validation_nll_curve
+
+        val_pairs, val_info = _encoded(model, val_data, columns, skip_invalid)
+        grid, nll = validation_nll_curve(model, posterior, val_pairs, batch_size)
+        delta = float(grid[int(np.argmin(nll))])
+        info.update(val_nll_curve=[(float(d), float(v)) for d, v in zip(grid, nll)], val_data=val_info)
+    posterior.prior_precision = delta
+    info["fit_seconds"] = time.perf_counter() - started
+    posterior.info = info
+    model.posterior = posterior
+    return posterior
+
+
+def _encoded(model, data, columns, skip_invalid) -> tuple[EncodedPairs, dict[str, Any]]:
+    if isinstance(data, EncodedPairs):
+        return data, {"pairs": len(data), "truncated": data.truncated}
+    pairs, report = load_preferences(data, columns, skip_invalid)
+    encoded = encode_pairs(model.encoder, pairs)
+    return encoded, {"data": str(data), "pairs": len(encoded), "truncated": encoded.truncated, "skipped": dict(report.skipped)}
+

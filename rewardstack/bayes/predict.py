@@ -1,0 +1,97 @@
+"""The linearised Laplace predictive: rewards with variances, and pairwise probabilities.
+
+f(θ) ≈ f(θ*) + J (θ − θ*), so Var[f] = J Σ Jᵀ. One forward pass with the posterior layers recorded and one
+backward pass of Σ_i r_i give every sequence's Jacobian per layer, J_i = Σ_t g_it a_itᵀ (a batched
+matmul); Jacobians of differences are differences of Jacobians, so Var[r_c − r_r] = J_Δ Σ J_Δᵀ with
+J_Δ = J_c − J_r carries the covariance of the two rewards.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.encode import Encoded, EncodedPairs, length_batches, pad_right
+from .posterior import PRIOR_GRID, Posterior
+from .taps import posterior_layers, record
+
+
+def probit_logit(mean_delta: np.ndarray, var_delta: np.ndarray) -> np.ndarray:
+    """Logit of the Laplace pairwise probability P(y1 ≻ y2) ≈ σ(μ_Δ / √(1 + π·Var[Δ]/8))."""
+    return np.asarray(mean_delta) / np.sqrt(1.0 + math.pi * np.asarray(var_delta) / 8.0)
+
+
+def _moments(model, posterior: Posterior, sequences: Sequence[Encoded], combinations: torch.Tensor, deltas: torch.Tensor):
+    """Rewards of `sequences` (S,) and the variance of each combination Σ_s C_qs r_s: (Q, len(deltas))."""
+    layers = posterior_layers(model, posterior.subset)
+    blocks = {block.name: block for block in posterior.blocks}
+    device = model.head.weight.device
+    combinations = combinations.to(device)
+    variance = torch.zeros(len(combinations), len(deltas), dtype=torch.float64, device=device)
+
+    def on_gradient(name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        nonlocal variance
+        jacobians = torch.einsum("qs,soi->qoi", combinations, g.transpose(1, 2) @ a)
+        variance += blocks[name].variances(jacobians, deltas).to(device)
+
+    ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
+    with record(layers, on_gradient) as backward:
+        rewards = model(ids.to(device), mask.to(device))
+        backward(rewards.sum())
+    return rewards.detach().double().cpu().numpy(), variance.cpu().numpy()
+
+
+def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of each sequence's reward under model.posterior, in input order."""
+    posterior = model.posterior
+    mean, var = np.empty(len(sequences)), np.empty(len(sequences))
+    deltas = torch.tensor([posterior.prior_precision])
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in length_batches([len(s) for s in sequences], batch_size):
+            r, v = _moments(model, posterior, [sequences[i] for i in batch], torch.eye(len(batch), dtype=torch.float32), deltas)
+            mean[batch], var[batch] = r, v[:, 0]
+    finally:
+        model.train(was_training)
+    return mean, var
+
+
+def pair_moments(model, pairs: EncodedPairs, batch_size: int = 8, prior_precisions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """For each pair: rewards `chosen`, `rejected`, their variances `var_chosen`, `var_rejected` and
+    `var_delta` = Var[r_c − r_r], each variance of shape (pairs, len(prior_precisions)) (default: the
+    posterior's own δ, one column)."""
+    posterior = model.posterior
+    deltas = torch.tensor([posterior.prior_precision] if prior_precisions is None else list(prior_precisions), dtype=torch.float64)
+    n = len(pairs)
+    out = {"chosen": np.empty(n), "rejected": np.empty(n)}
+    out.update({k: np.empty((n, len(deltas))) for k in ("var_chosen", "var_rejected", "var_delta")})
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in length_batches([pairs.tokens(i) for i in range(n)], batch_size):
+            b = len(batch)
+            eye = torch.eye(b)
+            combinations = torch.cat([torch.eye(2 * b), torch.cat([eye, -eye], dim=1)])
+            sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
+            r, v = _moments(model, posterior, sequences, combinations, deltas)
+            out["chosen"][batch], out["rejected"][batch] = r[:b], r[b:]
+            out["var_chosen"][batch], out["var_rejected"][batch], out["var_delta"][batch] = v[:b], v[b : 2 * b], v[2 * b :]
+    finally:
+        model.train(was_training)
+    return out
+
+
+def validation_nll_curve(model, posterior: Posterior, pairs: EncodedPairs, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean NLL of the Laplace pairwise probability on `pairs` for each δ of PRIOR_GRID (one pass)."""
+    saved, model.posterior = getattr(model, "posterior", None), posterior
+    try:
+        moments = pair_moments(model, pairs, batch_size, PRIOR_GRID)
+    finally:
+        model.posterior = saved
+    mean_delta = (moments["chosen"] - moments["rejected"])[:, None]
+    nll = np.logaddexp(0.0, -probit_logit(mean_delta, moments["var_delta"])).mean(0)
+    return PRIOR_GRID, nll

@@ -1,0 +1,255 @@
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call, jacrev
+
+from rewardstack.bayes import fit_laplace, pair_moments
+from rewardstack.bayes.fit import FactorSum
+from rewardstack.bayes.posterior import Block, Eigen
+from rewardstack.bayes.predict import probit_logit
+from rewardstack.bayes.taps import posterior_layers
+from rewardstack.data.encode import encode_pairs, pad_right
+from rewardstack.data.load import PreferencePair
+from rewardstack.errors import UserError
+from rewardstack.model import ModelConfig, RewardModel
+from rewardstack.synthetic import arithmetic_pairs, write_jsonl
+
+from conftest import cli
+
+
+def lora_model(objective="bt", lora_r=2) -> RewardModel:
+    """Tiny 2-layer model, LoRA on q and v (480 posterior weights with the head), weights perturbed off zero."""
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=lora_r, lora_target_modules="q_proj,v_proj", objective=objective))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in model.trainable_parameters().values():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+def pairs_of(n, seed=7):
+    rows = arithmetic_pairs(n, seed=seed)
+    return [PreferencePair(({"role": "user", "content": r["prompt"]},), r["chosen"], r["rejected"]) for r in rows]
+
+
+class DenseLaplace:
+    """Brute force: the full GGN Σ_n λ_n J_Δᵀ J_Δ from torch.func Jacobians of all posterior weights."""
+
+    def __init__(self, model, subset, train):
+        layers = posterior_layers(model, subset)
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.model, self.keys = model, [names[id(layer.weight)] for layer in layers.values()]
+        self.shapes = [layer.weight.shape for layer in layers.values()]
+        self.theta = torch.cat([layer.weight.detach().flatten() for layer in layers.values()])
+        r, jac = self.jacobians(train.chosen + train.rejected)
+        n = len(train)
+        delta = r[:n] - r[n:]
+        lam = torch.sigmoid(delta) * (1 - torch.sigmoid(delta))
+        self.ggn = ((jac[:n] - jac[n:]).T * lam) @ (jac[:n] - jac[n:])
+        self.log_likelihood = float(torch.nn.functional.logsigmoid(delta).sum())
+
+    def jacobians(self, sequences):
+        ids, mask = pad_right([s.ids for s in sequences], self.model.tokenizer.pad_token_id)
+
+        def rewards(flat):
+            params, start = {}, 0
+            for key, shape in zip(self.keys, self.shapes):
+                params[key] = flat[start : start + shape.numel()].view(shape)
+                start += shape.numel()
+            return functional_call(self.model, params, (ids, mask))
+
+        return rewards(self.theta).detach().double(), jacrev(rewards)(self.theta).detach().double()
+
+    def covariance(self, delta):
+        return torch.linalg.inv(self.ggn + delta * torch.eye(len(self.theta), dtype=torch.float64))
+
+    def variances(self, pairs, delta):
+        """(Var r of chosen then rejected, Var[r_c − r_r])."""
+        _, jac = self.jacobians(pairs.chosen + pairs.rejected)
+        n, cov = len(pairs), self.covariance(delta)
+        quad = lambda j: torch.einsum("sp,pq,sq->s", j, cov, j).numpy()  # noqa: E731
+        return quad(jac), quad(jac[:n] - jac[n:])
+
+    def log_evidence(self, delta):
+        p = len(self.theta)
+        logdet = torch.logdet(self.ggn + delta * torch.eye(p, dtype=torch.float64))
+        return self.log_likelihood - 0.5 * delta * float(self.theta.double().square().sum()) + 0.5 * p * math.log(delta) - 0.5 * float(logdet)
+
+
+def test_head_posterior_is_the_dense_laplace_exactly():
+    # One linear layer read at one token: the Kronecker block is exact, so K-FAC = brute force.
+    model = lora_model()
+    train, test = encode_pairs(model.encoder, pairs_of(16)), encode_pairs(model.encoder, pairs_of(6, seed=3))
+    posterior = fit_laplace(model, train, subset="head", batch_size=5)
+    dense = DenseLaplace(model, "head", train)
+    for delta in (0.1, 1.0, posterior.prior_precision):
+        moments = pair_moments(model, test, batch_size=4, prior_precisions=[delta])
+        var_seq, var_delta = dense.variances(test, delta)
+        np.testing.assert_allclose(np.concatenate([moments["var_chosen"][:, 0], moments["var_rejected"][:, 0]]), var_seq, rtol=1e-5)
+        np.testing.assert_allclose(moments["var_delta"][:, 0], var_delta, rtol=1e-5)
+        assert posterior.log_marginal_likelihood(delta) == pytest.approx(dense.log_evidence(delta), rel=1e-6)
+    grid = np.logspace(-2, 2, 801)  # grid search on the dense evidence: step 0.005 in log10
+    best = grid[np.argmax([dense.log_evidence(d) for d in grid])]
+    assert abs(math.log10(posterior.prior_precision / best)) <= 0.005
+
+
+def test_kfac_posterior_stays_close_to_the_dense_one_with_two_lora_layers():
+    # K-FAC drops cross-token terms and Kronecker-factors each block; measured here: std ratio 0.87–1.32,
+    # correlation of std 0.90. Tolerance: every std within a factor 2, correlation ≥ 0.8.
+    model = lora_model()
+    train, test = encode_pairs(model.encoder, pairs_of(64)), encode_pairs(model.encoder, pairs_of(6, seed=3))
+    posterior = fit_laplace(model, train, batch_size=8)
+    assert posterior.n_params == 2 * ((2 * 32 + 32 * 2) + (2 * 32 + 16 * 2)) + 32  # 2 layers × (q, v: 16 kv dims) + head
+    moments = pair_moments(model, test, batch_size=3)
+    var_seq, var_delta = DenseLaplace(model, "all", train).variances(test, posterior.prior_precision)
+    std_ratio = np.sqrt(np.concatenate([moments["var_chosen"][:, 0], moments["var_rejected"][:, 0]]) / var_seq)
+    assert 0.5 < std_ratio.min() and std_ratio.max() < 2.0
+    kfac_std = np.sqrt(np.concatenate([moments["var_chosen"][:, 0], moments["var_rejected"][:, 0]]))
+    assert np.corrcoef(kfac_std, np.sqrt(var_seq))[0, 1] >= 0.8
+    delta_ratio = np.sqrt(moments["var_delta"][:, 0] / var_delta)
+    assert 0.5 < delta_ratio.min() and delta_ratio.max() < 2.0
+    # the two rewards of a pair covary (shared prompt): Var[Δ] is far from Var[r_c] + Var[r_r]
+    independent = moments["var_chosen"][:, 0] + moments["var_rejected"][:, 0]
+    assert np.median(independent / moments["var_delta"][:, 0]) > 2.0
+
+
+def test_low_rank_factor_variances_equal_the_dense_covariance_they_stand_for():
+    torch.manual_seed(0)
+    out_dim, in_dim, delta = 3, 6, 0.7
+
+    def truncated(dim, rank):
+        q, _ = torch.linalg.qr(torch.randn(dim, dim))
+        return Eigen(q[:, :rank], torch.rand(rank) + 0.5, 0.3)
+
+    out, inp = truncated(out_dim, 2), truncated(in_dim, 4)
+    dense_factor = lambda e: e.vectors @ torch.diag(e.values) @ e.vectors.T + e.rest * (torch.eye(e.dim) - e.vectors @ e.vectors.T)  # noqa: E731
+    cov = torch.linalg.inv(torch.kron(dense_factor(out), dense_factor(inp)).double() + delta * torch.eye(out_dim * in_dim, dtype=torch.float64))
+    jac = torch.randn(5, out_dim, in_dim)
+    expected = torch.einsum("qp,pr,qr->q", jac.flatten(1).double(), cov, jac.flatten(1).double())
+    got = Block("x", out, inp).variances(jac, torch.tensor([delta]))[:, 0]
+    torch.testing.assert_close(got, expected)
+    groups = Block("x", out, inp).eigenvalue_groups()
+    assert sum(m * len(v) for v, m in groups) == out_dim * in_dim
+    expected_logdet = torch.logdet(torch.kron(dense_factor(out), dense_factor(inp)).double() + delta * torch.eye(18, dtype=torch.float64))
+    assert sum(m * float(torch.log(v.double() + delta).sum()) for v, m in groups) == pytest.approx(float(expected_logdet), rel=1e-5)
+
+
+def test_sketched_factor_is_exact_below_its_rank_and_keeps_the_trace():
+    torch.manual_seed(0)
+    low = torch.randn(600, 3) @ torch.randn(3, 40)  # rank 3 < sketch rank 5: Nyström is exact
+    sketch, dense = FactorSum(40, max_dense=10, rank=5, device="cpu"), low.T @ low
+    sketch.add(low[:250])
+    sketch.add(low[250:])
+    eigen = sketch.eigen(0.5)
+    top = torch.linalg.eigvalsh(dense.double()).flip(0)[:5].float()
+    torch.testing.assert_close(eigen.values, 0.5 * top, rtol=1e-4, atol=1e-2)
+    assert eigen.rest == pytest.approx(0.0, abs=1e-3)
+    full = torch.randn(300, 40) * torch.logspace(0.5, -2, 40)  # a fast-decaying spectrum
+    sketch = FactorSum(40, max_dense=10, rank=5, device="cpu")
+    sketch.add(full)
+    eigen = sketch.eigen(1.0)
+    assert float(eigen.values.sum()) + eigen.rest * 35 == pytest.approx(float(full.square().sum()), rel=1e-4)
+    top = torch.linalg.eigvalsh((full.T @ full).double()).flip(0)[:5].float()
+    ratio = eigen.values / top  # Nyström never overestimates (A − Â ⪰ 0); measured 0.82–0.97 here
+    assert ratio.max() <= 1 + 1e-4 and ratio.min() >= 0.75
+
+
+def test_low_rank_fit_runs_and_gives_positive_std():
+    model = lora_model()
+    train = encode_pairs(model.encoder, pairs_of(12))
+    posterior = fit_laplace(model, train, max_factor_size=16, factor_rank=4)
+    lora_a = next(b for b in posterior.blocks if "lora_A" in b.name)
+    assert lora_a.inp.vectors.shape == (32, 4) and lora_a.inp.rest > 0
+    rows = arithmetic_pairs(3, seed=1)
+    std = model.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).std
+    assert np.all(np.isfinite(std)) and np.all(std > 0)
+
+
+def test_std_is_independent_of_batch_size_and_survives_save_and_reload(tmp_path):
+    model = lora_model()
+    fit_laplace(model, encode_pairs(model.encoder, pairs_of(16)))
+    rows = arithmetic_pairs(5, seed=1)
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] + " extra" * i for i, r in enumerate(rows)]
+    one, five = model.score(prompts, responses, batch_size=1), model.score(prompts, responses, batch_size=5)
+    np.testing.assert_allclose(one.std, five.std, rtol=1e-4)
+    np.testing.assert_allclose(one.mean, model.rewards([model.encoder.encode(({"role": "user", "content": p},), [r])[0][0] for p, r in zip(prompts, responses)]), atol=1e-5)
+    model.save(tmp_path / "m")
+    reloaded = RewardModel.from_pretrained(tmp_path / "m")
+    assert reloaded.posterior.prior_precision == model.posterior.prior_precision
+    np.testing.assert_allclose(reloaded.score(prompts, responses).std, one.std, rtol=1e-5)
+
+
+def test_validation_prior_picks_the_lowest_validation_nll():
+    model = lora_model()
+    train, val = encode_pairs(model.encoder, pairs_of(12)), encode_pairs(model.encoder, pairs_of(6, seed=5))
+    posterior = fit_laplace(model, train, prior="val", val_data=val)
+    curve = posterior.info["val_nll_curve"]
+    assert posterior.prior_precision == min(curve, key=lambda c: c[1])[0]
+    delta, nll = curve[10]
+    moments = pair_moments(model, val, prior_precisions=[delta])
+    logits = probit_logit(moments["chosen"] - moments["rejected"], moments["var_delta"][:, 0])
+    assert nll == pytest.approx(float(np.mean(np.logaddexp(0, -logits))), rel=1e-6)
+    with pytest.raises(UserError, match="needs --val-data"):
+        fit_laplace(model, train, prior="val")
+
+
+def test_models_without_a_reward_head_posterior_are_refused():
+    with pytest.raises(UserError, match="dpo"):
+        fit_laplace(lora_model(objective="dpo"), encode_pairs(lora_model().encoder, pairs_of(2)))
+    full = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=0))
+    with pytest.raises(UserError, match="--subset head"):
+        fit_laplace(full, encode_pairs(full.encoder, pairs_of(2)))
+    assert fit_laplace(full, encode_pairs(full.encoder, pairs_of(4)), subset="head").n_params == 32
+
+
+def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
+    model = lora_model()
+    model.save(tmp_path / "model")
+    train = write_jsonl(arithmetic_pairs(16, seed=0), tmp_path / "train.jsonl")
+    test = write_jsonl(arithmetic_pairs(6, seed=1), tmp_path / "test.jsonl")
+    odd = [{"prompt": "Name a colour.", "chosen": "Blue, like the sky in the afternoon.", "rejected": "x"}] * 3
+    ood = write_jsonl(odd, tmp_path / "ood.jsonl")
+    result = cli("eval", "--model-dir", tmp_path / "model", "--data", test, "--ood-data", ood, check_rc=2)
+    assert result.stderr.strip() == "error: eval: --ood-data needs a model with a Laplace posterior (run `rewardstack laplace` first)"
+    result = cli("laplace", "--model-dir", tmp_path / "model", "--data", train)
+    assert "fitted on 16 pairs" in result.stdout and "prior precision" in result.stdout
+    rows = write_jsonl([{"prompt": "2+2?", "response": "4"}], tmp_path / "rows.jsonl")
+    cli("score", "--model-dir", tmp_path / "model", "--input", rows, "--output", tmp_path / "out.jsonl")
+    assert json.loads((tmp_path / "out.jsonl").read_text())["reward_std"] > 0
+    out = tmp_path / "eval.json"
+    result = cli("eval", "--model-dir", tmp_path / "model", "--data", test, "--ood-data", ood, "--output", out)
+    metrics = json.loads(out.read_text())
+    assert set(metrics[str(test)]["laplace"]) >= {"nll", "ece", "brier", "mean_std"}
+    assert 0.0 <= metrics[str(ood)]["ood_auroc"] <= 1.0
+    assert "laplace predictive" in result.stdout and "out-of-distribution AUROC" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+def test_two_processes_sum_the_same_factors_as_one(tmp_path):
+    model = lora_model()
+    for name in ("one", "two"):
+        model.save(tmp_path / name)
+    train = str(write_jsonl(arithmetic_pairs(12, seed=0), tmp_path / "train.jsonl"))
+    command = ["-m", "rewardstack.cli", "laplace", "--data", train, "--batch-size", "3", "--max-factor-size", "16", "--factor-rank", "4"]
+    subprocess.run([sys.executable, *command, "--model-dir", str(tmp_path / "one")], check=True, capture_output=True)
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launched = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", *command, "--model-dir", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = (RewardModel.from_pretrained(tmp_path / name).posterior for name in ("one", "two"))
+    assert two.log_likelihood == pytest.approx(one.log_likelihood, rel=1e-5)
+    for a, b in zip(one.blocks, two.blocks):
+        for ea, eb in ((a.out, b.out), (a.inp, b.inp)):
+            torch.testing.assert_close(eb.values, ea.values, rtol=1e-4, atol=1e-6)  # sketches (side 32 > 16) too
+            assert eb.rest == pytest.approx(ea.rest, rel=1e-4, abs=1e-9)
+    assert two.prior_precision == pytest.approx(one.prior_precision, rel=1e-3)
