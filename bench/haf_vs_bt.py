@@ -19,11 +19,9 @@ Reference log-probabilities (haf, dpo) are cached next to --out: they depend on 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -35,31 +33,9 @@ from rewardstack.evaluate import evaluate_encoded
 from rewardstack.model import RewardModel
 from rewardstack.train import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from common import DATA, alpaca_pairs, head_rows, write_rows
+
 OBJECTIVES = ("bt", "haf", "dpo")
-ADVERSARIAL_GENERATOR = "example"
-
-
-def alpaca_pairs(min_gap: float = 0.3, per_instruction: int = 2) -> tuple[list[dict], list[dict]]:
-    """(train rows with instruction_id < 500, held-out rows), built as the module docstring says."""
-    by_instruction = defaultdict(list)
-    with gzip.open(DATA / "alpaca_eval" / "outputs.jsonl.gz", "rt") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row["generator"] != ADVERSARIAL_GENERATOR and row["output"].strip() and row["gold_winrate"] is not None:
-                by_instruction[row["instruction_id"]].append(row)
-    train_rows, test_rows = [], []
-    for instruction_id in sorted(by_instruction):
-        outputs = sorted(by_instruction[instruction_id], key=lambda r: r["generator"])
-        kept = 0
-        for a, b in zip(outputs[0::2], outputs[1::2]):
-            if kept == per_instruction or abs(a["gold_winrate"] - b["gold_winrate"]) < min_gap or a["output"] == b["output"]:
-                continue
-            chosen, rejected = (a, b) if a["gold_winrate"] > b["gold_winrate"] else (b, a)
-            pair = {"prompt": a["instruction"], "chosen": chosen["output"], "rejected": rejected["output"]}
-            (train_rows if instruction_id < 500 else test_rows).append(pair)
-            kept += 1
-    return train_rows, test_rows
 
 
 def mean_std(values: list[float]) -> str:
@@ -69,16 +45,6 @@ def mean_std(values: list[float]) -> str:
 
 def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-
-
-def write_rows(rows: list[dict], path: Path) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def head_rows(path: Path, n: int) -> list[dict]:
-    pairs, _ = load_preferences(path, skip_invalid=True)
-    return [{"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected} for p in pairs[:n]]
 
 
 def main() -> None:
