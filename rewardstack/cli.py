@@ -203,6 +203,46 @@ def score(
 
 
 @app.command()
+def bon(
+    model_dir: Annotated[Path, typer.Option(help="The reward model that selects (proxy reward)")],
+    pools: Annotated[str, typer.Option(help="Candidate pools: prompt + responses (+ gold or answer), or MATH / GSM8K-solutions / alpaca_eval files")],
+    output_dir: Annotated[Path, typer.Option(help="Where results.jsonl, summary.json and best_of_n.png go")],
+    objective: Annotated[Optional[list[str]], typer.Option(help="mean, lcb:K (mean − K·std) or var:K (mean − K·variance); repeatable [default: mean]")] = None,
+    max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools")] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    skip_invalid: SkipInvalid = None,
+):
+    """Best-of-n on candidate pools: per objective, the exact expected proxy and gold reward of best-of-n
+    for every n up to the smallest pool, against n and KL."""
+    from .bon import Objective, plot_best_of_n, run_best_of_n
+    from .data.pools import load_pools
+    from .model import RewardModel
+
+    objectives = [Objective.parse(spec) for spec in (objective or ["mean"])]
+    if len({o.name for o in objectives}) < len(objectives):
+        raise UserError("bon: the same --objective is given twice")
+    pool_list, report = load_pools(pools, bool(skip_invalid))
+    if max_pools is not None:
+        pool_list = pool_list[:max_pools]
+    result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "results.jsonl", "w") as handle:
+        for record in result.pop("pools"):
+            handle.write(json.dumps(record) + "\n")
+    result.update(pools=len(pool_list), skipped=dict(report.skipped), source=str(pools), model_dir=str(model_dir))
+    (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_best_of_n(result, output_dir / "best_of_n.png", title=f"best-of-n on {Path(pools).name}")
+    shown = sorted({1, 2, 4, 8, 16, 32, 64, len(result["n"])} & set(result["n"]))
+    typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated, "
+               f"{sum(report.skipped.values())} rows skipped")
+    typer.echo(f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(n):>9}" for n in shown))
+    for name, curve in result["curves"].items():
+        for kind, values in curve.items():
+            typer.echo(f"{name:<12}{kind:<8}" + "".join(f"{values[n - 1]:>9.3f}" for n in shown))
+    typer.echo(f"results in {output_dir}")
+
+
+@app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="Where the demo writes its data and run")] = Path("runs/demo"),
     model: Annotated[str, typer.Option(help="Backbone")] = "smollm2-135m",

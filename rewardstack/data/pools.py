@@ -1,0 +1,117 @@
+"""Candidate pools for best-of-n: several responses to one prompt, with optional gold scores.
+
+Formats, recognised per row by their fields:
+- generic: `prompt` (string or chat messages), `responses` (list of strings), and optionally `gold` (one
+  number or boolean per response) or `answer` (gold = whether each response's final answer matches it);
+- MATH-style samples (`question`, `code`: responses, `score`: correctness; `pred_score`, another reward
+  model's scores, kept as `reference`);
+- GSM8K model solutions (`question`, `ground_truth`, and one `{is_correct, solution}` object per solver);
+- alpaca_eval outputs (one row per output: `instruction_id`, `instruction`, `generator`, `output`,
+  `gold_winrate`), grouped into one pool per instruction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..gold import answer_is_correct
+from .encode import as_messages
+from .load import LoadReport, Message, RowError, _check_row, _prompt_messages, _required, _skip_or_raise, _string, read_rows
+
+
+@dataclass
+class Pool:
+    """Responses to one prompt; gold[i] and reference[i] belong to responses[i] (None when absent)."""
+
+    key: str
+    prompt: tuple[Message, ...]
+    responses: list[str]
+    response_ids: list[str]
+    gold: np.ndarray | None = None
+    reference: np.ndarray | None = None
+
+
+def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Pool], LoadReport]:
+    """Read candidate pools; invalid rows raise a UserError naming file, row and field, or are counted
+    with `skip_invalid`. A pool keeps its responses in file order."""
+    report = LoadReport(str(source))
+    pools: list[Pool] = []
+    grouped: dict[str, Pool] = {}  # alpaca_eval rows, by instruction
+    for row_number, row in read_rows(source):
+        report.rows += 1
+        try:
+            _check_row(row)
+            if {"instruction_id", "output", "gold_winrate"} <= row.keys():
+                _add_alpaca_output(row, grouped, report)
+            else:
+                pools.append(_pool_of(row, f"row {row_number}"))
+        except RowError as err:
+            _skip_or_raise(err, source, row_number, skip_invalid, report)
+    pools += list(grouped.values())
+    report.pairs = len(pools)
+    if not pools:
+        raise UserError(f"{source}: no candidate pools ({report.rows} rows, skipped {dict(report.skipped)})")
+    return pools, report
+
+
+def _pool_of(row: dict, key: str) -> Pool:
+    if "responses" in row:
+        responses = _strings(row, "responses")
+        gold = None
+        if row.get("gold") is not None:
+            gold = _numbers(row, "gold", len(responses))
+        elif row.get("answer") is not None:
+            answer = str(row["answer"])
+            gold = np.array([float(answer_is_correct(r, answer)) for r in responses])
+        prompt = tuple(_prompt_messages(_required(row, "prompt"), "prompt"))
+        return Pool(str(row.get("id", key)), prompt, responses, [str(i) for i in range(len(responses))], gold)
+    if {"question", "code", "score"} <= row.keys():
+        responses = _strings(row, "code")
+        reference = None
+        if row.get("pred_score") is not None:
+            reference = np.array([float(np.mean(s)) if isinstance(s, list) else float(s) for s in row["pred_score"]])
+        return Pool(str(row.get("idx", key)), as_messages(_string(row, "question")), responses,
+                    [str(i) for i in range(len(responses))], _numbers(row, "score", len(responses)), reference)
+    if {"question", "ground_truth"} <= row.keys():
+        solvers = {k: v for k, v in row.items() if isinstance(v, dict) and "solution" in v and "is_correct" in v}
+        if not solvers:
+            raise RowError("missing field", None, "a GSM8K solutions row needs solver objects with 'solution' and 'is_correct'")
+        responses = [str(v["solution"]) for v in solvers.values()]
+        gold = np.array([float(bool(v["is_correct"])) for v in solvers.values()])
+        return Pool(key, as_messages(_string(row, "question")), responses, list(solvers), gold)
+    raise RowError("unknown format", None, "expected 'prompt' and 'responses' (or a MATH, GSM8K solutions or alpaca_eval row)")
+
+
+def _add_alpaca_output(row: dict, grouped: dict[str, Pool], report: LoadReport) -> None:
+    output, winrate = row.get("output"), row.get("gold_winrate")
+    if not isinstance(output, str) or not output.strip() or winrate is None:
+        report.skipped["empty output or no gold_winrate"] += 1
+        return
+    key = str(row["instruction_id"])
+    if key not in grouped:
+        grouped[key] = Pool(key, as_messages(_string(row, "instruction")), [], [], np.empty(0))
+    pool = grouped[key]
+    pool.responses.append(output)
+    pool.response_ids.append(str(row.get("generator", len(pool.responses) - 1)))
+    pool.gold = np.append(pool.gold, float(winrate))
+
+
+def _strings(row: dict, key: str) -> list[str]:
+    value = _required(row, key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RowError("wrong type", key, "expected a non-empty list of strings")
+    return value
+
+
+def _numbers(row: dict, key: str, length: int) -> np.ndarray:
+    value = _required(row, key)
+    if not isinstance(value, list) or len(value) != length:
+        raise RowError("wrong type", key, f"expected a list of {length} numbers (one per response)")
+    try:
+        return np.array([float(v) for v in value])
+    except (TypeError, ValueError):
+        raise RowError("wrong type", key, "expected numbers or booleans") from None

@@ -1,0 +1,144 @@
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rewardstack.bon import Objective, best_of_n_kl, expected_best_of_n, run_best_of_n
+from rewardstack.data.pools import load_pools
+from rewardstack.errors import UserError
+from rewardstack.gold import answer_is_correct, extract_answer, normalize_answer
+from rewardstack.model import ModelConfig, RewardModel
+from rewardstack.sources import RewardScores
+
+from conftest import cli, write_rows
+
+
+def brute_force(scores, values, n):
+    """Mean over all n-subsets of the value of the best-scoring member, ties split evenly."""
+    totals = []
+    for subset in itertools.combinations(range(len(scores)), n):
+        top = max(scores[i] for i in subset)
+        winners = [values[i] for i in subset if scores[i] == top]
+        totals.append(sum(winners) / len(winners))
+    return sum(totals) / len(totals)
+
+
+def test_expected_best_of_n_equals_enumerating_every_subset_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=8).astype(float)  # many ties
+    values = rng.normal(size=8)
+    got = expected_best_of_n(scores, values, range(1, 9))
+    np.testing.assert_allclose(got, [brute_force(scores, values, n) for n in range(1, 9)], rtol=1e-12)
+    assert got[0] == pytest.approx(values.mean())  # n = 1 is a random sample
+    # [1, 2, 3] with values [10, 20, 30], n = 2: subsets {1,2}, {1,3}, {2,3} → (20 + 30 + 30) / 3
+    assert expected_best_of_n([1, 2, 3], [10, 20, 30], [2])[0] == pytest.approx(80 / 3)
+    with pytest.raises(ValueError, match="outside"):
+        expected_best_of_n([1, 2], [1, 2], [3])
+
+
+def test_best_of_n_kl():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+
+
+def test_objectives_parse_score_and_refuse_bad_specs():
+    mean, std = np.array([1.0, 2.0]), np.array([0.5, 2.0])
+    assert Objective.parse("mean").score(mean, None).tolist() == [1.0, 2.0]
+    assert Objective.parse("lcb:1.5").score(mean, std).tolist() == [0.25, -1.0]
+    assert Objective.parse("var:2").score(mean, std).tolist() == [0.5, -6.0]
+    assert Objective.parse("lcb:1.0").name == "lcb:1"
+    for bad in ("lcb", "lcb:x", "max", "var:-1", "mean:2"):
+        with pytest.raises(UserError, match="objective"):
+            Objective.parse(bad)
+    with pytest.raises(UserError, match="rewardstack laplace"):
+        Objective.parse("lcb:1").score(mean, None)
+
+
+@pytest.mark.parametrize(
+    "text, answer",
+    [
+        ("so the result is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+        ("nested \\boxed{2^{10}} and earlier \\boxed{3}", None),
+        ("We get 3 + 4 = 7\n#### 7", "7"),
+        ("The total is 1,234 dollars.", "1,234"),
+        ("no number here", None),
+    ],
+)
+def test_extract_answer(text, answer):
+    expected = answer if answer is not None or "nested" not in text else "3"
+    assert extract_answer(text) == expected
+
+
+def test_answer_checking_normalises():
+    assert answer_is_correct("\\boxed{420}", "420")
+    assert answer_is_correct("#### 1,000", "1000.0")
+    assert answer_is_correct("answer: \\boxed{\\dfrac{1}{2}}", "\\frac{1}{2}")
+    assert answer_is_correct("\\boxed{2.50}", "2.5")
+    assert not answer_is_correct("\\boxed{421}", "420")
+    assert not answer_is_correct("I do not know", "420")
+    assert normalize_answer("\\text{ 5 cm}") == "5cm" and normalize_answer("$3.0$") == "3"
+
+
+def test_load_pools_reads_every_format(tmp_path):
+    rows = [
+        {"prompt": "2+2?", "responses": ["4", "5"], "gold": [1, 0]},
+        {"prompt": [{"role": "user", "content": "3*3?"}], "responses": ["It is \\boxed{9}", "8"], "answer": "9"},
+        {"question": "1+1?", "code": ["\\boxed{2}", "\\boxed{3}"], "score": [True, False], "pred_score": [[0.5], [0.1]]},
+        {"question": "5-2?", "ground_truth": "#### 3", "solver_a": {"is_correct": False, "solution": "4"},
+         "solver_b": {"is_correct": True, "solution": "3"}},
+        {"instruction_id": 7, "instruction": "Say hi", "generator": "g1", "output": "hi", "gold_winrate": 0.9},
+        {"instruction_id": 7, "instruction": "Say hi", "generator": "g2", "output": "", "gold_winrate": 0.2},
+        {"instruction_id": 7, "instruction": "Say hi", "generator": "g3", "output": "hello", "gold_winrate": 0.4},
+    ]
+    pools, report = load_pools(write_rows(tmp_path / "pools.jsonl", rows))
+    assert [p.gold.tolist() for p in pools] == [[1, 0], [1, 0], [1, 0], [0, 1], [0.9, 0.4]]
+    assert pools[2].reference.tolist() == [0.5, 0.1]
+    assert pools[3].response_ids == ["solver_a", "solver_b"] and pools[4].response_ids == ["g1", "g3"]
+    assert pools[4].key == "7" and report.skipped == {"empty output or no gold_winrate": 1}
+
+
+def test_bad_pool_rows_name_file_row_and_field(tmp_path):
+    path = write_rows(tmp_path / "bad.jsonl", [{"prompt": "p", "responses": ["a"]}, {"prompt": "p", "responses": ["a", "b"], "gold": [1]}])
+    with pytest.raises(UserError, match=r"bad.jsonl: row 2: field 'gold': expected a list of 2 numbers"):
+        load_pools(path)
+    pools, report = load_pools(path, skip_invalid=True)
+    assert len(pools) == 1 and report.skipped == {"wrong type": 1}
+
+
+class LengthReward:
+    """A rule source: reward = response length, std = 1 for responses starting with '?'."""
+
+    def score(self, prompts, responses, batch_size=16):
+        mean = np.array([float(len(r)) for r in responses])
+        return RewardScores(mean=mean, std=np.array([10.0 if r.startswith("?") else 0.0 for r in responses]))
+
+
+def test_run_best_of_n_curves_per_objective():
+    from rewardstack.data.pools import Pool
+
+    pool = Pool("0", ({"role": "user", "content": "q"},), ["a", "bbb", "?cccc"], ["x", "y", "z"], np.array([0.0, 1.0, 0.2]))
+    result = run_best_of_n(LengthReward(), [pool, pool], [Objective.parse("mean"), Objective.parse("lcb:1")])
+    assert result["n"] == [1, 2, 3]
+    # mean picks by length: the uncertain longest one wins whenever drawn
+    np.testing.assert_allclose(result["curves"]["mean"]["gold"], [1.2 / 3, (1.0 + 0.2 + 0.2) / 3, 0.2])
+    # lcb:1 ranks "?cccc" at 5 − 10 = −5, below the rest
+    np.testing.assert_allclose(result["curves"]["lcb:1"]["gold"], [1.2 / 3, (1.0 + 0.0 + 1.0) / 3, 1.0])
+    assert result["pools"][0]["objectives"]["lcb:1"]["best"] == "y"
+
+
+def test_cli_bon_writes_results_summary_and_plot(tmp_path):
+    model_dir = tmp_path / "model"
+    RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2)).save(model_dir)
+    rows = [{"prompt": f"{a}+{a}?", "responses": [str(2 * a), str(2 * a + 1), "no idea"], "answer": str(2 * a)} for a in range(4)]
+    pools = write_rows(tmp_path / "pools.jsonl", rows)
+    out = tmp_path / "bon"
+    result = cli("bon", "--model-dir", model_dir, "--pools", pools, "--output-dir", out)
+    assert "4 pools, n up to 3" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == [1, 2, 3] and summary["curves"]["mean"]["gold"][0] == pytest.approx(1 / 3)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    assert (out / "best_of_n.png").stat().st_size > 1000
+    bad = cli("bon", "--model-dir", model_dir, "--pools", pools, "--output-dir", out, "--objective", "lcb:1", check_rc=2)
+    assert bad.stderr.strip() == "error: objective lcb:1 needs rewards with a std: fit a posterior first (rewardstack laplace)"
