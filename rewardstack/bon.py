@@ -138,6 +138,15 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
     return {"pools": records, "curves": summary, "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": scores.truncated}
 
 
+def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None:
+    """Make another reward source the gold: each pool's gold becomes its rewards (one scoring call)."""
+    scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
+    start = 0
+    for pool in pools:
+        pool.gold = np.asarray(scores.mean[start : start + len(pool.responses)], dtype=np.float64)
+        start += len(pool.responses)
+
+
 def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-of-n") -> None:
     """A grid of gold (when known) and proxy reward of best-of-n, against n (log scale) and against KL,
     one line per objective."""

@@ -205,40 +205,66 @@ def score(
 @app.command()
 def bon(
     model_dir: Annotated[Path, typer.Option(help="The reward model that selects (proxy reward)")],
-    pools: Annotated[str, typer.Option(help="Candidate pools: prompt + responses (+ gold or answer), or MATH / GSM8K-solutions / alpaca_eval files")],
     output_dir: Annotated[Path, typer.Option(help="Where results.jsonl, summary.json and best_of_n.png go")],
+    pools: Annotated[Optional[str], typer.Option(help="Candidate pools: prompt + responses (+ gold or answer), or MATH / GSM8K-solutions / alpaca_eval files")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="Instead of --pools: prompts (+ optional answer) to sample --n responses each from --policy")] = None,
+    policy: Annotated[str, typer.Option(help="Policy to sample from: smollm2-135m, a local path or Hugging Face id")] = "smollm2-135m",
+    n: Annotated[int, typer.Option(help="Samples per prompt")] = 8,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy")] = 0.7,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sampled response at most")] = 256,
+    seed: Annotated[int, typer.Option(help="Sampling seed (prompt i uses seed + i)")] = 0,
+    prompt_key: Annotated[str, typer.Option(help="Column of the prompt in --prompts")] = "prompt",
+    answer_key: Annotated[str, typer.Option(help="Column of the verifiable answer in --prompts (gold = answer matches)")] = "answer",
+    gold_model_dir: Annotated[Optional[Path], typer.Option(help="A reward model whose rewards are the gold")] = None,
     objective: Annotated[Optional[list[str]], typer.Option(help="mean, lcb:K (mean − K·std) or var:K (mean − K·variance); repeatable [default: mean]")] = None,
-    max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools")] = None,
+    max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
     skip_invalid: SkipInvalid = None,
 ):
-    """Best-of-n on candidate pools: per objective, the exact expected proxy and gold reward of best-of-n
-    for every n up to the smallest pool, against n and KL."""
-    from .bon import Objective, plot_best_of_n, run_best_of_n
-    from .data.pools import load_pools
+    """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
+    the smallest pool, against n and KL; pools from a file or sampled from a policy."""
+    from .bon import Objective, plot_best_of_n, run_best_of_n, set_gold_from
+    from .data.pools import load_pools, load_prompts
     from .model import RewardModel
+    from .sampling import SamplingConfig, sample_pools
 
+    if (pools is None) == (prompts is None):
+        raise UserError("bon: give exactly one of --pools (scored candidates) and --prompts (sample from --policy)")
     objectives = [Objective.parse(spec) for spec in (objective or ["mean"])]
     if len({o.name for o in objectives}) < len(objectives):
         raise UserError("bon: the same --objective is given twice")
-    pool_list, report = load_pools(pools, bool(skip_invalid))
-    if max_pools is not None:
-        pool_list = pool_list[:max_pools]
-    result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)
     output_dir.mkdir(parents=True, exist_ok=True)
+    unfinished = None
+    if pools is not None:
+        pool_list, report = load_pools(pools, bool(skip_invalid))
+        pool_list = pool_list[:max_pools]
+    else:
+        prompt_rows, report = load_prompts(prompts, prompt_key, answer_key, bool(skip_invalid))
+        config = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+        pool_list, unfinished = sample_pools(policy, prompt_rows[:max_pools], config)
+        with open(output_dir / "pools.jsonl", "w") as handle:
+            for pool in pool_list:
+                row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
+                handle.write(json.dumps(row | ({} if pool.gold is None else {"gold": pool.gold.tolist()})) + "\n")
+    if gold_model_dir is not None:
+        set_gold_from(RewardModel.from_pretrained(gold_model_dir), pool_list, batch_size)
+    result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)
     with open(output_dir / "results.jsonl", "w") as handle:
         for record in result.pop("pools"):
             handle.write(json.dumps(record) + "\n")
-    result.update(pools=len(pool_list), skipped=dict(report.skipped), source=str(pools), model_dir=str(model_dir))
+    result.update(pools=len(pool_list), skipped=dict(report.skipped), source=str(pools or prompts), model_dir=str(model_dir),
+                  unfinished_samples=unfinished)
     (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_best_of_n(result, output_dir / "best_of_n.png", title=f"best-of-n on {Path(pools).name}")
+    plot_best_of_n(result, output_dir / "best_of_n.png", title=f"best-of-n on {Path(pools or prompts).name}")
     shown = sorted({1, 2, 4, 8, 16, 32, 64, len(result["n"])} & set(result["n"]))
-    typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated, "
-               f"{sum(report.skipped.values())} rows skipped")
-    typer.echo(f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(n):>9}" for n in shown))
+    sampled = "" if unfinished is None else f", {unfinished} samples cut at --max-new-tokens"
+    typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated to the reward "
+               f"model's max_length{sampled}, {sum(report.skipped.values())} rows skipped")
+    typer.echo(f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(k):>9}" for k in shown))
     for name, curve in result["curves"].items():
         for kind, values in curve.items():
-            typer.echo(f"{name:<12}{kind:<8}" + "".join(f"{values[n - 1]:>9.3f}" for n in shown))
+            typer.echo(f"{name:<12}{kind:<8}" + "".join(f"{values[k - 1]:>9.3f}" for k in shown))
     typer.echo(f"results in {output_dir}")
 
 

@@ -3,6 +3,7 @@ import json
 import math
 
 import numpy as np
+import torch
 import pytest
 
 from rewardstack.bon import Objective, best_of_n_kl, expected_best_of_n, run_best_of_n
@@ -142,3 +143,60 @@ def test_cli_bon_writes_results_summary_and_plot(tmp_path):
     assert (out / "best_of_n.png").stat().st_size > 1000
     bad = cli("bon", "--model-dir", model_dir, "--pools", pools, "--output-dir", out, "--objective", "lcb:1", check_rc=2)
     assert bad.stderr.strip() == "error: objective lcb:1 needs rewards with a std: fit a posterior first (rewardstack laplace)"
+
+
+def perturbed_policy():
+    from rewardstack.backbones import load_backbone
+
+    policy, tokenizer = load_backbone("tiny-random")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.normal_(0, 0.3)  # varied next-token choices instead of one repeated token
+    return policy, tokenizer
+
+
+def test_shared_prompt_cache_gives_the_same_tokens_as_plain_generation():
+    from rewardstack.sampling import SamplingConfig, sample_responses
+
+    policy, tokenizer = perturbed_policy()
+    prompt = ({"role": "user", "content": "What is 2 + 3?"},)
+    shared = sample_responses(policy, tokenizer, [prompt], SamplingConfig(n=3, temperature=0, max_new_tokens=12))
+    ids = tokenizer(tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True),
+                    add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    expected = tokenizer.decode(plain[0, ids.shape[1]:][plain[0, ids.shape[1]:] != tokenizer.eos_token_id], skip_special_tokens=True).strip()
+    assert shared.responses == [[expected] * 3]
+
+
+def test_samples_are_seeded_per_prompt():
+    from rewardstack.sampling import SamplingConfig, sample_responses
+
+    policy, tokenizer = perturbed_policy()
+    a, b = ({"role": "user", "content": "Name a colour."},), ({"role": "user", "content": "Count to three."},)
+    config = SamplingConfig(n=4, temperature=1.0, max_new_tokens=8, seed=5)
+    both = sample_responses(policy, tokenizer, [a, b], config)
+    assert sample_responses(policy, tokenizer, [a], config).responses[0] == both.responses[0]
+    assert len(set(both.responses[0])) > 1  # temperature 1 gives different samples
+    assert both.unfinished <= 8
+    with pytest.raises(UserError, match="temperature"):
+        SamplingConfig(temperature=-1).validate()
+
+
+def test_cli_bon_samples_from_a_policy_and_uses_a_gold_model(tmp_path):
+    model_dir = tmp_path / "model"
+    RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2)).save(model_dir)
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": "4"}])
+    out = tmp_path / "bon"
+    result = cli("bon", "--model-dir", model_dir, "--prompts", prompts, "--policy", "tiny-random", "--n", "3",
+                 "--max-new-tokens", "6", "--output-dir", out)
+    assert "2 pools, n up to 3" in result.stdout and "samples cut at --max-new-tokens" in result.stdout
+    pools = [json.loads(line) for line in (out / "pools.jsonl").read_text().splitlines()]
+    assert [len(p["responses"]) for p in pools] == [3, 3] and all(len(p["gold"]) == 3 for p in pools)
+    cli("bon", "--model-dir", model_dir, "--pools", out / "pools.jsonl", "--gold-model-dir", model_dir, "--output-dir", tmp_path / "self")
+    summary = json.loads((tmp_path / "self" / "summary.json").read_text())
+    assert summary["curves"]["mean"]["gold"] == pytest.approx(summary["curves"]["mean"]["proxy"])  # its own gold
+    bad = cli("bon", "--model-dir", model_dir, "--output-dir", out, check_rc=2)
+    assert "exactly one of --pools" in bad.stderr

@@ -35,6 +35,35 @@ class Pool:
     reference: np.ndarray | None = None
 
 
+@dataclass
+class PromptRow:
+    """A prompt to sample responses for; `answer`, when given, decides each response's gold."""
+
+    key: str
+    prompt: tuple[Message, ...]
+    answer: str | None = None
+
+
+def load_prompts(source: str | Path, prompt_key: str = "prompt", answer_key: str = "answer", skip_invalid: bool = False) -> tuple[list[PromptRow], LoadReport]:
+    """Rows with a prompt (string or chat messages) and optionally a verifiable answer."""
+    report = LoadReport(str(source))
+    rows = []
+    for row_number, row in read_rows(source):
+        report.rows += 1
+        try:
+            _check_row(row)
+            prompt = tuple(_prompt_messages(_required(row, prompt_key), prompt_key))
+        except RowError as err:
+            _skip_or_raise(err, source, row_number, skip_invalid, report)
+            continue
+        answer = row.get(answer_key)
+        rows.append(PromptRow(str(row.get("id", f"row {row_number}")), prompt, None if answer is None else str(answer)))
+    report.pairs = len(rows)
+    if not rows:
+        raise UserError(f"{source}: no prompts ({report.rows} rows, skipped {dict(report.skipped)})")
+    return rows, report
+
+
 def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Pool], LoadReport]:
     """Read candidate pools; invalid rows raise a UserError naming file, row and field, or are counted
     with `skip_invalid`. A pool keeps its responses in file order."""
