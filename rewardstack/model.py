@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .backbones import load_backbone
 from .bayes import Posterior, reward_moments
-from .data.encode import Encoded, Encoder, as_messages, length_batches, pad_right
+from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
 from .errors import UserError
 from .losses import implicit_reward
@@ -31,7 +31,6 @@ from .sources import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
-PROGRESS_MIN_BATCHES = 20  # scoring shows a progress bar from this many batches on
 LOGPROB_CHUNK = 512  # response positions per LM-head chunk
 
 

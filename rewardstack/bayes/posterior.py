@@ -86,23 +86,22 @@ class Block:
     def variances(self, jacobians: torch.Tensor, prior_precisions: torch.Tensor) -> torch.Tensor:
         """Var of each output whose Jacobian is jacobians[q] (out × in), for each prior precision δ:
         shape (outputs, len(δ)). Σ_ij (U_Gᵀ J U_A)²_ij / (γ_i α_j + δ), plus the complement terms."""
-        j = jacobians.double()
-        uo, ui = self.out.vectors.double(), self.inp.vectors.double()
+        j = jacobians.float()  # rotations in float32 (the bulk of the work), sums of squares in float64
+        uo, ui = self.out.vectors.float(), self.inp.vectors.float()
         d = prior_precisions.double()[:, None]
         rotated_out = torch.einsum("ok,qoi->qki", uo, j)  # U_Gᵀ J
-        rotated = torch.einsum("qki,il->qkl", rotated_out, ui)  # U_Gᵀ J U_A
-        sq = rotated.square()
+        sq = torch.einsum("qki,il->qkl", rotated_out, ui).double().square()  # (U_Gᵀ J U_A)²
         products = torch.outer(self.out.values.double(), self.inp.values.double()).flatten()
         var = sq.flatten(1) @ (1.0 / (products[None] + d)).T
         if self.inp.complement:  # rows of U_Gᵀ J outside span(U_A)
-            row_rest = (rotated_out.square().sum(2) - sq.sum(2)).clamp_min(0.0)
+            row_rest = (rotated_out.double().square().sum(2) - sq.sum(2)).clamp_min(0.0)
             var += row_rest @ (1.0 / (self.out.values.double()[None] * self.inp.rest + d)).T
         if self.out.complement:  # columns of J U_A outside span(U_G)
-            col_rest = (torch.einsum("qoi,il->qol", j, ui).square().sum(1) - sq.sum(1)).clamp_min(0.0)
+            col_rest = (torch.einsum("qoi,il->qol", j, ui).double().square().sum(1) - sq.sum(1)).clamp_min(0.0)
             var += col_rest @ (1.0 / (self.inp.values.double()[None] * self.out.rest + d)).T
         if self.out.complement and self.inp.complement:
-            both = j.square().sum((1, 2)) - rotated_out.square().sum((1, 2))
-            both -= torch.einsum("qoi,il->qol", j, ui).square().sum((1, 2)) - sq.sum((1, 2))
+            both = j.double().square().sum((1, 2)) - rotated_out.double().square().sum((1, 2))
+            both -= torch.einsum("qoi,il->qol", j, ui).double().square().sum((1, 2)) - sq.sum((1, 2))
             var += both.clamp_min(0.0)[:, None] / (self.out.rest * self.inp.rest + d.T)
         return var
 

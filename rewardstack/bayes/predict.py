@@ -13,8 +13,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..data.encode import Encoded, EncodedPairs, length_batches, pad_right
+from ..data.encode import PROGRESS_MIN_BATCHES, Encoded, EncodedPairs, length_batches, pad_right
 from .posterior import PRIOR_GRID, Posterior
 from .taps import posterior_layers, record
 
@@ -52,7 +53,8 @@ def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) ->
     was_training = model.training
     model.eval()
     try:
-        for batch in length_batches([len(s) for s in sequences], batch_size):
+        batches = length_batches([len(s) for s in sequences], batch_size)
+        for batch in tqdm(batches, desc="score with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
             r, v = _moments(model, posterior, [sequences[i] for i in batch], torch.eye(len(batch), dtype=torch.float32), deltas)
             mean[batch], var[batch] = r, v[:, 0]
     finally:
@@ -72,7 +74,8 @@ def pair_moments(model, pairs: EncodedPairs, batch_size: int = 8, prior_precisio
     was_training = model.training
     model.eval()
     try:
-        for batch in length_batches([pairs.tokens(i) for i in range(n)], batch_size):
+        batches = length_batches([pairs.tokens(i) for i in range(n)], batch_size)
+        for batch in tqdm(batches, desc="pairs with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
             b = len(batch)
             eye = torch.eye(b)
             combinations = torch.cat([torch.eye(2 * b), torch.cat([eye, -eye], dim=1)])

@@ -9,6 +9,8 @@ import torch
 
 from .load import Message
 
+PROGRESS_MIN_BATCHES = 20  # scoring shows a progress bar from this many batches on
+
 
 @dataclass(frozen=True)
 class Encoded:
