@@ -95,25 +95,29 @@ def best_of_n_kl(n: int | np.ndarray) -> np.ndarray:
     return np.log(n) - (n - 1) / n
 
 
-def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objective], batch_size: int = 16) -> dict[str, Any]:
-    """Score every response of every pool with `source` (one call, so batches mix pools) and compute, per
-    objective and pool, the exact expected proxy reward (mean) and gold of best-of-n for n = 1 … N.
-    Returns {"pools": per-pool records, "curves": per objective, means over pools for n = 1 … min N,
-    "n", "kl", "truncated"}."""
-    if not pools:
-        raise UserError("best-of-n: no pools")
-    prompts = [pool.prompt for pool in pools for _ in pool.responses]
-    responses = [r for pool in pools for r in pool.responses]
-    scores = source.score(prompts, responses, batch_size=batch_size)
-    has_gold = all(pool.gold is not None for pool in pools)
-    n_max = min(len(pool.responses) for pool in pools)
-    ns = list(range(1, n_max + 1))
-    records, start = [], 0
-    curves = {o.name: {"proxy": np.zeros(n_max), "gold": np.zeros(n_max) if has_gold else None} for o in objectives}
+def score_pools(source, pools: Sequence["Pool"], batch_size: int = 16) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], int]:
+    """Every response of every pool scored with `source` in one call (so batches mix pools): per pool
+    (rewards, stds or None), and how many responses were truncated."""
+    scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
+    per_pool, start = [], 0
     for pool in pools:
         end = start + len(pool.responses)
-        mean = scores.mean[start:end]
-        std = None if scores.std is None else scores.std[start:end]
+        per_pool.append((scores.mean[start:end], None if scores.std is None else scores.std[start:end]))
+        start = end
+    return per_pool, scores.truncated
+
+
+def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objective], batch_size: int = 16) -> dict[str, Any]:
+    """Score the pools with `source` and compute, per objective and pool, the exact expected proxy reward
+    (mean) and gold of best-of-n for n = 1 … N. Returns {"pools": per-pool records, "curves": per
+    objective, means over pools for n = 1 … min N (gold only when every pool has it), "n", "kl", "truncated"}."""
+    if not pools:
+        raise UserError("best-of-n: no pools")
+    scored, truncated = score_pools(source, pools, batch_size)
+    kinds = ("proxy", "gold") if all(pool.gold is not None for pool in pools) else ("proxy",)
+    ns = list(range(1, min(len(pool.responses) for pool in pools) + 1))
+    records = []
+    for pool, (mean, std) in zip(pools, scored):
         record = {"key": pool.key, "responses": len(pool.responses), "reward": mean.tolist(), "objectives": {}}
         if std is not None:
             record["reward_std"] = std.tolist()
@@ -121,30 +125,22 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
             record["gold"] = pool.gold.tolist()
         for objective in objectives:
             selection = objective.score(mean, std)
-            best = int(np.argmax(selection))
-            entry = {"best": pool.response_ids[best], "proxy": expected_best_of_n(selection, mean, ns).tolist()}
-            curves[objective.name]["proxy"] += entry["proxy"]
+            entry = {"best": pool.response_ids[int(np.argmax(selection))], "proxy": expected_best_of_n(selection, mean, ns).tolist()}
             if pool.gold is not None:
                 entry["gold"] = expected_best_of_n(selection, pool.gold, ns).tolist()
-                if has_gold:
-                    curves[objective.name]["gold"] += entry["gold"]
             record["objectives"][objective.name] = entry
         records.append(record)
-        start = end
-    summary = {
-        name: {kind: (values / len(pools)).tolist() for kind, values in curve.items() if values is not None}
-        for name, curve in curves.items()
+    curves = {
+        o.name: {kind: np.mean([r["objectives"][o.name][kind] for r in records], axis=0).tolist() for kind in kinds}
+        for o in objectives
     }
-    return {"pools": records, "curves": summary, "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": scores.truncated}
+    return {"pools": records, "curves": curves, "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": truncated}
 
 
 def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None:
-    """Make another reward source the gold: each pool's gold becomes its rewards (one scoring call)."""
-    scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
-    start = 0
-    for pool in pools:
-        pool.gold = np.asarray(scores.mean[start : start + len(pool.responses)], dtype=np.float64)
-        start += len(pool.responses)
+    """Make another reward source the gold: each pool's gold becomes its rewards."""
+    for pool, (mean, _) in zip(pools, score_pools(source, pools, batch_size)[0]):
+        pool.gold = np.asarray(mean, dtype=np.float64)
 
 
 def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-of-n") -> None:

@@ -225,7 +225,7 @@ def bon(
     """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
     the smallest pool, against n and KL; pools from a file or sampled from a policy."""
     from .bon import Objective, plot_best_of_n, run_best_of_n, set_gold_from
-    from .data.pools import load_pools, load_prompts
+    from .data.pools import load_pools, load_prompts, write_pools
     from .model import RewardModel
     from .sampling import SamplingConfig, sample_pools
 
@@ -243,10 +243,7 @@ def bon(
         prompt_rows, report = load_prompts(prompts, prompt_key, answer_key, bool(skip_invalid))
         config = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         pool_list, unfinished = sample_pools(policy, prompt_rows[:max_pools], config)
-        with open(output_dir / "pools.jsonl", "w") as handle:
-            for pool in pool_list:
-                row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
-                handle.write(json.dumps(row | ({} if pool.gold is None else {"gold": pool.gold.tolist()})) + "\n")
+        write_pools(pool_list, output_dir / "pools.jsonl")
     if gold_model_dir is not None:
         set_gold_from(RewardModel.from_pretrained(gold_model_dir), pool_list, batch_size)
     result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)

@@ -26,19 +26,21 @@ def score_pairs(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16, r
     logps = None
     if model.posterior is not None:
         scores = {k: v[:, 0] if v.ndim == 2 else v for k, v in pair_moments(model, pairs, max(batch_size // 2, 1)).items()}
-    elif model.config.objective == "dpo":
-        implicit = model.implicit_rewards(sequences, batch_size, ref_cache_dir=ref_cache_dir)
-        scores = {"chosen": implicit[:n], "rejected": implicit[n:]}
     else:
         if model.config.objective == "haf":  # head reward and log π from one backbone pass
             rewards, logps = model.head_rewards_and_logprobs(sequences, batch_size)
         else:
-            rewards = model.rewards(sequences, batch_size)
+            rewards = model.rewards(sequences, batch_size, ref_cache_dir)
         scores = {"chosen": rewards[:n], "rejected": rewards[n:]}
     if model.config.objective == "haf":  # the LM head was trained too: its implicit reward is reported as well
         implicit = model.implicit_rewards(sequences, batch_size, logps=logps, ref_cache_dir=ref_cache_dir)
         scores.update(implicit_chosen=implicit[:n], implicit_rejected=implicit[n:])
     return scores
+
+
+def response_stds(scores: dict[str, np.ndarray]) -> np.ndarray:
+    """Reward std of every chosen then every rejected response of score_pairs' arrays."""
+    return np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
 
 
 def pair_metrics(scores: dict[str, np.ndarray], pairs: EncodedPairs) -> dict[str, Any]:
@@ -51,9 +53,8 @@ def pair_metrics(scores: dict[str, np.ndarray], pairs: EncodedPairs) -> dict[str
         result["implicit_reward"] = pairwise_metrics(scores["implicit_chosen"], scores["implicit_rejected"])
     if "var_delta" in scores:
         logits = probit_logit(scores["chosen"] - scores["rejected"], scores["var_delta"])
-        stds = np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
         result["laplace"] = {"pairs": len(pairs), "mean_margin": result["mean_margin"], **logit_metrics(logits),
-                             "mean_std": float(stds.mean()) if len(stds) else float("nan")}
+                             "mean_std": float(response_stds(scores).mean())}
     groups: dict[str, list[int]] = defaultdict(list)
     for i, subset in enumerate(pairs.subset):
         if subset is not None:
@@ -94,7 +95,7 @@ def evaluate(
         metrics["rows"] = report.rows
         results[str(source)] = metrics
         if "var_chosen" in scores:
-            stds[str(source)] = np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
+            stds[str(source)] = response_stds(scores)
     if ood_sources:
         in_distribution = np.concatenate([stds[str(s)] for s in sources])
         for source in ood_sources:

@@ -54,16 +54,8 @@ def auroc(negatives: np.ndarray, positives: np.ndarray) -> float:
     if len(negatives) == 0 or len(positives) == 0:
         raise ValueError("auroc needs at least one score of each class")
     scores = np.concatenate([negatives, positives])
-    order = np.argsort(scores, kind="stable")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):  # average rank over each run of equal scores
-        end = start
-        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start : end + 1]] = (start + end) / 2 + 1
-        start = end + 1
+    _, group, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank, averaged over equal scores
     n_pos = len(positives)
-    u = ranks[len(negatives) :].sum() - n_pos * (n_pos + 1) / 2
+    u = average_rank[group[len(negatives) :]].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * len(negatives)))

@@ -124,10 +124,11 @@ class RewardModel(torch.nn.Module):
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 
     @torch.no_grad()
-    def rewards(self, sequences: Sequence[Encoded], batch_size: int = 16) -> np.ndarray:
-        """Rewards of encoded sequences in input order: the head's, or for a dpo model the implicit reward."""
+    def rewards(self, sequences: Sequence[Encoded], batch_size: int = 16, ref_cache_dir: str | Path | None = None) -> np.ndarray:
+        """Rewards of encoded sequences in input order: the head's, or for a dpo model the implicit reward
+        (log π_ref kept in `ref_cache_dir` when given)."""
         if self.config.objective == "dpo":
-            return self.implicit_rewards(sequences, batch_size)
+            return self.implicit_rewards(sequences, batch_size, ref_cache_dir=ref_cache_dir)
         return self._batched(sequences, batch_size, lambda ids, mask, _: self(ids, mask))
 
     @torch.no_grad()

@@ -61,15 +61,15 @@ def test_objectives_parse_score_and_refuse_bad_specs():
     "text, answer",
     [
         ("so the result is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
-        ("nested \\boxed{2^{10}} and earlier \\boxed{3}", None),
+        ("nested \\boxed{2^{10}} and later \\boxed{3}", "3"),
+        ("first \\boxed{3} then \\boxed{2^{10}}", "2^{10}"),
         ("We get 3 + 4 = 7\n#### 7", "7"),
         ("The total is 1,234 dollars.", "1,234"),
         ("no number here", None),
     ],
 )
 def test_extract_answer(text, answer):
-    expected = answer if answer is not None or "nested" not in text else "3"
-    assert extract_answer(text) == expected
+    assert extract_answer(text) == answer
 
 
 def test_answer_checking_normalises():

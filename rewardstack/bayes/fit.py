@@ -194,8 +194,6 @@ def fit_laplace(
         evidence_prior_precision=delta,
         max_factor_size=max_factor_size,
         factor_rank=factor_rank,
-        parameters=posterior.n_params,
-        posterior_bytes=posterior.memory_bytes(),
     )
     if prior == "val":
         from .predict import validation_nll_curve

@@ -8,6 +8,7 @@ J_Δ = J_c − J_r carries the covariance of the two rewards.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Sequence
 
@@ -25,10 +26,20 @@ def probit_logit(mean_delta: np.ndarray, var_delta: np.ndarray) -> np.ndarray:
     return np.asarray(mean_delta) / np.sqrt(1.0 + math.pi * np.asarray(var_delta) / 8.0)
 
 
-def _moments(model, posterior: Posterior, sequences: Sequence[Encoded], combinations: torch.Tensor, deltas: torch.Tensor):
-    """Rewards of `sequences` (S,) and the variance of each combination Σ_s C_qs r_s: (Q, len(deltas))."""
-    layers = posterior_layers(model, posterior.subset)
-    blocks = {block.name: block for block in posterior.blocks}
+@contextlib.contextmanager
+def _evaluating(model):
+    """The model in eval mode within the block, its former mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _moments(model, layers, blocks, sequences: Sequence[Encoded], combinations: torch.Tensor, deltas: torch.Tensor):
+    """Rewards of `sequences` (S,) and the variance of each combination Σ_s C_qs r_s: (Q, len(deltas)).
+    `layers`: the posterior layers by name; `blocks`: their posterior blocks by name."""
     device = model.head.weight.device
     combinations = combinations.to(device)
     variance = torch.zeros(len(combinations), len(deltas), dtype=torch.float64, device=device)
@@ -48,53 +59,46 @@ def _moments(model, posterior: Posterior, sequences: Sequence[Encoded], combinat
 def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of each sequence's reward under model.posterior, in input order."""
     posterior = model.posterior
+    layers, blocks = posterior_layers(model, posterior.subset), {b.name: b for b in posterior.blocks}
     mean, var = np.empty(len(sequences)), np.empty(len(sequences))
     deltas = torch.tensor([posterior.prior_precision])
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         batches = length_batches([len(s) for s in sequences], batch_size)
         for batch in tqdm(batches, desc="score with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
-            r, v = _moments(model, posterior, [sequences[i] for i in batch], torch.eye(len(batch), dtype=torch.float32), deltas)
-            mean[batch], var[batch] = r, v[:, 0]
-    finally:
-        model.train(was_training)
+            eye = torch.eye(len(batch))
+            mean[batch], v = _moments(model, layers, blocks, [sequences[i] for i in batch], eye, deltas)
+            var[batch] = v[:, 0]
     return mean, var
 
 
-def pair_moments(model, pairs: EncodedPairs, batch_size: int = 8, prior_precisions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+def pair_moments(
+    model, pairs: EncodedPairs, batch_size: int = 8, prior_precisions: Sequence[float] | None = None, posterior: Posterior | None = None
+) -> dict[str, np.ndarray]:
     """For each pair: rewards `chosen`, `rejected`, their variances `var_chosen`, `var_rejected` and
     `var_delta` = Var[r_c − r_r], each variance of shape (pairs, len(prior_precisions)) (default: the
-    posterior's own δ, one column)."""
-    posterior = model.posterior
+    posterior's own δ, one column). `posterior` defaults to model.posterior."""
+    posterior = posterior or model.posterior
+    layers, blocks = posterior_layers(model, posterior.subset), {b.name: b for b in posterior.blocks}
     deltas = torch.tensor([posterior.prior_precision] if prior_precisions is None else list(prior_precisions), dtype=torch.float64)
     n = len(pairs)
     out = {"chosen": np.empty(n), "rejected": np.empty(n)}
     out.update({k: np.empty((n, len(deltas))) for k in ("var_chosen", "var_rejected", "var_delta")})
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         batches = length_batches([pairs.tokens(i) for i in range(n)], batch_size)
         for batch in tqdm(batches, desc="pairs with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
             b = len(batch)
             eye = torch.eye(b)
             combinations = torch.cat([torch.eye(2 * b), torch.cat([eye, -eye], dim=1)])
             sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
-            r, v = _moments(model, posterior, sequences, combinations, deltas)
+            r, v = _moments(model, layers, blocks, sequences, combinations, deltas)
             out["chosen"][batch], out["rejected"][batch] = r[:b], r[b:]
             out["var_chosen"][batch], out["var_rejected"][batch], out["var_delta"][batch] = v[:b], v[b : 2 * b], v[2 * b :]
-    finally:
-        model.train(was_training)
     return out
 
 
 def validation_nll_curve(model, posterior: Posterior, pairs: EncodedPairs, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Mean NLL of the Laplace pairwise probability on `pairs` for each δ of PRIOR_GRID (one pass)."""
-    saved, model.posterior = getattr(model, "posterior", None), posterior
-    try:
-        moments = pair_moments(model, pairs, batch_size, PRIOR_GRID)
-    finally:
-        model.posterior = saved
+    moments = pair_moments(model, pairs, batch_size, PRIOR_GRID, posterior)
     mean_delta = (moments["chosen"] - moments["rejected"])[:, None]
     nll = np.logaddexp(0.0, -probit_logit(mean_delta, moments["var_delta"])).mean(0)
     return PRIOR_GRID, nll

@@ -12,8 +12,10 @@ Formats, recognised per row by their fields:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -85,6 +87,16 @@ def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Poo
     if not pools:
         raise UserError(f"{source}: no candidate pools ({report.rows} rows, skipped {dict(report.skipped)})")
     return pools, report
+
+
+def write_pools(pools: Sequence[Pool], path: str | Path) -> None:
+    """Pools as generic rows (id, prompt, responses, gold when known), readable by load_pools."""
+    with open(path, "w") as handle:
+        for pool in pools:
+            row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
+            if pool.gold is not None:
+                row["gold"] = pool.gold.tolist()
+            handle.write(json.dumps(row) + "\n")
 
 
 def _pool_of(row: dict, key: str) -> Pool:
