@@ -9,6 +9,7 @@ tie is broken at random, so the group contributes the mean of its members' value
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,20 +144,47 @@ def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None
         pool.gold = np.asarray(mean, dtype=np.float64)
 
 
+def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, **info: Any) -> dict[str, Any]:
+    """Write run_best_of_n's result: results.jsonl (one record per pool), summary.json (the curves, plus
+    `info`) and best_of_n.png. Returns the summary."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "results.jsonl", "w") as handle:
+        for record in result["pools"]:
+            handle.write(json.dumps(record) + "\n")
+    summary = {key: value for key, value in result.items() if key != "pools"} | {"pools": len(result["pools"])} | info
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_best_of_n(summary, output_dir / "best_of_n.png", title=title)
+    return summary
+
+
+def format_best_of_n(summary: dict[str, Any]) -> str:
+    """A table of the curves at n = 1, 2, 4, … and the largest n: one line per objective and reward kind."""
+    ns = summary["n"]
+    shown = sorted({1, 2, 4, 8, 16, 32, 64, len(ns)} & set(ns))
+    lines = [f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(k):>9}" for k in shown)]
+    for name, curve in summary["curves"].items():
+        for kind, values in curve.items():
+            lines.append(f"{name:<12}{kind:<8}" + "".join(f"{values[k - 1]:>9.3f}" for k in shown))
+    return "\n".join(lines)
+
+
 def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-of-n") -> None:
     """A grid of gold (when known) and proxy reward of best-of-n, against n (log scale) and against KL,
-    one line per objective."""
+    one line per curve that has the reward kind."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in ("gold", "proxy") if all(k in curve for curve in result["curves"].values())]
+    kinds = [k for k in ("gold", "proxy") if any(k in curve for curve in result["curves"].values())]
     fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 3.8 * len(kinds)), squeeze=False)
     for row, kind in enumerate(kinds):
         for col, (x, label) in enumerate(((result["n"], "n"), (result["kl"], "KL(best-of-n ‖ policy), nats"))):
             axis = axes[row][col]
             for name, curve in result["curves"].items():
+                if kind not in curve:
+                    continue
                 axis.plot(x, curve[kind], marker="." if len(x) < 40 else None, label=name)
             axis.set_xlabel(label)
             axis.set_ylabel(f"{kind} reward of best-of-n")

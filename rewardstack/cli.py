@@ -224,7 +224,7 @@ def bon(
 ):
     """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
     the smallest pool, against n and KL; pools from a file or sampled from a policy."""
-    from .bon import Objective, plot_best_of_n, run_best_of_n, set_gold_from
+    from .bon import Objective, format_best_of_n, run_best_of_n, set_gold_from, write_best_of_n
     from .data.pools import load_pools, load_prompts, write_pools
     from .model import RewardModel
     from .sampling import SamplingConfig, sample_pools
@@ -247,35 +247,32 @@ def bon(
     if gold_model_dir is not None:
         set_gold_from(RewardModel.from_pretrained(gold_model_dir), pool_list, batch_size)
     result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)
-    with open(output_dir / "results.jsonl", "w") as handle:
-        for record in result.pop("pools"):
-            handle.write(json.dumps(record) + "\n")
-    result.update(pools=len(pool_list), skipped=dict(report.skipped), source=str(pools or prompts), model_dir=str(model_dir),
-                  unfinished_samples=unfinished)
-    (output_dir / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_best_of_n(result, output_dir / "best_of_n.png", title=f"best-of-n on {Path(pools or prompts).name}")
-    shown = sorted({1, 2, 4, 8, 16, 32, 64, len(result["n"])} & set(result["n"]))
+    summary = write_best_of_n(result, output_dir, f"best-of-n on {Path(pools or prompts).name}", skipped=dict(report.skipped),
+                              source=str(pools or prompts), model_dir=str(model_dir), unfinished_samples=unfinished)
     sampled = "" if unfinished is None else f", {unfinished} samples cut at --max-new-tokens"
     typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated to the reward "
                f"model's max_length{sampled}, {sum(report.skipped.values())} rows skipped")
-    typer.echo(f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(k):>9}" for k in shown))
-    for name, curve in result["curves"].items():
-        for kind, values in curve.items():
-            typer.echo(f"{name:<12}{kind:<8}" + "".join(f"{values[k - 1]:>9.3f}" for k in shown))
+    typer.echo(format_best_of_n(summary))
     typer.echo(f"results in {output_dir}")
 
 
 @app.command()
 def demo(
-    output_dir: Annotated[Path, typer.Option(help="Where the demo writes its data and run")] = Path("runs/demo"),
-    model: Annotated[str, typer.Option(help="Backbone")] = "smollm2-135m",
-    pairs: Annotated[int, typer.Option(help="Generated training pairs")] = 256,
+    output_dir: Annotated[Path, typer.Option(help="Where the demo writes its data, model and report")] = Path("runs/demo"),
+    model: Annotated[str, typer.Option(help="Policy and reward-model backbone")] = "smollm2-135m",
+    train_prompts: Annotated[int, typer.Option(help="Generated problems whose samples train the reward model")] = 24,
+    bon_prompts: Annotated[int, typer.Option(help="Held-out problems for evaluation and best-of-n")] = 20,
+    n: Annotated[int, typer.Option(help="Samples per problem")] = 12,
+    objective: Annotated[str, typer.Option(help="Reward-model objective: bt or haf")] = "haf",
+    laplace_subset: Annotated[str, typer.Option(help="Posterior over the reward head (head) or the LoRA weights too (all, slower)")] = "head",
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
 ):
-    """Generate arithmetic preference pairs, train a reward model on them and evaluate it."""
-    from .demo import run_demo
+    """The main job: sample answers to generated word problems, train a reward model on gold-labelled
+    pairs, fit its Laplace posterior, and measure best-of-n (mean and lcb) against the gold."""
+    from .demo import DemoConfig, run_demo
 
-    run_demo(output_dir, model=model, train_pairs=pairs, seed=seed)
+    run_demo(output_dir, DemoConfig(model=model, train_prompts=train_prompts, bon_prompts=bon_prompts, n=n, objective=objective,
+                                     laplace_subset=laplace_subset, seed=seed))
 
 
 def main() -> None:

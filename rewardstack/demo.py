@@ -1,36 +1,138 @@
-"""The main job on the embedded default: generated arithmetic pairs → reward model → evaluation."""
+"""The main job on the embedded default: best-of-n with a proxy reward model against a verifiable gold.
+
+1. generate arithmetic word problems with known answers (synthetic.word_problems);
+2. sample n responses per problem from the policy; gold = whether a response's final number is right;
+3. label preference pairs (a right answer over a wrong one) on the first `train_prompts` problems and
+   train a reward model on them (HaF by default);
+4. fit its Laplace posterior (the reward head's by default), so every reward has a standard deviation;
+5. evaluate it on pairs of the held-out problems, and run best-of-n on their samples with the `mean` and
+   `lcb` objectives, against random choice (n = 1) and the oracle that knows the gold;
+6. write runs/demo/: data/ (problems, samples, pairs), run/ (the trained model with its posterior),
+   eval.json, results.jsonl and summary.json (best-of-n), best_of_n.png and report.md.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
+from .bayes import fit_laplace
+from .bon import Objective, expected_best_of_n, format_best_of_n, run_best_of_n, write_best_of_n
 from .config import TrainConfig
 from .data.load import Columns
+from .data.pools import gold_pairs, load_prompts, write_pools
+from .errors import UserError
 from .evaluate import evaluate, format_table
 from .model import RewardModel
-from .synthetic import arithmetic_pairs, write_jsonl
+from .sampling import SamplingConfig, sample_pools
+from .synthetic import word_problems, write_jsonl
 from .train import train
 
 
-def run_demo(output_dir: str | Path, model: str = "smollm2-135m", train_pairs: int = 256, seed: int = 0) -> dict:
-    """Write generated train/test pairs, train a LoRA reward model for one epoch, reload it from disk,
-    evaluate it on the held-out pairs (per failure kind) and print a table.
-    Returns the evaluation results (also in output_dir/eval.json)."""
+@dataclass
+class DemoConfig:
+    model: str = "smollm2-135m"  # policy and reward-model backbone
+    train_prompts: int = 24  # problems whose samples train the reward model
+    bon_prompts: int = 20  # held-out problems for evaluation and best-of-n
+    n: int = 12  # samples per problem
+    pairs_per_prompt: int = 6
+    objective: str = "haf"
+    laplace_subset: str = "head"  # head: last-layer Laplace, cheap enough for the 10-minute budget; all: LoRA too
+    max_new_tokens: int = 40
+    lcb: tuple[float, ...] = (1.0, 2.0)  # k of the lcb:k objectives
+    seed: int = 0
+
+
+def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
+    """Run the whole job (module docstring), print the report and return the summary (output_dir/summary.json)."""
+    started = time.perf_counter()
     output_dir = Path(output_dir)
-    train_file = write_jsonl(arithmetic_pairs(train_pairs, seed=seed), output_dir / "data" / "train.jsonl")
-    test_file = write_jsonl(arithmetic_pairs(train_pairs // 2, seed=seed + 1), output_dir / "data" / "test.jsonl")
-    config = TrainConfig(
-        model=model, max_length=128, lora_r=16, epochs=1, batch_size=8, learning_rate=5e-4, seed=seed,
-        columns=Columns(),
-    ).validate()
-    run_dir = output_dir / "run"
-    print(f"demo: {train_pairs} generated arithmetic pairs, backbone {model}, run directory {run_dir}")
+    data_dir, run_dir = output_dir / "data", output_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    train(config, str(train_file), run_dir)
+    problems_file = write_jsonl(word_problems(config.train_prompts + config.bon_prompts, config.seed), data_dir / "problems.jsonl")
+    print(f"demo: {config.train_prompts} + {config.bon_prompts} generated word problems, {config.n} samples each from {config.model}")
+
+    prompts, _ = load_prompts(problems_file)
+    sampling = SamplingConfig(n=config.n, temperature=0.7, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    pools, unfinished = sample_pools(config.model, prompts, sampling)
+    write_pools(pools, data_dir / "pools.jsonl")
+    train_pools, bon_pools = pools[: config.train_prompts], pools[config.train_prompts :]
+    policy_accuracy = float(np.mean([pool.gold.mean() for pool in pools]))
+    train_file = write_jsonl(gold_pairs(train_pools, config.pairs_per_prompt, config.seed), data_dir / "train_pairs.jsonl")
+    test_file = write_jsonl(gold_pairs(bon_pools, config.pairs_per_prompt, config.seed + 1), data_dir / "test_pairs.jsonl")
+    train_pair_count, test_pair_count = (len(f.read_text().splitlines()) for f in (train_file, test_file))
+    if train_pair_count == 0:
+        raise UserError(f"demo: no training pairs — no problem got both a right and a wrong answer from {config.model}")
+    print(f"policy accuracy {policy_accuracy:.3f} per sample; {train_pair_count} training pairs, "
+          f"{test_pair_count} held-out pairs; {unfinished} samples cut at {config.max_new_tokens} tokens")
+
+    train_config = TrainConfig(
+        model=config.model, objective=config.objective, max_length=128, lora_r=16, epochs=1, batch_size=8,
+        learning_rate=5e-4, seed=config.seed, columns=Columns(),
+    ).validate()
+    train(train_config, str(train_file), run_dir)
     reward_model = RewardModel.from_pretrained(run_dir / "model")
-    results = evaluate(reward_model, [str(test_file)])
-    (output_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results))
-    return results
+    posterior = fit_laplace(reward_model, str(train_file), subset=config.laplace_subset)
+    posterior.save(run_dir / "model")
+
+    evaluation = evaluate(reward_model, [str(test_file)]) if test_pair_count else {}
+    (output_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    objectives = [Objective("mean")] + [Objective("lcb", k) for k in config.lcb]
+    result = run_best_of_n(reward_model, bon_pools, objectives)
+    ns = result["n"]
+    result["curves"]["oracle"] = {"gold": np.mean([expected_best_of_n(p.gold, p.gold, ns) for p in bon_pools], axis=0).tolist()}
+    summary = write_best_of_n(
+        result, output_dir, f"best-of-n on {len(bon_pools)} held-out word problems",
+        demo=asdict(config), policy_accuracy=policy_accuracy, unfinished_samples=unfinished,
+        train_pairs=train_pair_count, prior_precision=posterior.prior_precision,
+        reward_model=evaluation.get(str(test_file)), seconds=time.perf_counter() - started,
+    )
+    report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer")
+    (output_dir / "report.md").write_text(report)
+    print(report)
+    return summary
+
+
+def _report(summary: dict, eval_table: str) -> str:
+    """report.md: the task, the reward model's held-out accuracy, and gold accuracy of best-of-n per n."""
+    demo, rm, ns = summary["demo"], summary["reward_model"], summary["n"]
+    gold_table = format_best_of_n({"n": ns, "curves": {name: {"gold": c["gold"]} for name, c in summary["curves"].items()}})
+    best_n = {name: ns[int(np.argmax(c["gold"]))] for name, c in summary["curves"].items() if name != "oracle"}
+    lines = [
+        "# rewardstack demo",
+        "",
+        f"Policy {demo['model']}: {demo['n']} samples for each of {demo['train_prompts'] + demo['bon_prompts']} generated "
+        f"word problems, {summary['policy_accuracy']:.1%} of them right. Reward model: {demo['objective']} objective, "
+        f"LoRA r=16, trained on {summary['train_pairs']} pairs (a right answer over a wrong one) from the first "
+        f"{demo['train_prompts']} problems; Laplace posterior over "
+        f"{'the reward head' if demo['laplace_subset'] == 'head' else 'the LoRA weights and reward head'} with prior precision "
+        f"{summary['prior_precision']:.3g}.",
+        "",
+        "## Reward model on held-out pairs",
+        "",
+        "```",
+        eval_table,
+        "```",
+        "",
+        f"## Best-of-n on the {demo['bon_prompts']} held-out problems: gold accuracy",
+        "",
+        "n = 1 is random choice among the samples; `oracle` picks a right answer whenever one of the n is right.",
+        "",
+        "```",
+        gold_table,
+        "```",
+        "",
+        "Best n per objective: " + ", ".join(f"{name} n={n}" for name, n in best_n.items()) + ".",
+        (f"Reward-model pair accuracy {rm['accuracy']:.3f}" if rm else "No held-out pairs")
+        + (f" (Laplace predictive NLL {rm['laplace']['nll']:.3f} vs MAP {rm['nll']:.3f})" if rm and "laplace" in rm else "")
+        + f". Total time {summary['seconds'] / 60:.1f} min.",
+        "",
+        "![best-of-n](best_of_n.png)",
+        "",
+    ]
+    return "\n".join(lines)

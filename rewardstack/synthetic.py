@@ -5,7 +5,8 @@ in the `subset` column so evaluation shows which failures a reward model catches
 - `wrong result`: the right operands, a wrong result (the reward model must do the arithmetic);
 - `wrong operands`: a number not in the question, worked out consistently (it must compare with the prompt);
 - `evasive`: no answer at all.
-Used by the demo and the tests."""
+Used by the tests; `word_problems` gives the demo prompts with small numbers for a policy to answer.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo"]
 ITEMS = ["apple", "book", "coin", "marble", "pencil", "sticker"]
 
 
-def arithmetic_problem(rng: random.Random) -> tuple[str, int, str]:
-    """(question, answer, worked expression) for one templated problem."""
-    template, op = rng.choice(TEMPLATES)
-    a, b = rng.randint(2, 40), rng.randint(2, 12)
+def arithmetic_problem(rng: random.Random, max_a: int = 40, max_b: int = 12, ops: str = "+-*") -> tuple[str, int, str]:
+    """(question, answer, worked expression) for one templated problem with a in 2…max_a, b in 2…max_b
+    (swapped for a subtraction so the result is ≥ 0)."""
+    template, op = rng.choice([t for t in TEMPLATES if t[1] in ops])
+    a, b = rng.randint(2, max_a), rng.randint(2, max_b)
     if op == "-" and b > a:
         a, b = b, a
     answer = {"+": a + b, "-": a - b, "*": a * b}[op]
@@ -61,6 +63,20 @@ def arithmetic_pairs(count: int, seed: int = 0) -> list[dict]:
         rows.append(
             {"prompt": question, "chosen": f"{expression} = {answer}. The answer is {answer}.", "rejected": rejected, "subset": failure}
         )
+    return rows
+
+
+WORD_PROBLEM_INSTRUCTION = " Reply in one short sentence."
+
+
+def word_problems(count: int, seed: int = 0) -> list[dict]:
+    """`count` rows {id, prompt, answer}: additions and subtractions of numbers 2…9 (SmolLM2-135M-Instruct
+    answers about 30 % of its samples correctly), asking for a one-sentence reply."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        question, answer, _ = arithmetic_problem(rng, max_a=9, max_b=9, ops="+-")
+        rows.append({"id": f"problem {i}", "prompt": question + WORD_PROBLEM_INSTRUCTION, "answer": str(answer)})
     return rows
 
 

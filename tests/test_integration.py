@@ -2,6 +2,7 @@
 
 import gzip
 import itertools
+import json
 
 import pytest
 
@@ -70,3 +71,17 @@ def test_smollm2_chat_template_boundary():
     assert not cut
     assert tokenizer.decode(seq.prompt_ids).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert tokenizer.decode(seq.response_ids) == "Hello there.<|im_end|>\n"
+
+
+def test_smollm2_demo_end_to_end_small(tmp_path):
+    """The main job on the real backbone at a small size: samples are gold-checked, pairs train a model,
+    and best-of-n at n = 1 is the policy's own accuracy on the held-out problems."""
+    require_smollm2()
+    from rewardstack.demo import DemoConfig, run_demo
+
+    summary = run_demo(tmp_path, DemoConfig(train_prompts=4, bon_prompts=2, n=4, pairs_per_prompt=2, objective="bt", seed=1))
+    pools = [json.loads(line) for line in (tmp_path / "data" / "pools.jsonl").read_text().splitlines()]
+    assert len(pools) == 6 and all(len(p["responses"]) == 4 for p in pools)
+    held_out_accuracy = sum(sum(p["gold"]) for p in pools[4:]) / 8
+    assert summary["curves"]["mean"]["gold"][0] == pytest.approx(held_out_accuracy)
+    assert summary["train_pairs"] > 0 and (tmp_path / "run" / "model" / "posterior.safetensors").exists()

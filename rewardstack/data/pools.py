@@ -13,6 +13,7 @@ Formats, recognised per row by their fields:
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -97,6 +98,26 @@ def write_pools(pools: Sequence[Pool], path: str | Path) -> None:
             if pool.gold is not None:
                 row["gold"] = pool.gold.tolist()
             handle.write(json.dumps(row) + "\n")
+
+
+def gold_pairs(pools: Sequence[Pool], per_pool: int, seed: int = 0, min_gap: float = 0.5) -> list[dict]:
+    """Preference rows {prompt, chosen, rejected} from pools with gold: per pool, up to `per_pool`
+    pairs drawn at random (seeded) from the response pairs whose gold differs by at least `min_gap`,
+    chosen = the higher gold; responses with the same text are never paired."""
+    rng = random.Random(seed)
+    rows = []
+    for pool in pools:
+        if pool.gold is None:
+            raise UserError(f"pool {pool.key}: preference pairs need gold scores")
+        candidates = [
+            (i, j)
+            for i in range(len(pool.responses))
+            for j in range(len(pool.responses))
+            if pool.gold[i] - pool.gold[j] >= min_gap and pool.responses[i] != pool.responses[j]
+        ]
+        for i, j in rng.sample(candidates, min(per_pool, len(candidates))):
+            rows.append({"prompt": list(pool.prompt), "chosen": pool.responses[i], "rejected": pool.responses[j]})
+    return rows
 
 
 def _pool_of(row: dict, key: str) -> Pool:
