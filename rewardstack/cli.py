@@ -100,7 +100,7 @@ def train(
 
 @app.command("eval")
 def eval_command(
-    model_dir: Annotated[Path, typer.Option(help="A trained model directory (run directory/model)")],
+    reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
     data: Annotated[list[str], typer.Option(help="Preference pairs to evaluate on (repeatable)")],
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
@@ -117,12 +117,11 @@ def eval_command(
     """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset; with a Laplace
     posterior also the Laplace predictive's, and out-of-distribution detection by reward std."""
     from .evaluate import evaluate, format_table
-    from .model import RewardModel
+    from .sources import load_source
 
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, margin_key=margin_key,
                        subset_key=subset_key, split=split)
-    reward_model = RewardModel.from_pretrained(model_dir)
-    results = evaluate(reward_model, data, columns, bool(skip_invalid), batch_size, ref_cache_dir, ood_data or [])
+    results = evaluate(load_source(reward), data, columns, bool(skip_invalid), batch_size, ref_cache_dir, ood_data or [])
     typer.echo(format_table(results))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +174,7 @@ def laplace(
 
 @app.command()
 def score(
-    model_dir: Annotated[Path, typer.Option(help="A trained model directory")],
+    reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
     input: Annotated[str, typer.Option(help="Rows with a prompt (string or chat messages) and a response")],
     output: Annotated[Path, typer.Option(help="JSON lines: each input row plus its reward")],
     prompt_key: Annotated[str, typer.Option(help="Column of the prompt")] = "prompt",
@@ -185,17 +184,18 @@ def score(
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
     from .data.load import load_score_rows
-    from .model import RewardModel
+    from .sources import load_source
 
     rows, prompts, responses, report = load_score_rows(input, prompt_key, response_key, bool(skip_invalid))
-    reward_model = RewardModel.from_pretrained(model_dir)
-    scores = reward_model.score(prompts, responses, batch_size)
+    scores = load_source(reward).score(prompts, responses, batch_size=batch_size)
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w") as handle:
         for i, row in enumerate(rows):
             extra = {"reward": float(scores.mean[i])}
             if scores.std is not None:
                 extra["reward_std"] = float(scores.std[i])
+            if scores.parts:
+                extra["reward_parts"] = {name: float(values[i]) for name, values in scores.parts.items()}
             handle.write(json.dumps({**row, **extra}) + "\n")
     skipped = sum(report.skipped.values())
     typer.echo(f"scored {len(rows)} rows ({scores.truncated} truncated, {skipped} skipped"
@@ -204,7 +204,7 @@ def score(
 
 @app.command()
 def bon(
-    model_dir: Annotated[Path, typer.Option(help="The reward model that selects (proxy reward)")],
+    reward: Annotated[str, typer.Option(help="The reward that selects (proxy): a model directory or a YAML reward-source tree")],
     output_dir: Annotated[Path, typer.Option(help="Where results.jsonl, summary.json and best_of_n.png go")],
     pools: Annotated[Optional[str], typer.Option(help="Candidate pools: prompt + responses (+ gold or answer), or MATH / GSM8K-solutions / alpaca_eval files")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Instead of --pools: prompts (+ optional answer) to sample --n responses each from --policy")] = None,
@@ -216,7 +216,7 @@ def bon(
     seed: Annotated[int, typer.Option(help="Sampling seed (prompt i uses seed + i)")] = 0,
     prompt_key: Annotated[str, typer.Option(help="Column of the prompt in --prompts")] = "prompt",
     answer_key: Annotated[str, typer.Option(help="Column of the verifiable answer in --prompts (gold = answer matches)")] = "answer",
-    gold_model_dir: Annotated[Optional[Path], typer.Option(help="A reward model whose rewards are the gold")] = None,
+    gold_reward: Annotated[Optional[str], typer.Option(help="A reward (model directory or YAML tree) whose rewards are the gold")] = None,
     objective: Annotated[Optional[list[str]], typer.Option(help="mean, lcb:K (mean − K·std) or var:K (mean − K·variance); repeatable [default: mean]")] = None,
     max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
@@ -226,8 +226,8 @@ def bon(
     the smallest pool, against n and KL; pools from a file or sampled from a policy."""
     from .bon import Objective, format_best_of_n, run_best_of_n, set_gold_from, write_best_of_n
     from .data.pools import load_pools, load_prompts, write_pools
-    from .model import RewardModel
     from .sampling import SamplingConfig, sample_pools
+    from .sources import load_source
 
     if (pools is None) == (prompts is None):
         raise UserError("bon: give exactly one of --pools (scored candidates) and --prompts (sample from --policy)")
@@ -244,11 +244,11 @@ def bon(
         config = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         pool_list, unfinished = sample_pools(policy, prompt_rows[:max_pools], config)
         write_pools(pool_list, output_dir / "pools.jsonl")
-    if gold_model_dir is not None:
-        set_gold_from(RewardModel.from_pretrained(gold_model_dir), pool_list, batch_size)
-    result = run_best_of_n(RewardModel.from_pretrained(model_dir), pool_list, objectives, batch_size)
+    if gold_reward is not None:
+        set_gold_from(load_source(gold_reward), pool_list, batch_size)
+    result = run_best_of_n(load_source(reward), pool_list, objectives, batch_size)
     summary = write_best_of_n(result, output_dir, f"best-of-n on {Path(pools or prompts).name}", skipped=dict(report.skipped),
-                              source=str(pools or prompts), model_dir=str(model_dir), unfinished_samples=unfinished)
+                              source=str(pools or prompts), reward=reward, unfinished_samples=unfinished)
     sampled = "" if unfinished is None else f", {unfinished} samples cut at --max-new-tokens"
     typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated to the reward "
                f"model's max_length{sampled}, {sum(report.skipped.values())} rows skipped")
@@ -273,6 +273,95 @@ def demo(
 
     run_demo(output_dir, DemoConfig(model=model, train_prompts=train_prompts, bon_prompts=bon_prompts, n=n, objective=objective,
                                      laplace_subset=laplace_subset, seed=seed))
+
+
+compose = typer.Typer(no_args_is_help=True, help="Composite reward sources: calibrate a YAML tree, select ALaRM aspects.")
+app.add_typer(compose, name="compose")
+
+
+def _check_beside(config: Path, output: Path) -> None:
+    if output.resolve().parent != config.resolve().parent:
+        raise UserError(f"compose: write --output beside --config (in {config.parent}): the tree's paths are relative to it")
+
+
+@compose.command()
+def calibrate(
+    config: Annotated[Path, typer.Option(help="A YAML reward-source tree with `normalize: calibrate` nodes")],
+    data: Annotated[str, typer.Option(help="Calibration rows: a prompt and a response each")],
+    output: Annotated[Path, typer.Option(help="Where the calibrated tree is written (may be --config itself)")],
+    prompt_key: Annotated[str, typer.Option(help="Column of the prompt")] = "prompt",
+    response_key: Annotated[str, typer.Option(help="Column of the response")] = "response",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    skip_invalid: SkipInvalid = None,
+):
+    """Fit the z-score μ, σ of every `normalize: calibrate` node (and of nodes calibrated before) on the rows."""
+    import yaml
+
+    from .data.load import load_score_rows
+    from .sources import calibrate_tree
+    from .sources.tree import read_tree
+
+    _check_beside(config, output)
+    rows, prompts, responses, report = load_score_rows(data, prompt_key, response_key, bool(skip_invalid))
+    tree = calibrate_tree(read_tree(config), config.parent, prompts, responses, batch_size, str(data))
+    output.write_text(yaml.safe_dump(tree, sort_keys=False))
+    typer.echo(f"calibrated on {len(rows)} rows ({sum(report.skipped.values())} skipped) -> {output}")
+
+
+@compose.command("select-aspects")
+def select_aspects_command(
+    config: Annotated[Path, typer.Option(help="A hierarchical YAML tree: its holistic source and candidate aspects")],
+    output: Annotated[Path, typer.Option(help="Where the tree with the selected aspects is written")],
+    pools: Annotated[Optional[str], typer.Option(help="Candidate pools: two responses per prompt are drawn from each")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="Instead of --pools: prompts to answer with --policy, once greedy and once sampled")] = None,
+    policy: Annotated[str, typer.Option(help="Policy for --prompts")] = "smollm2-135m",
+    temperature: Annotated[float, typer.Option(help="Temperature of the sampled response")] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per response at most")] = 256,
+    keep: Annotated[Optional[int], typer.Option(help="Keep at most this many aspects")] = None,
+    max_inconsistency: Annotated[float, typer.Option(help="Keep aspects whose inconsistency rate is at most this")] = 0.5,
+    max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the drawn pairs and of sampling")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    skip_invalid: SkipInvalid = None,
+):
+    """ALaRM aspect selection: how often each aspect prefers the other response than the holistic reward
+    (inconsistency rate, ties excluded) and its win rate; write a tree keeping the most consistent aspects."""
+    import random
+
+    import yaml
+
+    from .sources.select import select_aspects
+    from .sources.tree import read_tree
+
+    if (pools is None) == (prompts is None):
+        raise UserError("select-aspects: give exactly one of --pools and --prompts")
+    _check_beside(config, output)
+    if pools is not None:
+        from .data.pools import load_pools
+
+        pool_list = [p for p in load_pools(pools, bool(skip_invalid))[0] if len(p.responses) >= 2][:max_pools]
+        rng = random.Random(seed)
+        drawn = [rng.sample(range(len(p.responses)), 2) for p in pool_list]
+        prompt_list = [p.prompt for p in pool_list]
+        first = [p.responses[i] for p, (i, _) in zip(pool_list, drawn)]
+        second = [p.responses[j] for p, (_, j) in zip(pool_list, drawn)]
+    else:
+        from .backbones import load_backbone
+        from .data.pools import load_prompts
+        from .sampling import SamplingConfig, sample_responses
+
+        prompt_list = [row.prompt for row in load_prompts(prompts, skip_invalid=bool(skip_invalid))[0][:max_pools]]
+        model, tokenizer = load_backbone(policy)
+        first = [r[0] for r in sample_responses(model, tokenizer, prompt_list, SamplingConfig(n=1, temperature=0, max_new_tokens=max_new_tokens)).responses]
+        sampled = SamplingConfig(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        second = [r[0] for r in sample_responses(model, tokenizer, prompt_list, sampled).responses]
+    rows, selected = select_aspects(read_tree(config), config.parent, prompt_list, first, second, keep, max_inconsistency, batch_size)
+    output.write_text(yaml.safe_dump(selected, sort_keys=False))
+    typer.echo(f"{len(prompt_list)} prompts, two responses each")
+    typer.echo(f"{'aspect':<24}{'compared':>9}{'inconsistency':>15}{'win rate':>10}  kept")
+    for row in rows:
+        typer.echo(f"{row['name']:<24}{row['compared']:>9}{row['inconsistency']:>15.3f}{row['win_rate']:>10.3f}  {'yes' if row['kept'] else 'no'}")
+    typer.echo(f"tree with {len(selected['aspects'])} aspects (mode {selected.get('mode', 'hierarchical')}) -> {output}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .bayes import pair_moments, probit_logit
 from .data.encode import EncodedPairs, encode_pairs
-from .data.load import Columns, load_preferences
+from .data.load import Columns, PreferencePair, load_preferences
 from .errors import UserError
 from .metrics import auroc, logit_metrics, pairwise_metrics
 from .model import RewardModel
@@ -43,20 +43,32 @@ def response_stds(scores: dict[str, np.ndarray]) -> np.ndarray:
     return np.sqrt(np.concatenate([scores["var_chosen"], scores["var_rejected"]]))
 
 
-def pair_metrics(scores: dict[str, np.ndarray], pairs: EncodedPairs) -> dict[str, Any]:
+def source_pair_scores(source, pairs: Sequence[PreferencePair], batch_size: int = 16) -> tuple[dict[str, np.ndarray], int]:
+    """score_pairs for any reward source: (`chosen`, `rejected` and, when the source has stds, `var_chosen`,
+    `var_rejected`), and the count of truncated rows. Without Jacobians there is no Var[Δ]."""
+    prompts = [pair.prompt for pair in pairs] * 2
+    scores = source.score(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size=batch_size)
+    n = len(pairs)
+    result = {"chosen": scores.mean[:n], "rejected": scores.mean[n:]}
+    if scores.std is not None:
+        result.update(var_chosen=np.square(scores.std[:n]), var_rejected=np.square(scores.std[n:]))
+    return result, scores.truncated
+
+
+def pair_metrics(scores: dict[str, np.ndarray], subsets: Sequence[str | None], truncated: int) -> dict[str, Any]:
     """Metrics of score_pairs' arrays: pairwise_metrics of the reward, `implicit_reward` and `laplace`
     (the probit predictive σ(μ_Δ/√(1 + π Var[Δ]/8)), with `mean_std` of the rewards) when present, and a
-    breakdown by subset."""
+    breakdown by the pairs' `subsets`; `truncated` is reported as given."""
     result: dict[str, Any] = pairwise_metrics(scores["chosen"], scores["rejected"])
-    result["truncated"] = pairs.truncated
+    result["truncated"] = truncated
     if "implicit_chosen" in scores:
         result["implicit_reward"] = pairwise_metrics(scores["implicit_chosen"], scores["implicit_rejected"])
     if "var_delta" in scores:
         logits = probit_logit(scores["chosen"] - scores["rejected"], scores["var_delta"])
-        result["laplace"] = {"pairs": len(pairs), "mean_margin": result["mean_margin"], **logit_metrics(logits),
+        result["laplace"] = {"pairs": len(subsets), "mean_margin": result["mean_margin"], **logit_metrics(logits),
                              "mean_std": float(response_stds(scores).mean())}
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, subset in enumerate(pairs.subset):
+    for i, subset in enumerate(subsets):
         if subset is not None:
             groups[subset].append(i)
     if groups:
@@ -68,11 +80,11 @@ def pair_metrics(scores: dict[str, np.ndarray], pairs: EncodedPairs) -> dict[str
 
 def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 16, ref_cache_dir: str | None = None) -> dict[str, Any]:
     """pair_metrics(score_pairs(...)) of encoded pairs."""
-    return pair_metrics(score_pairs(model, pairs, batch_size, ref_cache_dir), pairs)
+    return pair_metrics(score_pairs(model, pairs, batch_size, ref_cache_dir), pairs.subset, pairs.truncated)
 
 
 def evaluate(
-    model: RewardModel,
+    model,
     sources: Sequence[str],
     columns: Columns | None = None,
     skip_invalid: bool = False,
@@ -80,23 +92,29 @@ def evaluate(
     ref_cache_dir: str | None = None,
     ood_sources: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per data source: accuracy (ties ½), mean margin, ECE, Brier, NLL, and counts of
-    pairs, truncated pairs and skipped rows. Each of `ood_sources` (needs a posterior) is evaluated too and
-    gets `ood_auroc`: how well reward std separates its responses from those of `sources` (1 = fully)."""
-    if ood_sources and model.posterior is None:
+    """Metrics per data source of `model` (a RewardModel or any reward source): accuracy (ties ½), mean
+    margin, ECE, Brier, NLL, and counts of pairs, truncated pairs and skipped rows. Each of `ood_sources`
+    (needs rewards with a std) is evaluated too and gets `ood_auroc`: how well reward std separates its
+    responses from those of `sources` (1 = fully)."""
+    if ood_sources and isinstance(model, RewardModel) and model.posterior is None:
         raise UserError("eval: --ood-data needs a model with a Laplace posterior (run `rewardstack laplace` first)")
     results, stds = {}, {}
     for source in [*sources, *ood_sources]:
         pairs, report = load_preferences(source, columns, skip_invalid)
-        encoded = encode_pairs(model.encoder, pairs)
-        scores = score_pairs(model, encoded, batch_size, ref_cache_dir)
-        metrics = pair_metrics(scores, encoded)
+        if isinstance(model, RewardModel):
+            encoded = encode_pairs(model.encoder, pairs)
+            scores, truncated = score_pairs(model, encoded, batch_size, ref_cache_dir), encoded.truncated
+        else:
+            scores, truncated = source_pair_scores(model, pairs, batch_size)
+        metrics = pair_metrics(scores, [pair.subset for pair in pairs], truncated)
         metrics["skipped"] = dict(report.skipped)
         metrics["rows"] = report.rows
         results[str(source)] = metrics
         if "var_chosen" in scores:
             stds[str(source)] = response_stds(scores)
     if ood_sources:
+        if not stds:
+            raise UserError("eval: --ood-data needs rewards with a std (a model with a posterior, or an ensemble)")
         in_distribution = np.concatenate([stds[str(s)] for s in sources])
         for source in ood_sources:
             results[str(source)]["ood_auroc"] = auroc(in_distribution, stds[str(source)])

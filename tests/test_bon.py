@@ -135,13 +135,13 @@ def test_cli_bon_writes_results_summary_and_plot(tmp_path):
     rows = [{"prompt": f"{a}+{a}?", "responses": [str(2 * a), str(2 * a + 1), "no idea"], "answer": str(2 * a)} for a in range(4)]
     pools = write_rows(tmp_path / "pools.jsonl", rows)
     out = tmp_path / "bon"
-    result = cli("bon", "--model-dir", model_dir, "--pools", pools, "--output-dir", out)
+    result = cli("bon", "--reward", model_dir, "--pools", pools, "--output-dir", out)
     assert "4 pools, n up to 3" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == [1, 2, 3] and summary["curves"]["mean"]["gold"][0] == pytest.approx(1 / 3)
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
     assert (out / "best_of_n.png").stat().st_size > 1000
-    bad = cli("bon", "--model-dir", model_dir, "--pools", pools, "--output-dir", out, "--objective", "lcb:1", check_rc=2)
+    bad = cli("bon", "--reward", model_dir, "--pools", pools, "--output-dir", out, "--objective", "lcb:1", check_rc=2)
     assert bad.stderr.strip() == "error: objective lcb:1 needs rewards with a std: fit a posterior first (rewardstack laplace)"
 
 
@@ -190,13 +190,13 @@ def test_cli_bon_samples_from_a_policy_and_uses_a_gold_model(tmp_path):
     RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2)).save(model_dir)
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": "4"}])
     out = tmp_path / "bon"
-    result = cli("bon", "--model-dir", model_dir, "--prompts", prompts, "--policy", "tiny-random", "--n", "3",
+    result = cli("bon", "--reward", model_dir, "--prompts", prompts, "--policy", "tiny-random", "--n", "3",
                  "--max-new-tokens", "6", "--output-dir", out)
     assert "2 pools, n up to 3" in result.stdout and "samples cut at --max-new-tokens" in result.stdout
     pools = [json.loads(line) for line in (out / "pools.jsonl").read_text().splitlines()]
     assert [len(p["responses"]) for p in pools] == [3, 3] and all(len(p["gold"]) == 3 for p in pools)
-    cli("bon", "--model-dir", model_dir, "--pools", out / "pools.jsonl", "--gold-model-dir", model_dir, "--output-dir", tmp_path / "self")
+    cli("bon", "--reward", model_dir, "--pools", out / "pools.jsonl", "--gold-reward", model_dir, "--output-dir", tmp_path / "self")
     summary = json.loads((tmp_path / "self" / "summary.json").read_text())
     assert summary["curves"]["mean"]["gold"] == pytest.approx(summary["curves"]["mean"]["proxy"])  # its own gold
-    bad = cli("bon", "--model-dir", model_dir, "--output-dir", out, check_rc=2)
+    bad = cli("bon", "--reward", model_dir, "--output-dir", out, check_rc=2)
     assert "exactly one of --pools" in bad.stderr

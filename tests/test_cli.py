@@ -22,7 +22,7 @@ def model_dir(tmp_path_factory):
 
 def test_bad_row_exits_2_with_one_line(tmp_path, model_dir):
     data = write_rows(tmp_path / "bad.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}])
-    result = cli("eval", "--model-dir", model_dir, "--data", data, check_rc=2)
+    result = cli("eval", "--reward", model_dir, "--data", data, check_rc=2)
     assert result.stderr.strip() == f"error: {data}: row 2: field 'rejected': missing"
 
 
@@ -50,7 +50,7 @@ def test_unknown_config_key_is_a_user_error(tmp_path):
 def test_eval_writes_json_with_subsets_and_counts(tmp_path, model_dir):
     rows = arithmetic_pairs(6, seed=2) + [{"prompt": "p", "chosen": "a", "rejected": "a"}]
     data = write_rows(tmp_path / "e.jsonl", rows)
-    result = cli("eval", "--model-dir", model_dir, "--data", data, "--output", tmp_path / "m.json", "--skip-invalid")
+    result = cli("eval", "--reward", model_dir, "--data", data, "--output", tmp_path / "m.json", "--skip-invalid")
     metrics = json.loads((tmp_path / "m.json").read_text())[str(data)]
     assert metrics["pairs"] == 6 and metrics["rows"] == 7
     assert metrics["skipped"] == {"chosen equals rejected": 1}
@@ -62,7 +62,7 @@ def test_eval_writes_json_with_subsets_and_counts(tmp_path, model_dir):
 def test_score_keeps_input_fields_and_matches_python(tmp_path, model_dir):
     rows = [{"id": i, "prompt": r["prompt"], "response": r["chosen"]} for i, r in enumerate(arithmetic_pairs(5, seed=4))]
     data = write_rows(tmp_path / "s.jsonl", rows)
-    result = cli("score", "--model-dir", model_dir, "--input", data, "--output", tmp_path / "out.jsonl")
+    result = cli("score", "--reward", model_dir, "--input", data, "--output", tmp_path / "out.jsonl")
     assert "scored 5 rows (0 truncated, 0 skipped)" in result.stdout
     out = [json.loads(l) for l in (tmp_path / "out.jsonl").read_text().splitlines()]
     expected = RewardModel.from_pretrained(model_dir).score([r["prompt"] for r in rows], [r["response"] for r in rows]).mean

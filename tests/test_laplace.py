@@ -216,15 +216,15 @@ def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
     test = write_jsonl(arithmetic_pairs(6, seed=1), tmp_path / "test.jsonl")
     odd = [{"prompt": "Name a colour.", "chosen": "Blue, like the sky in the afternoon.", "rejected": "x"}] * 3
     ood = write_jsonl(odd, tmp_path / "ood.jsonl")
-    result = cli("eval", "--model-dir", tmp_path / "model", "--data", test, "--ood-data", ood, check_rc=2)
+    result = cli("eval", "--reward", tmp_path / "model", "--data", test, "--ood-data", ood, check_rc=2)
     assert result.stderr.strip() == "error: eval: --ood-data needs a model with a Laplace posterior (run `rewardstack laplace` first)"
     result = cli("laplace", "--model-dir", tmp_path / "model", "--data", train)
     assert "fitted on 16 pairs" in result.stdout and "prior precision" in result.stdout
     rows = write_jsonl([{"prompt": "2+2?", "response": "4"}], tmp_path / "rows.jsonl")
-    cli("score", "--model-dir", tmp_path / "model", "--input", rows, "--output", tmp_path / "out.jsonl")
+    cli("score", "--reward", tmp_path / "model", "--input", rows, "--output", tmp_path / "out.jsonl")
     assert json.loads((tmp_path / "out.jsonl").read_text())["reward_std"] > 0
     out = tmp_path / "eval.json"
-    result = cli("eval", "--model-dir", tmp_path / "model", "--data", test, "--ood-data", ood, "--output", out)
+    result = cli("eval", "--reward", tmp_path / "model", "--data", test, "--ood-data", ood, "--output", out)
     metrics = json.loads(out.read_text())
     assert set(metrics[str(test)]["laplace"]) >= {"nll", "ece", "brier", "mean_std"}
     assert 0.0 <= metrics[str(ood)]["ood_auroc"] <= 1.0

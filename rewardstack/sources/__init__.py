@@ -24,4 +24,12 @@ class RewardScores:
 
 
 class RewardSource(Protocol):
-    def score(self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str]) -> RewardScores: ...
+    def score(self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str], batch_size: int = 16) -> RewardScores: ...
+
+
+from .combine import Ensemble, Hierarchical, Normalized  # noqa: E402  (the kinds use RewardScores above)
+from .remote import Remote  # noqa: E402
+from .rules import Rule  # noqa: E402
+from .tree import build_source, calibrate_tree, load_source  # noqa: E402
+
+__all__ = ["RewardScores", "RewardSource", "Rule", "Remote", "Normalized", "Ensemble", "Hierarchical", "build_source", "calibrate_tree", "load_source"]

@@ -1,0 +1,65 @@
+"""A reward server over HTTP as a reward source (standard library only).
+
+Protocols:
+- `rewardstack`: POST {url}/score with {"prompts": [...], "responses": [...]} (prompts as strings or chat
+  messages); the answer is {"rewards": [...], "stds": [...] or null, "parts": {name: [...]}}.
+- `openrlhf`: POST {url}/get_reward with {"query": [prompt + response texts], "prompts": [...]}; the
+  answer is {"rewards": [...]}. The query is the prompt's text, a newline, then the response.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from ..errors import UserError
+from . import RewardScores
+from .rules import prompt_text
+
+PROTOCOLS = ("rewardstack", "openrlhf")
+
+
+class Remote:
+    def __init__(self, url: str, protocol: str = "rewardstack", timeout: float = 60.0, batch_size: int = 64):
+        if protocol not in PROTOCOLS:
+            raise UserError(f"remote: protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+        self.url, self.protocol, self.timeout, self.batch_size = url.rstrip("/"), protocol, timeout, batch_size
+
+    def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
+        """Rows sent in requests of self.batch_size rows."""
+        if len(prompts) != len(responses):
+            raise UserError(f"remote {self.url}: {len(prompts)} prompts but {len(responses)} responses")
+        chunks = [self._request(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
+        if not chunks:
+            return RewardScores(mean=np.empty(0))
+        stds = None if any(c.std is None for c in chunks) else np.concatenate([c.std for c in chunks])
+        parts = {name: np.concatenate([c.parts[name] for c in chunks]) for name in chunks[0].parts}
+        return RewardScores(mean=np.concatenate([c.mean for c in chunks]), std=stds, parts=parts,
+                            truncated=sum(c.truncated for c in chunks))
+
+    def _request(self, prompts, responses) -> RewardScores:
+        if self.protocol == "rewardstack":
+            path, body = "/score", {"prompts": [p if isinstance(p, str) else list(p) for p in prompts], "responses": list(responses)}
+        else:
+            texts = [prompt_text(p) for p in prompts]
+            path, body = "/get_reward", {"query": [t + "\n" + r for t, r in zip(texts, responses)], "prompts": texts}
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                data = json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            raise UserError(f"remote {self.url + path}: HTTP {err.code}: {err.read()[:200].decode(errors='replace')}") from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise UserError(f"remote {self.url + path}: cannot reach the server ({getattr(err, 'reason', err)})") from None
+        except json.JSONDecodeError:
+            raise UserError(f"remote {self.url + path}: the answer is not JSON") from None
+        rewards = data.get("rewards") if isinstance(data, dict) else None
+        if not isinstance(rewards, list) or len(rewards) != len(responses):
+            raise UserError(f"remote {self.url + path}: expected 'rewards' with {len(responses)} numbers")
+        stds = data.get("stds")
+        parts = {name: np.asarray(values, dtype=np.float64) for name, values in (data.get("parts") or {}).items()}
+        return RewardScores(mean=np.asarray(rewards, dtype=np.float64), std=None if stds is None else np.asarray(stds, dtype=np.float64),
+                            parts=parts, truncated=int(data.get("truncated", 0)))

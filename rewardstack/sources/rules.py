@@ -1,0 +1,101 @@
+"""Rule rewards: Python functions of (prompt, response), user-given as `module:function` or built in.
+
+Built-ins: `answer` (1 when the response's final answer matches the reference answer of its prompt, read
+from a file; 0 otherwise), `length` (words or characters of the response) and `regex` (1 when a pattern
+is found in the response).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..data.encode import as_messages
+from ..data.load import Message
+from ..errors import UserError
+from ..gold import answer_is_correct
+from . import RewardScores
+
+RuleFunction = Callable[[str, str], float]
+
+
+def prompt_text(prompt: str | Sequence[Message]) -> str:
+    """A prompt as one string: its messages' contents joined by blank lines."""
+    return "\n\n".join(message["content"] for message in as_messages(prompt))
+
+
+class Rule:
+    """A reward source from a function f(prompt_text, response) -> float; a non-finite or non-numeric result
+    is an error naming the row."""
+
+    def __init__(self, function: RuleFunction, name: str):
+        self.function, self.name = function, name
+
+    def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
+        if len(prompts) != len(responses):
+            raise UserError(f"rule {self.name}: {len(prompts)} prompts but {len(responses)} responses")
+        values = np.empty(len(responses))
+        for row, (prompt, response) in enumerate(zip(prompts, responses)):
+            value = self.function(prompt_text(prompt), response)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(f"rule {self.name}: row {row} gave {value!r}, not a finite number")
+            values[row] = value
+        return RewardScores(mean=values)
+
+
+def import_function(spec: str, search_dir: str | Path | None = None) -> RuleFunction:
+    """The function named by 'package.module:function'; the module is looked for in `search_dir` (the
+    YAML tree's folder) first, then on the Python path."""
+    module_name, _, function_name = spec.partition(":")
+    if not module_name or not function_name:
+        raise UserError(f"rule {spec!r}: give it as module:function")
+    if search_dir is not None:
+        sys.path.insert(0, str(search_dir))
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"rule {spec!r}: cannot load it ({err})") from None
+    finally:
+        if search_dir is not None:
+            sys.path.remove(str(search_dir))
+    if not callable(function):
+        raise UserError(f"rule {spec!r}: not a function")
+    return function
+
+
+def length_rule(unit: str = "words") -> RuleFunction:
+    """Length of the response in `unit`: words (whitespace-separated) or characters."""
+    if unit not in ("words", "characters"):
+        raise UserError(f"rule length: unit must be words or characters, not {unit!r}")
+    return (lambda prompt, response: float(len(response.split()))) if unit == "words" else (lambda prompt, response: float(len(response)))
+
+
+def regex_rule(pattern: str, ignore_case: bool = False) -> RuleFunction:
+    """1.0 when `pattern` is found in the response, else 0.0."""
+    try:
+        compiled = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+    except re.error as err:
+        raise UserError(f"rule regex: bad pattern {pattern!r} ({err})") from None
+    return lambda prompt, response: float(compiled.search(response) is not None)
+
+
+def answer_rule(answers: str | Path, prompt_key: str = "prompt", answer_key: str = "answer") -> RuleFunction:
+    """1.0 when the response's final answer equals its prompt's reference answer (gold.answer_is_correct),
+    else 0.0; references come from a file of prompt/answer rows. A prompt without a reference is an error."""
+    from ..data.pools import load_prompts
+
+    rows, _ = load_prompts(answers, prompt_key, answer_key)
+    reference = {prompt_text(row.prompt): row.answer for row in rows if row.answer is not None}
+
+    def correct(prompt: str, response: str) -> float:
+        if prompt not in reference:
+            raise UserError(f"rule answer: no reference answer in {answers} for the prompt {prompt[:80]!r}")
+        return float(answer_is_correct(response, reference[prompt]))
+
+    return correct

@@ -1,0 +1,168 @@
+"""A reward source from a model directory or a YAML tree, and z-score calibration of the tree's nodes.
+
+Nodes (paths are relative to the YAML file):
+    {kind: model, path: DIR}
+    {kind: rule, function: "module:function"} (module beside the YAML file or importable)  or  {kind: rule, builtin: answer, answers: FILE}
+        | {kind: rule, builtin: length, unit: words|characters} | {kind: rule, builtin: regex, pattern: P, ignore_case: false}
+    {kind: remote, url: URL, protocol: rewardstack|openrlhf, timeout: 60, batch_size: 64}
+    {kind: ensemble, combine: mean|min|uwo:λ|weighted, weights: [...], members: [{name: N, source: NODE}, ...]}
+    {kind: hierarchical, mode: hierarchical|holistic|aspects|weighted_sum, threshold: τ, holistic_weight: w_h,
+     holistic: NODE, aspects: [{name: N, weight: w, source: NODE}, ...]}
+Any node may carry `normalize: {mean: μ, std: σ}` (fixed) or `normalize: calibrate`, which
+`calibrate_tree` replaces by μ, σ of the node's rewards on calibration rows.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from ..errors import UserError
+from .combine import Ensemble, Hierarchical, Normalized
+from .remote import Remote
+from .rules import Rule, answer_rule, import_function, length_rule, regex_rule
+
+KINDS = ("model", "rule", "remote", "ensemble", "hierarchical")
+
+
+def load_source(spec: str | Path):
+    """A reward source from a trained model directory or a YAML file describing a source tree."""
+    path = Path(spec)
+    if path.is_dir():
+        from ..model import RewardModel
+
+        return RewardModel.from_pretrained(path)
+    return build_source(read_tree(path), path.parent, str(path))
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: neither a model directory nor a YAML file")
+    try:
+        node = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(node, dict):
+        raise UserError(f"{path}: a source tree is a mapping with a `kind`")
+    return node
+
+
+def build_source(node: Any, base_dir: str | Path = ".", where: str = "source"):
+    """The source a tree node describes (module docstring); errors name the node's place in the tree."""
+    source = _build_raw(node, Path(base_dir), where)
+    normalize = node.get("normalize")
+    if normalize is None:
+        return source
+    if normalize == "calibrate":
+        raise UserError(f"{where}: `normalize: calibrate` is not fitted yet: run `rewardstack compose calibrate` on this file")
+    if not isinstance(normalize, dict) or not {"mean", "std"} <= normalize.keys():
+        raise UserError(f"{where}.normalize: give {{mean: μ, std: σ}} or `calibrate`")
+    return Normalized(source, _number(normalize, "mean", f"{where}.normalize"), _number(normalize, "std", f"{where}.normalize"))
+
+
+def _build_raw(node: Any, base_dir: Path, where: str):
+    if not isinstance(node, dict) or node.get("kind") not in KINDS:
+        raise UserError(f"{where}: a node needs `kind`, one of {', '.join(KINDS)}")
+    kind = node["kind"]
+    if kind == "model":
+        path = base_dir / _field(node, "path", where)
+        if not path.is_dir():
+            raise UserError(f"{where}.path: {path} is not a model directory")
+        from ..model import RewardModel
+
+        return RewardModel.from_pretrained(path)
+    if kind == "rule":
+        if "function" in node:
+            return Rule(import_function(node["function"], base_dir), node["function"])
+        builtin = _field(node, "builtin", where)
+        if builtin == "length":
+            return Rule(length_rule(node.get("unit", "words")), "length")
+        if builtin == "regex":
+            return Rule(regex_rule(_field(node, "pattern", where), bool(node.get("ignore_case", False))), "regex")
+        if builtin == "answer":
+            return Rule(answer_rule(base_dir / _field(node, "answers", where), node.get("prompt_key", "prompt"), node.get("answer_key", "answer")), "answer")
+        raise UserError(f"{where}.builtin: {builtin!r} is not one of answer, length, regex")
+    if kind == "remote":
+        return Remote(_field(node, "url", where), node.get("protocol", "rewardstack"), float(node.get("timeout", 60)), int(node.get("batch_size", 64)))
+    if kind == "ensemble":
+        members = {}
+        for i, member in enumerate(_list(node, "members", where)):
+            name = str(member.get("name", f"member{i}")) if isinstance(member, dict) else f"member{i}"
+            members[name] = build_source(_field(member, "source", f"{where}.members[{i}]"), base_dir, f"{where}.members[{i}].source")
+        return Ensemble(members, str(node.get("combine", "mean")), node.get("weights"))
+    holistic = _field(node, "holistic", where)
+    _require_normalized(holistic, f"{where}.holistic")
+    aspects = {}
+    for i, aspect in enumerate(node.get("aspects") or []):
+        place = f"{where}.aspects[{i}]"
+        name = str(_field(aspect, "name", place))
+        _require_normalized(_field(aspect, "source", place), f"{place}.source")
+        aspects[name] = (build_source(aspect["source"], base_dir, f"{place}.source"), _number(aspect, "weight", place, default=1.0))
+    return Hierarchical(
+        build_source(holistic, base_dir, f"{where}.holistic"), aspects, str(node.get("mode", "hierarchical")),
+        _number(node, "threshold", where, default=0.0), _number(node, "holistic_weight", where, default=1.0),
+    )
+
+
+def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, data_name: str = "") -> dict:
+    """A copy of the tree in which every `normalize: calibrate` node (and every node calibrated before)
+    gets μ, σ (population std) of its rewards on the given rows; children first, so a parent sees its
+    children normalised."""
+    if len(responses) < 2:
+        raise UserError("calibrate: needs at least two rows")
+    tree = copy.deepcopy(node)
+
+    def visit(current: dict, where: str) -> None:
+        for key, child in _children(current, where):
+            visit(child, key)
+        normalize = current.get("normalize")
+        if normalize == "calibrate" or (isinstance(normalize, dict) and "calibrated_on" in normalize):
+            rewards = build_source({k: v for k, v in current.items() if k != "normalize"}, base_dir, where).score(prompts, responses, batch_size=batch_size).mean
+            std = float(np.std(rewards))
+            if std == 0:
+                raise UserError(f"{where}: its rewards are all equal on the calibration rows, so they cannot be normalised")
+            current["normalize"] = {"mean": float(np.mean(rewards)), "std": std, "calibrated_on": data_name, "rows": len(rewards)}
+
+    visit(tree, "source")
+    return tree
+
+
+def _children(node: dict, where: str) -> list[tuple[str, dict]]:
+    kind = node.get("kind")
+    if kind == "ensemble":
+        return [(f"{where}.members[{i}].source", m["source"]) for i, m in enumerate(node.get("members") or []) if isinstance(m, dict) and isinstance(m.get("source"), dict)]
+    if kind == "hierarchical":
+        aspects = [(f"{where}.aspects[{i}].source", a["source"]) for i, a in enumerate(node.get("aspects") or []) if isinstance(a, dict) and isinstance(a.get("source"), dict)]
+        return ([(f"{where}.holistic", node["holistic"])] if isinstance(node.get("holistic"), dict) else []) + aspects
+    return []
+
+
+def _require_normalized(node: Any, where: str) -> None:
+    if isinstance(node, dict) and node.get("normalize") is None:
+        raise UserError(f"{where}: hierarchical rewards combine normalised sources: add `normalize: calibrate` "
+                        "(then run `rewardstack compose calibrate`) or `normalize: {mean: 0, std: 1}` to keep raw values")
+
+
+def _field(node: Any, key: str, where: str) -> Any:
+    if not isinstance(node, dict) or node.get(key) is None:
+        raise UserError(f"{where}: missing `{key}`")
+    return node[key]
+
+
+def _list(node: dict, key: str, where: str) -> list:
+    value = _field(node, key, where)
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}.{key}: give a non-empty list")
+    return value
+
+
+def _number(node: dict, key: str, where: str, default: float | None = None) -> float:
+    value = node.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{where}.{key}: expected a number, got {value!r}")
+    return float(value)

@@ -1,0 +1,245 @@
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import pytest
+import yaml
+
+from rewardstack.errors import UserError
+from rewardstack.sources import Ensemble, Hierarchical, Normalized, RewardScores, Rule, build_source, calibrate_tree, load_source
+from rewardstack.sources.combine import combine_ensemble, combine_hierarchy
+from rewardstack.sources.select import aspect_consistency
+from rewardstack.sources.remote import Remote
+
+from conftest import cli, write_rows
+
+
+class Fixed:
+    """A source with given rewards (and stds) per response text."""
+
+    def __init__(self, table: dict[str, float], stds: dict[str, float] | None = None):
+        self.table, self.stds = table, stds
+
+    def score(self, prompts, responses, batch_size=16):
+        std = None if self.stds is None else np.array([self.stds[r] for r in responses])
+        return RewardScores(mean=np.array([self.table[r] for r in responses]), std=std)
+
+
+def word_count(prompt: str, response: str) -> float:
+    """A rule for the module:function test."""
+    return float(len(response.split()))
+
+
+def test_ensemble_rules_by_hand():
+    means = np.array([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # 3 members, 2 rows
+    # row 0: mean 2, population variance ((1)+(1)+0)/3 = 2/3; row 1: mean 1, variance (1+1+4)/3 = 2
+    assert combine_ensemble(means, None, "mean").mean.tolist() == pytest.approx([2.0, 1.0])
+    assert combine_ensemble(means, None, "min").mean.tolist() == [1.0, 0.0]
+    assert combine_ensemble(means, None, "uwo", 0.5).mean.tolist() == pytest.approx([2 - 1 / 3, 0.0])
+    assert combine_ensemble(means, None, "weighted", weights=[0.5, 0.25, 0.25]).mean.tolist() == pytest.approx([1.75, 0.75])
+    assert combine_ensemble(means, None, "mean").std.tolist() == pytest.approx([np.sqrt(2 / 3), np.sqrt(2)])
+    stds = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 3.0]])  # + mean of member variances: 1 and 3
+    assert combine_ensemble(means, stds, "mean").std.tolist() == pytest.approx([np.sqrt(2 / 3 + 1), np.sqrt(5)])
+    with pytest.raises(UserError, match="one weight per member"):
+        combine_ensemble(means, None, "weighted", weights=[1.0])
+
+
+def test_hierarchy_modes_by_hand():
+    holistic = np.array([-1.0, 0.5, 2.0])
+    aspects = np.array([[1.0, -1.0, 0.5], [2.0, 2.0, -2.0]])
+    weights = [0.5, 0.25]  # Σ w_i a_i = [1.0, 0.0, -0.25]
+    assert combine_hierarchy(holistic, aspects, "holistic", holistic_weight=2.0)[0].tolist() == [-2.0, 1.0, 4.0]
+    assert combine_hierarchy(holistic, aspects, "aspects", aspect_weights=weights)[0].tolist() == [1.0, 0.0, -0.25]
+    assert combine_hierarchy(holistic, aspects, "weighted_sum", aspect_weights=weights)[0].tolist() == [0.0, 0.5, 1.75]
+    reward, gate = combine_hierarchy(holistic, aspects, "hierarchical", threshold=0.5, aspect_weights=weights)
+    assert gate.tolist() == [0.0, 1.0, 1.0] and reward.tolist() == [-1.0, 0.5, 1.75]
+    with pytest.raises(UserError, match="mode must be one of"):
+        combine_hierarchy(holistic, aspects, "sum")
+
+
+def test_composite_sources_carry_parts_and_stds():
+    h = Fixed({"a": 1.0, "b": -1.0}, {"a": 0.5, "b": 1.0})
+    x = Fixed({"a": 2.0, "b": 4.0}, {"a": 1.0, "b": 1.0})
+    scores = Hierarchical(h, {"x": (x, 0.5)}, "hierarchical", threshold=0.0, holistic_weight=2.0).score(["p", "p"], ["a", "b"])
+    assert scores.mean.tolist() == [3.0, -2.0]
+    assert scores.parts == {"holistic": pytest.approx([1.0, -1.0]), "x": pytest.approx([2.0, 4.0]), "gate": pytest.approx([1.0, 0.0])}
+    # √(w_h² σ_h² + gate w² σ_x²): row a √(4·0.25 + 0.25·1), row b √(4·1)
+    assert scores.std.tolist() == pytest.approx([np.sqrt(1.25), 2.0])
+    ensemble = Ensemble({"h": h, "x": x}, "min").score(["p", "p"], ["a", "b"])
+    assert ensemble.mean.tolist() == [1.0, -1.0] and set(ensemble.parts) == {"h", "x"}
+    normalized = Normalized(x, mean=3.0, std=2.0).score(["p", "p"], ["a", "b"])
+    assert normalized.mean.tolist() == [-0.5, 0.5] and normalized.std.tolist() == [0.5, 0.5]
+
+
+def test_rules_builtin_and_imported(tmp_path):
+    answers = write_rows(tmp_path / "answers.jsonl", [{"prompt": "What is 2 + 3?", "answer": "5"}])
+    tree = {
+        "kind": "ensemble", "combine": "weighted", "weights": [1.0, 10.0, 100.0, 1000.0],
+        "members": [
+            {"name": "answer", "source": {"kind": "rule", "builtin": "answer", "answers": "answers.jsonl"}},
+            {"name": "length", "source": {"kind": "rule", "builtin": "length"}},
+            {"name": "format", "source": {"kind": "rule", "builtin": "regex", "pattern": "^the answer", "ignore_case": True}},
+            {"name": "words", "source": {"kind": "rule", "function": "test_sources:word_count"}},
+        ],
+    }
+    assert answers.exists()
+    source = build_source(tree, tmp_path)
+    scores = source.score(["What is 2 + 3?", [{"role": "user", "content": "What is 2 + 3?"}]], ["The answer is 5.", "It is 6"])
+    assert scores.parts["answer"].tolist() == [1.0, 0.0]
+    assert scores.parts["length"].tolist() == [4.0, 3.0]
+    assert scores.parts["format"].tolist() == [1.0, 0.0]
+    assert scores.mean.tolist() == [1.0 + 40.0 + 100.0 + 4000.0, 30.0 + 3000.0]
+    with pytest.raises(UserError, match="no reference answer"):
+        source.score(["What is 1 + 1?"], ["2"])
+    with pytest.raises(UserError, match="cannot load it"):
+        build_source({"kind": "rule", "function": "test_sources:missing"})
+    with pytest.raises(UserError, match="row 0 gave 'x', not a finite number"):
+        Rule(lambda p, r: "x", "bad").score(["p"], ["r"])
+
+
+def test_tree_errors_name_the_node(tmp_path):
+    with pytest.raises(UserError, match=r"source.members\[1\].source: a node needs `kind`"):
+        build_source({"kind": "ensemble", "members": [{"source": {"kind": "rule", "builtin": "length"}}, {"source": {"kind": "nope"}}]})
+    with pytest.raises(UserError, match=r"source.aspects\[0\].source: hierarchical rewards combine normalised sources"):
+        build_source({"kind": "hierarchical", "holistic": {"kind": "rule", "builtin": "length", "normalize": {"mean": 0, "std": 1}},
+                      "aspects": [{"name": "f", "source": {"kind": "rule", "builtin": "regex", "pattern": "x"}}]})
+    with pytest.raises(UserError, match="not fitted yet"):
+        build_source({"kind": "rule", "builtin": "length", "normalize": "calibrate"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: [unclosed")
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
+        load_source(bad)
+
+
+def test_calibrate_yaml_round_trip(tmp_path):
+    tree = {
+        "kind": "hierarchical", "mode": "hierarchical", "threshold": 0.0,
+        "holistic": {"kind": "rule", "builtin": "length", "unit": "characters", "normalize": "calibrate"},
+        "aspects": [{"name": "format", "weight": 0.5, "source": {"kind": "rule", "builtin": "regex", "pattern": "!", "normalize": "calibrate"}}],
+    }
+    responses = ["hi", "hello!", "hey there!", "good day"]  # lengths 2, 6, 10, 8: mean 6.5, variance 35/4
+    fitted = calibrate_tree(tree, tmp_path, ["p"] * 4, responses, data_name="rows.jsonl")
+    assert fitted["holistic"]["normalize"] == {"mean": 6.5, "std": pytest.approx(np.sqrt(8.75)), "calibrated_on": "rows.jsonl", "rows": 4}
+    assert fitted["aspects"][0]["source"]["normalize"]["mean"] == 0.5 and tree["holistic"]["normalize"] == "calibrate"
+    path = tmp_path / "tree.yaml"
+    path.write_text(yaml.safe_dump(fitted))
+    scores = load_source(path).score(["p"] * 4, responses)
+    z = (np.array([2, 6, 10, 8]) - 6.5) / np.sqrt(8.75)
+    expected = z + (z >= 0) * 0.5 * np.array([-1.0, 1.0, 1.0, -1.0])  # regex: 0/1 with mean ½, std ½
+    assert scores.mean.tolist() == pytest.approx(expected.tolist())
+    assert yaml.safe_load(path.read_text()) == fitted
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/get_reward":  # OpenRLHF: full texts in, rewards out
+            answer = {"rewards": [float(len(q)) for q in body["query"]]}
+        elif self.path == "/score":
+            answer = {"rewards": [float(len(r)) for r in body["responses"]], "stds": [1.0] * len(body["responses"]), "parts": {"n": [0.0] * len(body["responses"])}}
+        else:
+            self.send_error(404)
+            return
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = HTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_remote_source_speaks_both_protocols(server, tmp_path):
+    prompts, responses = ["ab", "c"], ["xyz", "hello"]
+    ours = Remote(server, batch_size=1).score(prompts, responses)  # two requests of one row
+    assert ours.mean.tolist() == [3.0, 5.0] and ours.std.tolist() == [1.0, 1.0] and ours.parts["n"].tolist() == [0.0, 0.0]
+    openrlhf = Remote(server, protocol="openrlhf").score(prompts, responses)
+    assert openrlhf.mean.tolist() == [len("ab\nxyz"), len("c\nhello")]
+    with pytest.raises(UserError, match="HTTP 404"):
+        Remote(server + "/missing").score(prompts, responses)
+    with pytest.raises(UserError, match="cannot reach the server"):
+        Remote("http://127.0.0.1:9", timeout=2).score(prompts, responses)
+    tree = tmp_path / "remote.yaml"
+    tree.write_text(yaml.safe_dump({"kind": "remote", "url": server}))
+    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": "q", "response": "four"}])
+    cli("score", "--reward", tree, "--input", rows, "--output", tmp_path / "out.jsonl")
+    scored = json.loads((tmp_path / "out.jsonl").read_text())
+    assert scored["reward"] == 4.0 and scored["reward_std"] == 1.0 and scored["reward_parts"] == {"n": 0.0}
+
+
+def test_aspect_consistency_by_hand():
+    holistic = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [1.0, 1.0]])  # prefers first, second, first, tie
+    aspect = np.array([[5.0, 1.0], [3.0, 2.0], [0.0, 0.0], [1.0, 0.0]])  # first, first, tie, first
+    result = aspect_consistency(holistic, aspect)
+    # compared: pairs 0 and 1 (2 and 3 have a tie); pair 1 disagrees → 1/2; win: 1, 0, ½, ½ → 0.5
+    assert result == {"compared": 2, "inconsistency": 0.5, "win_rate": 0.5}
+
+
+def test_select_aspects_cli_keeps_the_consistent_ones(tmp_path):
+    pools = write_rows(tmp_path / "pools.jsonl", [
+        {"prompt": f"q{i}", "responses": [short, long_]}
+        for i, (short, long_) in enumerate([("ok!", "a much longer answer"), ("fine", "another longer reply!"), ("no", "a long one")])
+    ])
+    fixed = {"mean": 0, "std": 1}
+    tree = {
+        "kind": "hierarchical",
+        "holistic": {"kind": "rule", "builtin": "length", "normalize": fixed},
+        "aspects": [
+            {"name": "chars", "weight": 1.0, "source": {"kind": "rule", "builtin": "length", "unit": "characters", "normalize": fixed}},
+            {"name": "shortness", "weight": 1.0, "source": {"kind": "rule", "function": "my_rules:negative_length", "normalize": fixed}},
+            {"name": "bang", "weight": 1.0, "source": {"kind": "rule", "builtin": "regex", "pattern": "!", "normalize": fixed}},
+        ],
+    }
+    config = tmp_path / "tree.yaml"
+    config.write_text(yaml.safe_dump(tree))
+    (tmp_path / "my_rules.py").write_text("def negative_length(prompt, response):\n    return -float(len(response))\n")
+    result = cli("compose", "select-aspects", "--config", config, "--pools", pools, "--output", tmp_path / "selected.yaml")
+    lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:5]}
+    assert lines["chars"][1:] == ["3", "0.000", "1.000", "yes"]
+    assert lines["shortness"][1:] == ["3", "1.000", "0.000", "no"]
+    selected = yaml.safe_load((tmp_path / "selected.yaml").read_text())
+    assert [a["name"] for a in selected["aspects"]] == ["chars", "bang"]
+    bad = cli("compose", "select-aspects", "--config", config, "--pools", pools, "--output", tmp_path / "sub" / "x.yaml", check_rc=2)
+    assert "write --output beside --config" in bad.stderr
+
+
+def test_model_in_a_tree_through_eval_and_calibrate_cli(tmp_path):
+    import torch
+
+    from rewardstack.model import ModelConfig, RewardModel
+    from rewardstack.synthetic import arithmetic_pairs, write_jsonl
+
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=4))
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # a head that is not zero, so rewards differ
+    model.save(tmp_path / "model")
+    pairs = write_jsonl(arithmetic_pairs(6, seed=2), tmp_path / "pairs.jsonl")
+    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": r["prompt"], "response": r[k]} for r in arithmetic_pairs(6, seed=3) for k in ("chosen", "rejected")])
+    config = tmp_path / "tree.yaml"
+    config.write_text(yaml.safe_dump({"kind": "ensemble", "combine": "mean", "members": [
+        {"name": "rm", "source": {"kind": "model", "path": "model", "normalize": "calibrate"}},
+        {"name": "words", "source": {"kind": "rule", "builtin": "length", "normalize": "calibrate"}},
+    ]}))
+    result = cli("eval", "--reward", config, "--data", pairs, check_rc=2)
+    assert "not fitted yet: run `rewardstack compose calibrate`" in result.stderr
+    cli("compose", "calibrate", "--config", config, "--data", rows, "--output", config)
+    tree = yaml.safe_load(config.read_text())
+    scores = load_source(config).score(*zip(*[(r["prompt"], r["response"]) for r in map(json.loads, rows.read_text().splitlines())]))
+    for part in scores.parts.values():  # the members' rewards, z-scored on the calibration rows
+        assert part.mean() == pytest.approx(0.0, abs=1e-6) and part.std() == pytest.approx(1.0, abs=1e-6)
+    assert scores.mean.tolist() == pytest.approx(((scores.parts["rm"] + scores.parts["words"]) / 2).tolist())
+    assert tree["members"][1]["source"]["normalize"]["rows"] == 12
+    cli("eval", "--reward", config, "--data", pairs, "--output", tmp_path / "m.json")
+    metrics = json.loads((tmp_path / "m.json").read_text())[str(pairs)]
+    assert metrics["pairs"] == 6 and 0 <= metrics["accuracy"] <= 1 and "subsets" in metrics
