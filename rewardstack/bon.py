@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import UserError
+from .sources import RewardScores
+from .sources.combine import Ensemble, Normalized, combine_ensemble
 
 if TYPE_CHECKING:
     from .data.pools import Pool
@@ -25,21 +27,26 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Objective:
-    """How samples are ranked: mean (μ), lcb:k (μ − k·σ) or var:k (μ − k·σ²)."""
+    """How samples are ranked: mean (μ), lcb:k (μ − k·σ), var:k (μ − k·σ²), and for an ensemble source,
+    from its members' rewards m_i: min (min_i m_i) or uwo:k (mean_i m_i − k·variance_i m_i)."""
 
     kind: str
     k: float = 0.0
 
     @property
     def name(self) -> str:
-        return self.kind if self.kind == "mean" else f"{self.kind}:{self.k:g}"
+        return self.kind if self.kind in ("mean", "min") else f"{self.kind}:{self.k:g}"
+
+    @property
+    def needs_members(self) -> bool:
+        return self.kind in ("min", "uwo")
 
     @classmethod
     def parse(cls, spec: str) -> "Objective":
         kind, _, value = spec.strip().partition(":")
-        if kind == "mean" and not value:
-            return cls("mean")
-        if kind in ("lcb", "var"):
+        if kind in ("mean", "min") and not value:
+            return cls(kind)
+        if kind in ("lcb", "var", "uwo"):
             try:
                 k = float(value)
             except ValueError:
@@ -47,15 +54,21 @@ class Objective:
             if not math.isfinite(k) or k < 0:
                 raise UserError(f"objective {spec!r}: k must be a finite number ≥ 0")
             return cls(kind, k)
-        raise UserError(f"objective {spec!r}: use mean, lcb:K (mean − K·std) or var:K (mean − K·variance)")
+        raise UserError(f"objective {spec!r}: use mean, lcb:K (mean − K·std), var:K (mean − K·variance), "
+                        "or for an ensemble min or uwo:K (members' mean − K·their variance)")
 
-    def score(self, mean: np.ndarray, std: np.ndarray | None) -> np.ndarray:
+    def score(self, scores: RewardScores) -> np.ndarray:
+        """Selection score of each row of `scores` (an ensemble's `parts` are its members' rewards)."""
+        if self.needs_members:
+            if not scores.parts:
+                raise UserError(f"objective {self.name} needs an ensemble reward source (its members' rewards)")
+            return combine_ensemble(np.stack(list(scores.parts.values())), None, self.kind, self.k).mean
         if self.kind == "mean":
-            return np.asarray(mean, dtype=np.float64)
-        if std is None:
+            return np.asarray(scores.mean, dtype=np.float64)
+        if scores.std is None:
             raise UserError(f"objective {self.name} needs rewards with a std: fit a posterior first (rewardstack laplace)")
-        penalty = np.asarray(std) if self.kind == "lcb" else np.square(std)
-        return np.asarray(mean, dtype=np.float64) - self.k * penalty
+        penalty = np.asarray(scores.std) if self.kind == "lcb" else np.square(scores.std)
+        return np.asarray(scores.mean, dtype=np.float64) - self.k * penalty
 
 
 def _log_choose(k: np.ndarray, n: int) -> np.ndarray:
@@ -96,15 +109,18 @@ def best_of_n_kl(n: int | np.ndarray) -> np.ndarray:
     return np.log(n) - (n - 1) / n
 
 
-def score_pools(source, pools: Sequence["Pool"], batch_size: int = 16) -> tuple[list[tuple[np.ndarray, np.ndarray | None]], int]:
-    """Every response of every pool scored with `source` in one call (so batches mix pools): per pool
-    (rewards, stds or None), and how many responses were truncated."""
+def score_pools(source, pools: Sequence["Pool"], batch_size: int = 16) -> tuple[list[RewardScores], int]:
+    """Every response of every pool scored with `source` in one call (so batches mix pools): the scores
+    of each pool, and how many responses were truncated."""
     scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
     per_pool, start = [], 0
     for pool in pools:
-        end = start + len(pool.responses)
-        per_pool.append((scores.mean[start:end], None if scores.std is None else scores.std[start:end]))
-        start = end
+        rows = slice(start, start + len(pool.responses))
+        per_pool.append(RewardScores(
+            mean=scores.mean[rows], std=None if scores.std is None else scores.std[rows],
+            parts={name: values[rows] for name, values in scores.parts.items()},
+        ))
+        start = rows.stop
     return per_pool, scores.truncated
 
 
@@ -114,19 +130,25 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
     objective, means over pools for n = 1 … min N (gold only when every pool has it), "n", "kl", "truncated"}."""
     if not pools:
         raise UserError("best-of-n: no pools")
+    members_source = source.source if isinstance(source, Normalized) else source
+    for objective in objectives:
+        if objective.needs_members and not isinstance(members_source, Ensemble):
+            raise UserError(f"objective {objective.name} needs an ensemble reward source (kind: ensemble in a YAML tree)")
     scored, truncated = score_pools(source, pools, batch_size)
     kinds = ("proxy", "gold") if all(pool.gold is not None for pool in pools) else ("proxy",)
     ns = list(range(1, min(len(pool.responses) for pool in pools) + 1))
     records = []
-    for pool, (mean, std) in zip(pools, scored):
-        record = {"key": pool.key, "responses": len(pool.responses), "reward": mean.tolist(), "objectives": {}}
-        if std is not None:
-            record["reward_std"] = std.tolist()
+    for pool, scores in zip(pools, scored):
+        record = {"key": pool.key, "responses": len(pool.responses), "reward": scores.mean.tolist(), "objectives": {}}
+        if scores.std is not None:
+            record["reward_std"] = scores.std.tolist()
+        if scores.parts:
+            record["reward_parts"] = {name: values.tolist() for name, values in scores.parts.items()}
         if pool.gold is not None:
             record["gold"] = pool.gold.tolist()
         for objective in objectives:
-            selection = objective.score(mean, std)
-            entry = {"best": pool.response_ids[int(np.argmax(selection))], "proxy": expected_best_of_n(selection, mean, ns).tolist()}
+            selection = objective.score(scores)
+            entry = {"best": pool.response_ids[int(np.argmax(selection))], "proxy": expected_best_of_n(selection, scores.mean, ns).tolist()}
             if pool.gold is not None:
                 entry["gold"] = expected_best_of_n(selection, pool.gold, ns).tolist()
             record["objectives"][objective.name] = entry
@@ -140,8 +162,8 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
 
 def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None:
     """Make another reward source the gold: each pool's gold becomes its rewards."""
-    for pool, (mean, _) in zip(pools, score_pools(source, pools, batch_size)[0]):
-        pool.gold = np.asarray(mean, dtype=np.float64)
+    for pool, scores in zip(pools, score_pools(source, pools, batch_size)[0]):
+        pool.gold = np.asarray(scores.mean, dtype=np.float64)
 
 
 def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, **info: Any) -> dict[str, Any]:

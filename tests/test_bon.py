@@ -46,15 +46,20 @@ def test_best_of_n_kl():
 
 def test_objectives_parse_score_and_refuse_bad_specs():
     mean, std = np.array([1.0, 2.0]), np.array([0.5, 2.0])
-    assert Objective.parse("mean").score(mean, None).tolist() == [1.0, 2.0]
-    assert Objective.parse("lcb:1.5").score(mean, std).tolist() == [0.25, -1.0]
-    assert Objective.parse("var:2").score(mean, std).tolist() == [0.5, -6.0]
+    assert Objective.parse("mean").score(RewardScores(mean)).tolist() == [1.0, 2.0]
+    assert Objective.parse("lcb:1.5").score(RewardScores(mean, std)).tolist() == [0.25, -1.0]
+    assert Objective.parse("var:2").score(RewardScores(mean, std)).tolist() == [0.5, -6.0]
+    members = {"a": np.array([1.0, 4.0]), "b": np.array([3.0, 0.0])}  # means 2, 2; variances 1, 4
+    assert Objective.parse("min").score(RewardScores(mean, parts=members)).tolist() == [1.0, 0.0]
+    assert Objective.parse("uwo:0.5").score(RewardScores(mean, parts=members)).tolist() == [1.5, 0.0]
+    with pytest.raises(UserError, match="needs an ensemble"):
+        Objective.parse("min").score(RewardScores(mean))
     assert Objective.parse("lcb:1.0").name == "lcb:1"
     for bad in ("lcb", "lcb:x", "max", "var:-1", "mean:2"):
         with pytest.raises(UserError, match="objective"):
             Objective.parse(bad)
     with pytest.raises(UserError, match="rewardstack laplace"):
-        Objective.parse("lcb:1").score(mean, None)
+        Objective.parse("lcb:1").score(RewardScores(mean))
 
 
 @pytest.mark.parametrize(

@@ -243,3 +243,24 @@ def test_model_in_a_tree_through_eval_and_calibrate_cli(tmp_path):
     cli("eval", "--reward", config, "--data", pairs, "--output", tmp_path / "m.json")
     metrics = json.loads((tmp_path / "m.json").read_text())[str(pairs)]
     assert metrics["pairs"] == 6 and 0 <= metrics["accuracy"] <= 1 and "subsets" in metrics
+
+
+def test_best_of_n_with_ensemble_objectives(tmp_path):
+    pools = write_rows(tmp_path / "pools.jsonl", [{"prompt": "q", "responses": ["a b c", "abcdefgh", "ab cd"], "gold": [0, 1, 0]}])
+    config = tmp_path / "ens.yaml"
+    config.write_text(yaml.safe_dump({"kind": "ensemble", "members": [
+        {"name": "words", "source": {"kind": "rule", "builtin": "length"}},
+        {"name": "chars", "source": {"kind": "rule", "builtin": "length", "unit": "characters"}},
+    ]}))
+    # words 3, 1, 2; chars 5, 8, 5 → mean 4, 4.5, 3.5; min 3, 1, 2; uwo:1 = mean − variance = 3, −7.75, 1.25
+    out = tmp_path / "bon"
+    cli("bon", "--reward", config, "--pools", pools, "--output-dir", out, "--objective", "mean", "--objective", "min", "--objective", "uwo:1")
+    record = json.loads((out / "results.jsonl").read_text())
+    assert {name: o["best"] for name, o in record["objectives"].items()} == {"mean": "1", "min": "0", "uwo:1": "0"}
+    assert record["reward_parts"] == {"words": [3.0, 1.0, 2.0], "chars": [5.0, 8.0, 5.0]}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["curves"]["mean"]["gold"][-1] == 1.0 and summary["curves"]["min"]["gold"][-1] == 0.0
+    single = tmp_path / "single.yaml"
+    single.write_text(yaml.safe_dump({"kind": "rule", "builtin": "length"}))
+    bad = cli("bon", "--reward", single, "--pools", pools, "--output-dir", out, "--objective", "min", check_rc=2)
+    assert "needs an ensemble reward source" in bad.stderr
