@@ -7,8 +7,10 @@ prompt + response. The LM head is left in place and usable.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
+from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from .backbones import load_backbone
 from .bayes import Posterior, reward_moments
@@ -32,6 +34,7 @@ from .sources import RewardScores
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
 LOGPROB_CHUNK = 512  # response positions per LM-head chunk
+SHARE_PROMPT_MIN_RESPONSES = 4  # from this many responses to one prompt, rewards() runs the prompt once (bench/bon_scoring.py)
 
 
 @dataclass
@@ -129,7 +132,40 @@ class RewardModel(torch.nn.Module):
         (log π_ref kept in `ref_cache_dir` when given)."""
         if self.config.objective == "dpo":
             return self.implicit_rewards(sequences, batch_size, ref_cache_dir=ref_cache_dir)
-        return self._batched(sequences, batch_size, lambda ids, mask, _: self(ids, mask))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, sequence in enumerate(sequences):
+            groups[sequence.prompt_ids if sequence.response_ids else ()].append(i)
+        shared = {prompt: rows for prompt, rows in groups.items() if prompt and len(rows) >= SHARE_PROMPT_MIN_RESPONSES}
+        alone = sorted(i for prompt, rows in groups.items() if prompt not in shared for i in rows)
+        out = np.empty(len(sequences), dtype=np.float64)
+        out[alone] = self._batched([sequences[i] for i in alone], batch_size, lambda ids, mask, _: self(ids, mask))
+        for prompt, rows in tqdm(shared.items(), desc="score prompts", leave=False, disable=len(shared) < PROGRESS_MIN_BATCHES):
+            out[rows] = self._shared_prompt_rewards(prompt, [sequences[i].response_ids for i in rows], batch_size)
+        return out
+
+    def _shared_prompt_rewards(self, prompt_ids: tuple[int, ...], responses: Sequence[tuple[int, ...]], batch_size: int) -> np.ndarray:
+        """Head rewards of several responses to one prompt: the prompt runs through the backbone once and
+        its KV cache is copied to `batch_size` responses at a time (equal to scoring each whole sequence)."""
+        device = self.head.weight.device
+        was_training = self.training
+        self.eval()
+        try:
+            cache = DynamicCache(config=self._base_lm().config)
+            self.decoder(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True)
+            out = np.empty(len(responses), dtype=np.float64)
+            for start in range(0, len(responses), batch_size):
+                ids, mask = pad_right(responses[start : start + batch_size], self.tokenizer.pad_token_id)
+                ids, mask = ids.to(device), mask.to(device)
+                chunk_cache = copy.deepcopy(cache)
+                chunk_cache.batch_repeat_interleave(len(ids))
+                full_mask = torch.cat([mask.new_ones(len(ids), len(prompt_ids)), mask], dim=1)
+                positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1], device=device).expand(len(ids), -1)
+                hidden = self.decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=chunk_cache, use_cache=True).last_hidden_state
+                last = mask.sum(dim=1) - 1
+                out[start : start + len(ids)] = self.head(hidden[torch.arange(len(ids)), last]).squeeze(-1).double().cpu().numpy()
+        finally:
+            self.train(was_training)
+        return out
 
     @torch.no_grad()
     def head_rewards_and_logprobs(self, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:

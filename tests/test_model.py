@@ -45,6 +45,21 @@ def test_rewards_do_not_depend_on_batch_size_or_padding():
     np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
 
 
+def test_responses_to_one_prompt_share_its_forward_pass_with_the_same_rewards(monkeypatch):
+    import rewardstack.model
+
+    model = make_model()
+    responses = [f"Answer {i}: " + "yes " * i for i in range(10)]  # lengths differ: padding inside a chunk
+    prompts = ["Shared prompt?"] * 10 + ["Other prompt"]
+    one_by_one = np.concatenate([model.score([p], [r], batch_size=1).mean for p, r in zip(prompts, responses + ["no"])])
+    calls = []
+    original = model._shared_prompt_rewards
+    monkeypatch.setattr(model, "_shared_prompt_rewards", lambda *a: calls.append(len(a[1])) or original(*a))
+    monkeypatch.setattr(rewardstack.model, "SHARE_PROMPT_MIN_RESPONSES", 4)
+    np.testing.assert_allclose(model.score(prompts, responses + ["no"], batch_size=4).mean, one_by_one, atol=1e-5)
+    assert calls == [10]  # the ten responses shared their prompt (in chunks of 4); the lone one did not
+
+
 def test_new_head_starts_at_zero_and_lm_head_stays_usable():
     model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=4))
     assert torch.count_nonzero(model.head.weight) == 0

@@ -1,0 +1,57 @@
+"""Scoring throughput of best-of-n pools: each prompt run once with its KV cache shared by its n responses
+(what RewardModel.rewards does for groups of at least SHARE_PROMPT_MIN_RESPONSES), against scoring every
+(prompt, response) as an independent sequence in length-grouped batches. Same model, same batch size.
+
+    python bench/bon_scoring.py --pools runs/demo/data/pools.jsonl --prompts 8 --ns 2 4 8 12 [--model-dir runs/demo/run/model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+import rewardstack.model as model_module
+from rewardstack.data.encode import as_messages
+from rewardstack.model import ModelConfig, RewardModel
+
+
+def timed_rewards(model: RewardModel, sequences, batch_size: int, share: bool) -> tuple[np.ndarray, float]:
+    model_module.SHARE_PROMPT_MIN_RESPONSES = 2 if share else 10**9
+    started = time.perf_counter()
+    rewards = model.rewards(sequences, batch_size)
+    return rewards, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pools", required=True, help="generic pools (prompt + responses), e.g. the demo's data/pools.jsonl")
+    parser.add_argument("--model-dir", help="a trained model (its posterior is ignored); default: a fresh SmolLM2 LoRA model")
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 12])
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = RewardModel.from_pretrained(args.model_dir) if args.model_dir else RewardModel.create(ModelConfig(model="smollm2-135m", max_length=256))
+    model.posterior = None
+    pools = [json.loads(line) for line in open(args.pools)][: args.prompts]
+    print(f"{'n':>4} {'responses':>10} {'prompt tok':>11} {'resp tok':>9} {'shared r/s':>11} {'alone r/s':>10} {'speed-up':>9} {'max |Δr|':>9}")
+    for n in args.ns:
+        sequences = [
+            model.encoder.encode(as_messages(pool["prompt"]), pool["responses"][:n])[0]
+            for pool in pools
+        ]
+        sequences = [s for group in sequences for s in group]
+        model.rewards(sequences[: args.batch_size], args.batch_size)  # warm-up
+        shared, t_shared = timed_rewards(model, sequences, args.batch_size, share=True)
+        alone, t_alone = timed_rewards(model, sequences, args.batch_size, share=False)
+        print(f"{n:>4} {len(sequences):>10} {np.mean([len(s.prompt_ids) for s in sequences]):>11.1f} "
+              f"{np.mean([len(s.response_ids) for s in sequences]):>9.1f} {len(sequences) / t_shared:>11.2f} "
+              f"{len(sequences) / t_alone:>10.2f} {t_alone / t_shared:>8.2f}x {np.abs(shared - alone).max():>9.1e}")
+
+
+if __name__ == "__main__":
+    main()
