@@ -133,7 +133,7 @@ def eval_command(
 def laplace(
     model_dir: Annotated[Path, typer.Option(help="A trained model directory; the posterior is saved into it")],
     data: Annotated[str, typer.Option(help="The pairs the model was trained on (or a sample of them)")],
-    subset: Annotated[str, typer.Option(help="all: LoRA weights and reward head; head: the reward head alone")] = "all",
+    subset: Annotated[str, typer.Option(help="all: LoRA weights and reward head; head: the reward head alone; lora: the LoRA weights alone")] = "all",
     prior: Annotated[str, typer.Option(help="evidence: prior precision by marginal likelihood; val: by Laplace NLL on --val-data")] = "evidence",
     val_data: Annotated[Optional[str], typer.Option(help="Held-out pairs for --prior val")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per forward/backward pass")] = 8,

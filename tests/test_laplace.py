@@ -172,6 +172,23 @@ def test_low_rank_fit_runs_and_gives_positive_std():
     assert np.all(np.isfinite(std)) and np.all(std > 0)
 
 
+def test_block_diagonal_posterior_adds_the_head_and_lora_variances():
+    """The posterior is block diagonal, so with one prior precision Var_all = Var_lora + Var_head."""
+    from rewardstack.bayes.predict import reward_moments
+
+    model = lora_model()
+    train = encode_pairs(model.encoder, pairs_of(12))
+    sequences = train.chosen[:4] + train.rejected[:4]
+    variances = {}
+    for subset in ("all", "lora", "head"):
+        posterior = fit_laplace(model, train, subset=subset)
+        posterior.prior_precision = 3.0
+        variances[subset] = reward_moments(model, sequences)[1]
+        assert ("head" in {b.name for b in posterior.blocks}) == (subset != "lora")
+    np.testing.assert_allclose(variances["all"], variances["lora"] + variances["head"], rtol=1e-5)
+    assert variances["lora"].min() > 0 and variances["head"].min() > 0
+
+
 def test_std_is_independent_of_batch_size_and_survives_save_and_reload(tmp_path):
     model = lora_model()
     fit_laplace(model, encode_pairs(model.encoder, pairs_of(16)))

@@ -18,7 +18,7 @@ from peft.tuners.lora import LoraLayer
 
 from ..errors import UserError
 
-SUBSETS = ("all", "head")  # all: LoRA matrices and head; head: the reward head alone (last-layer Laplace)
+SUBSETS = ("all", "head", "lora")  # all: LoRA matrices and head; head: the head alone (last-layer Laplace); lora: LoRA alone
 
 
 def posterior_layers(model, subset: str = "all") -> dict[str, torch.nn.Linear]:
@@ -28,7 +28,7 @@ def posterior_layers(model, subset: str = "all") -> dict[str, torch.nn.Linear]:
     if model.config.objective == "dpo":
         raise UserError("laplace: a dpo model's reward comes from the LM head, not a reward head; fit bt or haf models")
     layers: dict[str, torch.nn.Linear] = {}
-    if subset == "all":
+    if subset in ("all", "lora"):
         if not isinstance(model.backbone, PeftModel):
             raise UserError("laplace: this model was fully fine-tuned (no LoRA): use subset 'head' (--subset head)")
         for name, module in model.backbone.named_modules():
@@ -36,7 +36,8 @@ def posterior_layers(model, subset: str = "all") -> dict[str, torch.nn.Linear]:
                 for adapter in module.active_adapters:
                     layers[f"{name}.lora_A.{adapter}"] = module.lora_A[adapter]
                     layers[f"{name}.lora_B.{adapter}"] = module.lora_B[adapter]
-    layers["head"] = model.head
+    if subset != "lora":
+        layers["head"] = model.head
     for name, layer in layers.items():
         if not isinstance(layer, torch.nn.Linear) or layer.bias is not None:
             raise UserError(f"laplace: layer {name} is not a linear layer without bias")

@@ -1,0 +1,130 @@
+"""Laplace over LoRA weights: rewardstack against the bayesian-lora package on the same reward model.
+
+Both fit a K-FAC Laplace posterior over the LoRA matrices only (the reward head fixed) on the same pairs,
+with the same prior precision (rewardstack's marginal-likelihood choice), and give the variance of each
+held-out response's reward. bayesian-lora sees the model as a two-class classifier per pair, logits
+(r_chosen, r_rejected), whose softmax is exactly the Bradley–Terry likelihood; its K-FAC uses the last
+token of each sequence and labels sampled from the model (Fisher), the wide side of every LoRA matrix's
+factors at rank --n-kfac (its variance formula needs that). Its
+hooks read position −1, so its passes use left padding with position ids from the attention mask.
+Reported: fit time, time per predictive variance, and agreement of the variances.
+
+Needs bayesian-lora, which is not a rewardstack dependency; in its own environment:
+
+    python -m venv bench/results/venv-blora
+    bench/results/venv-blora/bin/pip install torch==2.13.0 jaxtyping tqdm -e .
+    bench/results/venv-blora/bin/pip install --no-deps bayesian-lora==0.0.6
+    bench/results/venv-blora/bin/python bench/laplace_vs_bayesian_lora.py --model-dir runs/demo/run/model \\
+        --data runs/demo/data/train_pairs.jsonl --test runs/demo/data/test_pairs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from bayesian_lora import calculate_kronecker_factors, cholesky_decompose_small_factors, variance
+from bayesian_lora.main import jacobian_mean
+from transformers import BatchEncoding
+
+from rewardstack.bayes import fit_laplace
+from rewardstack.bayes.predict import reward_moments
+from rewardstack.data.encode import encode_pairs
+from rewardstack.data.load import load_preferences
+from rewardstack.model import RewardModel
+
+
+class LeftPadded(torch.nn.Module):
+    """The reward model on left-padded batches: rewards read at position −1, as (batch, 1) logits."""
+
+    def __init__(self, model: RewardModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
+        return self.model.head(hidden[:, -1])
+
+
+def pad_left(sequences: list[list[int]], pad_id: int) -> BatchEncoding:
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in sequences])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+    return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, help="a trained LoRA reward model (bt or haf)")
+    parser.add_argument("--data", required=True, help="the pairs to fit on")
+    parser.add_argument("--test", required=True, help="pairs whose responses get a variance")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per fitting batch")
+    parser.add_argument("--variance-batch-size", type=int, default=2, help="sequences per bayesian-lora Jacobian (jacrev); at least 2")
+    parser.add_argument("--n-kfac", type=int, default=10, help="bayesian-lora's rank for the wide side of each factor pair")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = RewardModel.from_pretrained(args.model_dir)
+    model.posterior = None
+    model.eval()
+    pairs = encode_pairs(model.encoder, load_preferences(args.data)[0])
+    test = encode_pairs(model.encoder, load_preferences(args.test)[0])
+    sequences = test.chosen + test.rejected
+    print(f"{len(pairs)} fitting pairs, {len(sequences)} held-out responses, LoRA rank {model.config.lora_r}")
+
+    started = time.perf_counter()
+    posterior = fit_laplace(model, pairs, subset="lora", batch_size=args.batch_size)
+    ours_fit = time.perf_counter() - started
+    delta = posterior.prior_precision
+    started = time.perf_counter()
+    _, ours_var = reward_moments(model, sequences, batch_size=args.batch_size)
+    ours_predict = time.perf_counter() - started
+
+    for name, parameter in model.named_parameters():  # bayesian-lora takes every trainable parameter for a LoRA one
+        parameter.requires_grad_("lora_" in name)
+    wrapper = LeftPadded(model)
+    pad = model.tokenizer.pad_token_id
+    batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
+    loader = [pad_left([pairs.chosen[i].ids for i in b] + [pairs.rejected[i].ids for i in b], pad) for b in batches]
+
+    def forward_call(module, batch):
+        rewards = module(batch["input_ids"], batch["attention_mask"]).squeeze(-1)
+        half = len(rewards) // 2
+        return torch.stack([rewards[:half], rewards[half:]], dim=1)
+
+    started = time.perf_counter()
+    # its variance() needs every factor to be either r × r (Cholesky) or d × n_kfac (low rank): the wide side
+    # of each LoRA matrix is kept at rank n_kfac, whatever its size
+    threshold = model.config.lora_r + 1
+    factors = calculate_kronecker_factors(wrapper, forward_call, loader, n_kfac=args.n_kfac, lr_threshold=threshold, target_module_keywords=["lora"])
+    factors = cholesky_decompose_small_factors(factors, threshold, "cpu", torch.float32)
+    theirs_fit = time.perf_counter() - started
+    print(f"bayesian-lora factors in {theirs_fit:.1f} s", flush=True)
+    wrapper.eval()
+    started = time.perf_counter()
+    theirs_var = np.empty(len(sequences))
+    for i in range(0, len(sequences), args.variance_batch_size):
+        inputs = pad_left([s.ids for s in sequences[i : i + args.variance_batch_size]], pad)
+        # its variance() squeezes the Jacobian, so it needs ≥ 2 sequences and ≥ 2 logits: a constant second logit
+        jacobian, _ = jacobian_mean(wrapper, inputs, output_callback=lambda reward: torch.cat([reward, torch.zeros_like(reward)], dim=1))
+        var = variance(inputs, jacobian, factors, torch.tensor(1.0 / delta), 2, model.config.lora_r, args.n_kfac, "cpu")
+        theirs_var[i : i + len(inputs["input_ids"])] = var[:, 0, 0].detach().double().numpy()
+    theirs_predict = time.perf_counter() - started
+
+    ours_std, theirs_std = np.sqrt(ours_var), np.sqrt(np.clip(theirs_var, 0, None))
+    print(f"prior precision (rewardstack evidence, used by both): {delta:.4g}")
+    print(f"{'':<16}{'fit s':>8}{'ms/variance':>13}{'median std':>12}")
+    print(f"{'rewardstack':<16}{ours_fit:>8.1f}{1000 * ours_predict / len(sequences):>13.1f}{np.median(ours_std):>12.4f}")
+    print(f"{'bayesian-lora':<16}{theirs_fit:>8.1f}{1000 * theirs_predict / len(sequences):>13.1f}{np.median(theirs_std):>12.4f}")
+    print(f"ratios bayesian-lora / rewardstack: fit {theirs_fit / ours_fit:.2f}x, variance {theirs_predict / ours_predict:.2f}x")
+    print(f"agreement of std: Pearson {np.corrcoef(ours_std, theirs_std)[0, 1]:.3f}, Spearman "
+          f"{np.corrcoef(np.argsort(np.argsort(ours_std)), np.argsort(np.argsort(theirs_std)))[0, 1]:.3f}, "
+          f"ratio theirs/ours median {np.median(theirs_std / ours_std):.3f} (5–95 %: "
+          f"{np.percentile(theirs_std / ours_std, 5):.3f}–{np.percentile(theirs_std / ours_std, 95):.3f}); "
+          f"negative variances from bayesian-lora: {int((theirs_var < 0).sum())}")
+
+
+if __name__ == "__main__":
+    main()
