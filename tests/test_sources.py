@@ -136,8 +136,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/get_reward":  # OpenRLHF: full texts in, rewards out
             answer = {"rewards": [float(len(q)) for q in body["query"]]}
-        elif self.path == "/score":
-            answer = {"rewards": [float(len(r)) for r in body["responses"]], "stds": [1.0] * len(body["responses"]), "parts": {"n": [0.0] * len(body["responses"])}}
+        elif self.path == "/v1/score":
+            n = len(body["items"])
+            answer = {"rewards": [float(len(item["response"])) for item in body["items"]], "std": [1.0] * n, "parts": {"n": [0.0] * n}}
         else:
             self.send_error(404)
             return

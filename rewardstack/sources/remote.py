@@ -1,8 +1,8 @@
 """A reward server over HTTP as a reward source (standard library only).
 
 Protocols:
-- `rewardstack`: POST {url}/score with {"prompts": [...], "responses": [...]} (prompts as strings or chat
-  messages); the answer is {"rewards": [...], "stds": [...] or null, "parts": {name: [...]}}.
+- `rewardstack`: POST {url}/v1/score with {"items": [{"prompt": ..., "response": ...}, ...]} (prompts as
+  strings or chat messages); the answer is {"rewards": [...], "std": [...] or null, "parts": {name: [...]}}.
 - `openrlhf`: POST {url}/get_reward with {"query": [prompt + response texts], "prompts": [...]}; the
   answer is {"rewards": [...]}. The query is the prompt's text, a newline, then the response.
 """
@@ -42,7 +42,8 @@ class Remote:
 
     def _request(self, prompts, responses) -> RewardScores:
         if self.protocol == "rewardstack":
-            path, body = "/score", {"prompts": [p if isinstance(p, str) else list(p) for p in prompts], "responses": list(responses)}
+            items = [{"prompt": p if isinstance(p, str) else list(p), "response": r} for p, r in zip(prompts, responses)]
+            path, body = "/v1/score", {"items": items}
         else:
             texts = [prompt_text(p) for p in prompts]
             path, body = "/get_reward", {"query": [t + "\n" + r for t, r in zip(texts, responses)], "prompts": texts}
@@ -59,7 +60,7 @@ class Remote:
         rewards = data.get("rewards") if isinstance(data, dict) else None
         if not isinstance(rewards, list) or len(rewards) != len(responses):
             raise UserError(f"remote {self.url + path}: expected 'rewards' with {len(responses)} numbers")
-        stds = data.get("stds")
+        stds = data.get("std")
         parts = {name: np.asarray(values, dtype=np.float64) for name, values in (data.get("parts") or {}).items()}
         return RewardScores(mean=np.asarray(rewards, dtype=np.float64), std=None if stds is None else np.asarray(stds, dtype=np.float64),
                             parts=parts, truncated=int(data.get("truncated", 0)))
