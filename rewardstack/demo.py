@@ -63,13 +63,14 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     write_pools(pools, data_dir / "pools.jsonl")
     train_pools, bon_pools = pools[: config.train_prompts], pools[config.train_prompts :]
     policy_accuracy = float(np.mean([pool.gold.mean() for pool in pools]))
-    train_file = write_jsonl(gold_pairs(train_pools, config.pairs_per_prompt, config.seed), data_dir / "train_pairs.jsonl")
-    test_file = write_jsonl(gold_pairs(bon_pools, config.pairs_per_prompt, config.seed + 1), data_dir / "test_pairs.jsonl")
-    train_pair_count, test_pair_count = (len(f.read_text().splitlines()) for f in (train_file, test_file))
-    if train_pair_count == 0:
+    train_pairs = gold_pairs(train_pools, config.pairs_per_prompt, config.seed)
+    test_pairs = gold_pairs(bon_pools, config.pairs_per_prompt, config.seed + 1)
+    train_file = write_jsonl(train_pairs, data_dir / "train_pairs.jsonl")
+    test_file = write_jsonl(test_pairs, data_dir / "test_pairs.jsonl")
+    if not train_pairs:
         raise UserError(f"demo: no training pairs — no problem got both a right and a wrong answer from {config.model}")
-    print(f"policy accuracy {policy_accuracy:.3f} per sample; {train_pair_count} training pairs, "
-          f"{test_pair_count} held-out pairs; {unfinished} samples cut at {config.max_new_tokens} tokens")
+    print(f"policy accuracy {policy_accuracy:.3f} per sample; {len(train_pairs)} training pairs, "
+          f"{len(test_pairs)} held-out pairs; {unfinished} samples cut at {config.max_new_tokens} tokens")
 
     train_config = TrainConfig(
         model=config.model, objective=config.objective, max_length=128, lora_r=16, epochs=1, batch_size=8,
@@ -80,7 +81,7 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     posterior = fit_laplace(reward_model, str(train_file), subset=config.laplace_subset)
     posterior.save(run_dir / "model")
 
-    evaluation = evaluate(reward_model, [str(test_file)]) if test_pair_count else {}
+    evaluation = evaluate(reward_model, [str(test_file)]) if test_pairs else {}
     (output_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
     objectives = [Objective("mean")] + [Objective("lcb", k) for k in config.lcb]
     result = run_best_of_n(reward_model, bon_pools, objectives)
@@ -89,7 +90,7 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     summary = write_best_of_n(
         result, output_dir, f"best-of-n on {len(bon_pools)} held-out word problems",
         demo=asdict(config), policy_accuracy=policy_accuracy, unfinished_samples=unfinished,
-        train_pairs=train_pair_count, prior_precision=posterior.prior_precision,
+        train_pairs=len(train_pairs), prior_precision=posterior.prior_precision,
         reward_model=evaluation.get(str(test_file)), seconds=time.perf_counter() - started,
     )
     report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer")
