@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from bayesian_lora import calculate_kronecker_factors, cholesky_decompose_small_factors, variance
 from bayesian_lora.main import jacobian_mean
-from transformers import BatchEncoding
 
 from rewardstack.bayes import fit_laplace
 from rewardstack.bayes.predict import reward_moments
@@ -35,25 +34,18 @@ from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import load_preferences
 from rewardstack.model import RewardModel
 
+from common import agreement, left_padded_rewards, pad_left
+
 
 class LeftPadded(torch.nn.Module):
-    """The reward model on left-padded batches: rewards read at position −1, as (batch, 1) logits."""
+    """The reward model on left-padded batches, rewards as (batch, 1) logits."""
 
     def __init__(self, model: RewardModel):
         super().__init__()
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model.decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
-        return self.model.head(hidden[:, -1])
-
-
-def pad_left(sequences: list[list[int]], pad_id: int) -> BatchEncoding:
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in sequences])
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    return BatchEncoding({"input_ids": ids, "attention_mask": mask})
+        return left_padded_rewards(self.model, input_ids, attention_mask)
 
 
 def main() -> None:
@@ -101,7 +93,6 @@ def main() -> None:
     factors = calculate_kronecker_factors(wrapper, forward_call, loader, n_kfac=args.n_kfac, lr_threshold=threshold, target_module_keywords=["lora"])
     factors = cholesky_decompose_small_factors(factors, threshold, "cpu", torch.float32)
     theirs_fit = time.perf_counter() - started
-    print(f"bayesian-lora factors in {theirs_fit:.1f} s", flush=True)
     wrapper.eval()
     started = time.perf_counter()
     theirs_var = np.empty(len(sequences))
@@ -113,18 +104,12 @@ def main() -> None:
         theirs_var[i : i + len(inputs["input_ids"])] = var[:, 0, 0].detach().double().numpy()
     theirs_predict = time.perf_counter() - started
 
-    ours_std, theirs_std = np.sqrt(ours_var), np.sqrt(np.clip(theirs_var, 0, None))
     print(f"prior precision (rewardstack evidence, used by both): {delta:.4g}")
     print(f"{'':<16}{'fit s':>8}{'ms/variance':>13}{'median std':>12}")
-    print(f"{'rewardstack':<16}{ours_fit:>8.1f}{1000 * ours_predict / len(sequences):>13.1f}{np.median(ours_std):>12.4f}")
-    print(f"{'bayesian-lora':<16}{theirs_fit:>8.1f}{1000 * theirs_predict / len(sequences):>13.1f}{np.median(theirs_std):>12.4f}")
+    for name, fit, predict, var in (("rewardstack", ours_fit, ours_predict, ours_var), ("bayesian-lora", theirs_fit, theirs_predict, theirs_var)):
+        print(f"{name:<16}{fit:>8.1f}{1000 * predict / len(sequences):>13.1f}{np.median(np.sqrt(np.clip(var, 0, None))):>12.4f}")
     print(f"ratios bayesian-lora / rewardstack: fit {theirs_fit / ours_fit:.2f}x, variance {theirs_predict / ours_predict:.2f}x")
-    print(f"agreement of std: Pearson {np.corrcoef(ours_std, theirs_std)[0, 1]:.3f}, Spearman "
-          f"{np.corrcoef(np.argsort(np.argsort(ours_std)), np.argsort(np.argsort(theirs_std)))[0, 1]:.3f}, "
-          f"ratio theirs/ours median {np.median(theirs_std / ours_std):.3f} (5–95 %: "
-          f"{np.percentile(theirs_std / ours_std, 5):.3f}–{np.percentile(theirs_std / ours_std, 95):.3f}); "
-          f"negative variances from bayesian-lora: {int((theirs_var < 0).sum())}")
-
+    print(agreement(ours_var, theirs_var, "bayesian-lora"))
 
 if __name__ == "__main__":
     main()
