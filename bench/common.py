@@ -3,16 +3,23 @@ reward passes and variance agreement of the Laplace comparisons."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import BatchEncoding
 
+from rewardstack.bayes import fit_laplace
+from rewardstack.bayes.predict import reward_moments
+from rewardstack.data.encode import Encoded, EncodedPairs, encode_pairs
 from rewardstack.data.load import load_preferences
+from rewardstack.model import RewardModel
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ADVERSARIAL_GENERATOR = "example"  # alpaca_eval's null model: gibberish the judge rates highly
@@ -70,11 +77,64 @@ def left_padded_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Te
     return model.head(hidden[:, -1])
 
 
-def agreement(ours_var: np.ndarray, theirs_var: np.ndarray, tool: str) -> str:
-    """Pearson and Spearman correlation of the two tools' reward stds, their ratio, and negative variances."""
-    ours, theirs = np.sqrt(ours_var), np.sqrt(np.clip(theirs_var, 0, None))
-    ranks = [np.argsort(np.argsort(x)) for x in (ours, theirs)]
-    ratio = theirs / ours
-    return (f"agreement of std: Pearson {np.corrcoef(ours, theirs)[0, 1]:.3f}, Spearman {np.corrcoef(*ranks)[0, 1]:.3f}, "
-            f"ratio {tool}/rewardstack median {np.median(ratio):.3f} (5–95 %: {np.percentile(ratio, 5):.3f}–"
-            f"{np.percentile(ratio, 95):.3f}); negative variances from {tool}: {int((theirs_var < 0).sum())}")
+@dataclass
+class LoraLaplaceRun:
+    """rewardstack's side of a Laplace comparison: the model (LoRA weights trainable, head frozen, as the
+    other tools expect), fitting pairs, held-out responses, and our δ, fit time, variance time, variances."""
+
+    model: RewardModel
+    pairs: EncodedPairs
+    sequences: list[Encoded]
+    prior_precision: float
+    fit_seconds: float
+    predict_seconds: float
+    variances: np.ndarray
+
+
+def comparison_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every Laplace comparison takes; a script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model-dir", required=True, help="a trained LoRA reward model (bt or haf)")
+    parser.add_argument("--data", required=True, help="the pairs to fit on")
+    parser.add_argument("--test", required=True, help="pairs whose responses get a variance")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per fitting batch")
+    return parser
+
+
+def rewardstack_lora_laplace(args: argparse.Namespace) -> LoraLaplaceRun:
+    """Fit our posterior over the LoRA weights alone (`--subset lora`) and time the variances of every
+    held-out chosen and rejected response."""
+    torch.manual_seed(0)
+    model = RewardModel.from_pretrained(args.model_dir)
+    model.posterior = None
+    model.eval()
+    pairs = encode_pairs(model.encoder, load_preferences(args.data)[0])
+    test = encode_pairs(model.encoder, load_preferences(args.test)[0])
+    sequences = test.chosen + test.rejected
+    print(f"{len(pairs)} fitting pairs, {len(sequences)} held-out responses, LoRA rank {model.config.lora_r}")
+    started = time.perf_counter()
+    posterior = fit_laplace(model, pairs, subset="lora", batch_size=args.batch_size)
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    _, variances = reward_moments(model, sequences, batch_size=args.batch_size)
+    predict_seconds = time.perf_counter() - started
+    for name, parameter in model.named_parameters():  # the other tools take every trainable weight for a LoRA one
+        parameter.requires_grad_("lora_" in name)
+    return LoraLaplaceRun(model, pairs, sequences, posterior.prior_precision, fit_seconds, predict_seconds, variances)
+
+
+def print_comparison(ours: LoraLaplaceRun, tool: str, fit_seconds: float, predict_seconds: float, variances: np.ndarray) -> None:
+    """Fit time, time per variance and median std of both tools, their ratios, and agreement of the stds:
+    Pearson and Spearman correlation, the std ratio, and negative variances from the other tool."""
+    count = len(ours.sequences)
+    print(f"prior precision (rewardstack evidence, used by both): {ours.prior_precision:.4g}")
+    print(f"{'':<16}{'fit s':>8}{'ms/variance':>13}{'median std':>12}")
+    for name, fit, predict, var in (("rewardstack", ours.fit_seconds, ours.predict_seconds, ours.variances), (tool, fit_seconds, predict_seconds, variances)):
+        print(f"{name:<16}{fit:>8.1f}{1000 * predict / count:>13.1f}{np.median(np.sqrt(np.clip(var, 0, None))):>12.4f}")
+    print(f"ratios {tool} / rewardstack: fit {fit_seconds / ours.fit_seconds:.2f}x, variance {predict_seconds / ours.predict_seconds:.2f}x")
+    mine, theirs = np.sqrt(ours.variances), np.sqrt(np.clip(variances, 0, None))
+    ranks = [np.argsort(np.argsort(x)) for x in (mine, theirs)]
+    ratio = theirs / mine
+    print(f"agreement of std: Pearson {np.corrcoef(mine, theirs)[0, 1]:.3f}, Spearman {np.corrcoef(*ranks)[0, 1]:.3f}, "
+          f"ratio {tool}/rewardstack median {np.median(ratio):.3f} (5–95 %: {np.percentile(ratio, 5):.3f}–"
+          f"{np.percentile(ratio, 95):.3f}); negative variances from {tool}: {int((variances < 0).sum())}")

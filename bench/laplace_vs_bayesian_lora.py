@@ -20,7 +20,6 @@ Needs bayesian-lora, which is not a rewardstack dependency; in its own environme
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -28,13 +27,9 @@ import torch
 from bayesian_lora import calculate_kronecker_factors, cholesky_decompose_small_factors, variance
 from bayesian_lora.main import jacobian_mean
 
-from rewardstack.bayes import fit_laplace
-from rewardstack.bayes.predict import reward_moments
-from rewardstack.data.encode import encode_pairs
-from rewardstack.data.load import load_preferences
 from rewardstack.model import RewardModel
 
-from common import agreement, left_padded_rewards, pad_left
+from common import comparison_arguments, left_padded_rewards, pad_left, print_comparison, rewardstack_lora_laplace
 
 
 class LeftPadded(torch.nn.Module):
@@ -49,33 +44,12 @@ class LeftPadded(torch.nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True, help="a trained LoRA reward model (bt or haf)")
-    parser.add_argument("--data", required=True, help="the pairs to fit on")
-    parser.add_argument("--test", required=True, help="pairs whose responses get a variance")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per fitting batch")
+    parser = comparison_arguments(__doc__.splitlines()[0])
     parser.add_argument("--variance-batch-size", type=int, default=2, help="sequences per bayesian-lora Jacobian (jacrev); at least 2")
     parser.add_argument("--n-kfac", type=int, default=10, help="bayesian-lora's rank for the wide side of each factor pair")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = RewardModel.from_pretrained(args.model_dir)
-    model.posterior = None
-    model.eval()
-    pairs = encode_pairs(model.encoder, load_preferences(args.data)[0])
-    test = encode_pairs(model.encoder, load_preferences(args.test)[0])
-    sequences = test.chosen + test.rejected
-    print(f"{len(pairs)} fitting pairs, {len(sequences)} held-out responses, LoRA rank {model.config.lora_r}")
-
-    started = time.perf_counter()
-    posterior = fit_laplace(model, pairs, subset="lora", batch_size=args.batch_size)
-    ours_fit = time.perf_counter() - started
-    delta = posterior.prior_precision
-    started = time.perf_counter()
-    _, ours_var = reward_moments(model, sequences, batch_size=args.batch_size)
-    ours_predict = time.perf_counter() - started
-
-    for name, parameter in model.named_parameters():  # bayesian-lora takes every trainable parameter for a LoRA one
-        parameter.requires_grad_("lora_" in name)
+    ours = rewardstack_lora_laplace(args)
+    model, pairs, sequences = ours.model, ours.pairs, ours.sequences
     wrapper = LeftPadded(model)
     pad = model.tokenizer.pad_token_id
     batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
@@ -100,16 +74,12 @@ def main() -> None:
         inputs = pad_left([s.ids for s in sequences[i : i + args.variance_batch_size]], pad)
         # its variance() squeezes the Jacobian, so it needs ≥ 2 sequences and ≥ 2 logits: a constant second logit
         jacobian, _ = jacobian_mean(wrapper, inputs, output_callback=lambda reward: torch.cat([reward, torch.zeros_like(reward)], dim=1))
-        var = variance(inputs, jacobian, factors, torch.tensor(1.0 / delta), 2, model.config.lora_r, args.n_kfac, "cpu")
+        var = variance(inputs, jacobian, factors, torch.tensor(1.0 / ours.prior_precision), 2, model.config.lora_r, args.n_kfac, "cpu")
         theirs_var[i : i + len(inputs["input_ids"])] = var[:, 0, 0].detach().double().numpy()
     theirs_predict = time.perf_counter() - started
 
-    print(f"prior precision (rewardstack evidence, used by both): {delta:.4g}")
-    print(f"{'':<16}{'fit s':>8}{'ms/variance':>13}{'median std':>12}")
-    for name, fit, predict, var in (("rewardstack", ours_fit, ours_predict, ours_var), ("bayesian-lora", theirs_fit, theirs_predict, theirs_var)):
-        print(f"{name:<16}{fit:>8.1f}{1000 * predict / len(sequences):>13.1f}{np.median(np.sqrt(np.clip(var, 0, None))):>12.4f}")
-    print(f"ratios bayesian-lora / rewardstack: fit {theirs_fit / ours_fit:.2f}x, variance {theirs_predict / ours_predict:.2f}x")
-    print(agreement(ours_var, theirs_var, "bayesian-lora"))
+    print_comparison(ours, "bayesian-lora", theirs_fit, theirs_predict, theirs_var)
+
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ and imports without it:
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -30,13 +29,9 @@ import torch
 from laplace import Laplace
 from transformers import BatchEncoding
 
-from rewardstack.bayes import fit_laplace
-from rewardstack.bayes.predict import reward_moments
-from rewardstack.data.encode import encode_pairs
-from rewardstack.data.load import load_preferences
 from rewardstack.model import RewardModel
 
-from common import agreement, left_padded_rewards, pad_left
+from common import comparison_arguments, left_padded_rewards, pad_left, print_comparison, rewardstack_lora_laplace
 
 
 class PairLogits(torch.nn.Module):
@@ -67,32 +62,11 @@ def pair_batch(first: list, second: list, pad_id: int) -> BatchEncoding:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", required=True, help="a trained LoRA reward model (bt or haf)")
-    parser.add_argument("--data", required=True, help="the pairs to fit on")
-    parser.add_argument("--test", required=True, help="pairs whose responses get a variance")
-    parser.add_argument("--batch-size", type=int, default=8, help="pairs per fitting batch")
+    parser = comparison_arguments(__doc__.splitlines()[0])
     parser.add_argument("--variance-batch-size", type=int, default=2, help="responses per laplace-torch predictive call")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = RewardModel.from_pretrained(args.model_dir)
-    model.posterior = None
-    model.eval()
-    pairs = encode_pairs(model.encoder, load_preferences(args.data)[0])
-    test = encode_pairs(model.encoder, load_preferences(args.test)[0])
-    sequences = test.chosen + test.rejected
-    print(f"{len(pairs)} fitting pairs, {len(sequences)} held-out responses, LoRA rank {model.config.lora_r}")
-
-    started = time.perf_counter()
-    posterior = fit_laplace(model, pairs, subset="lora", batch_size=args.batch_size)
-    ours_fit = time.perf_counter() - started
-    delta = posterior.prior_precision
-    started = time.perf_counter()
-    _, ours_var = reward_moments(model, sequences, batch_size=args.batch_size)
-    ours_predict = time.perf_counter() - started
-
-    for name, parameter in model.named_parameters():  # laplace-torch's posterior covers the trainable weights
-        parameter.requires_grad_("lora_" in name)
+    ours = rewardstack_lora_laplace(args)
+    model, pairs, sequences = ours.model, ours.pairs, ours.sequences
     pad = model.tokenizer.pad_token_id
     batches = [list(range(i, min(i + args.batch_size, len(pairs)))) for i in range(0, len(pairs), args.batch_size)]
     loader = PairLoader(
@@ -103,7 +77,7 @@ def main() -> None:
     started = time.perf_counter()
     laplace.fit(loader)
     theirs_fit = time.perf_counter() - started
-    laplace.prior_precision = delta
+    laplace.prior_precision = ours.prior_precision
     started = time.perf_counter()
     theirs_var = np.empty(len(sequences))
     for i in range(0, len(sequences), args.variance_batch_size):
@@ -112,12 +86,8 @@ def main() -> None:
         theirs_var[i : i + len(chunk)] = covariance[:, 0, 0].detach().double().numpy()
     theirs_predict = time.perf_counter() - started
 
-    print(f"prior precision (rewardstack evidence, used by both): {delta:.4g}; laplace-torch backend {type(laplace.backend).__name__}")
-    print(f"{'':<16}{'fit s':>8}{'ms/variance':>13}{'median std':>12}")
-    for name, fit, predict, var in (("rewardstack", ours_fit, ours_predict, ours_var), ("laplace-torch", theirs_fit, theirs_predict, theirs_var)):
-        print(f"{name:<16}{fit:>8.1f}{1000 * predict / len(sequences):>13.1f}{np.median(np.sqrt(np.clip(var, 0, None))):>12.4f}")
-    print(f"ratios laplace-torch / rewardstack: fit {theirs_fit / ours_fit:.2f}x, variance {theirs_predict / ours_predict:.2f}x")
-    print(agreement(ours_var, theirs_var, "laplace-torch"))
+    print(f"laplace-torch backend {type(laplace.backend).__name__}")
+    print_comparison(ours, "laplace-torch", theirs_fit, theirs_predict, theirs_var)
 
 
 if __name__ == "__main__":

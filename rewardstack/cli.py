@@ -24,6 +24,10 @@ MarginKey = Annotated[Optional[str], typer.Option(help="Optional column of per-p
 SubsetKey = Annotated[Optional[str], typer.Option(help="Optional column to break evaluation down by [default: subset]")]
 Split = Annotated[Optional[str], typer.Option(help="Split of a Hugging Face dataset name [default: train]")]
 SkipInvalid = Annotated[Optional[bool], typer.Option("--skip-invalid", help="Count and skip invalid rows instead of stopping")]
+# Options shared by the commands that score rows.
+BatchSize = Annotated[int, typer.Option(help="Sequences per forward pass")]
+RowPromptKey = Annotated[str, typer.Option(help="Column of the prompt")]
+RowResponseKey = Annotated[str, typer.Option(help="Column of the response")]
 
 
 def _columns(**values):
@@ -103,7 +107,7 @@ def eval_command(
     reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
     data: Annotated[list[str], typer.Option(help="Preference pairs to evaluate on (repeatable)")],
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    batch_size: BatchSize = 16,
     prompt_key: PromptKey = None,
     chosen_key: ChosenKey = None,
     rejected_key: RejectedKey = None,
@@ -177,9 +181,9 @@ def score(
     reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
     input: Annotated[str, typer.Option(help="Rows with a prompt (string or chat messages) and a response")],
     output: Annotated[Path, typer.Option(help="JSON lines: each input row plus its reward")],
-    prompt_key: Annotated[str, typer.Option(help="Column of the prompt")] = "prompt",
-    response_key: Annotated[str, typer.Option(help="Column of the response")] = "response",
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    prompt_key: RowPromptKey = "prompt",
+    response_key: RowResponseKey = "response",
+    batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
@@ -219,7 +223,7 @@ def bon(
     gold_reward: Annotated[Optional[str], typer.Option(help="A reward (model directory or YAML tree) whose rewards are the gold")] = None,
     objective: Annotated[Optional[list[str]], typer.Option(help="mean, lcb:K (mean − K·std) or var:K (mean − K·variance); repeatable [default: mean]")] = None,
     max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
 ):
     """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
@@ -289,9 +293,9 @@ def calibrate(
     config: Annotated[Path, typer.Option(help="A YAML reward-source tree with `normalize: calibrate` nodes")],
     data: Annotated[str, typer.Option(help="Calibration rows: a prompt and a response each")],
     output: Annotated[Path, typer.Option(help="Where the calibrated tree is written (may be --config itself)")],
-    prompt_key: Annotated[str, typer.Option(help="Column of the prompt")] = "prompt",
-    response_key: Annotated[str, typer.Option(help="Column of the response")] = "response",
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    prompt_key: RowPromptKey = "prompt",
+    response_key: RowResponseKey = "response",
+    batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
 ):
     """Fit the z-score μ, σ of every `normalize: calibrate` node (and of nodes calibrated before) on the rows."""
@@ -321,7 +325,7 @@ def select_aspects_command(
     max_inconsistency: Annotated[float, typer.Option(help="Keep aspects whose inconsistency rate is at most this")] = 0.5,
     max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the drawn pairs and of sampling")] = 0,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 16,
+    batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
 ):
     """ALaRM aspect selection: how often each aspect prefers the other response than the holistic reward

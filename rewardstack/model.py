@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from .backbones import load_backbone
 from .bayes import Posterior, reward_moments
+from .bayes.predict import evaluating
 from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
 from .errors import UserError
@@ -139,32 +140,28 @@ class RewardModel(torch.nn.Module):
         alone = sorted(i for prompt, rows in groups.items() if prompt not in shared for i in rows)
         out = np.empty(len(sequences), dtype=np.float64)
         out[alone] = self._batched([sequences[i] for i in alone], batch_size, lambda ids, mask, _: self(ids, mask))
-        for prompt, rows in tqdm(shared.items(), desc="score prompts", leave=False, disable=len(shared) < PROGRESS_MIN_BATCHES):
-            out[rows] = self._shared_prompt_rewards(prompt, [sequences[i].response_ids for i in rows], batch_size)
+        with evaluating(self):
+            for prompt, rows in tqdm(shared.items(), desc="score prompts", leave=False, disable=len(shared) < PROGRESS_MIN_BATCHES):
+                out[rows] = self._shared_prompt_rewards(prompt, [sequences[i].response_ids for i in rows], batch_size)
         return out
 
     def _shared_prompt_rewards(self, prompt_ids: tuple[int, ...], responses: Sequence[tuple[int, ...]], batch_size: int) -> np.ndarray:
         """Head rewards of several responses to one prompt: the prompt runs through the backbone once and
         its KV cache is copied to `batch_size` responses at a time (equal to scoring each whole sequence)."""
         device = self.head.weight.device
-        was_training = self.training
-        self.eval()
-        try:
-            cache = DynamicCache(config=self._base_lm().config)
-            self.decoder(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True)
-            out = np.empty(len(responses), dtype=np.float64)
-            for start in range(0, len(responses), batch_size):
-                ids, mask = pad_right(responses[start : start + batch_size], self.tokenizer.pad_token_id)
-                ids, mask = ids.to(device), mask.to(device)
-                chunk_cache = copy.deepcopy(cache)
-                chunk_cache.batch_repeat_interleave(len(ids))
-                full_mask = torch.cat([mask.new_ones(len(ids), len(prompt_ids)), mask], dim=1)
-                positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1], device=device).expand(len(ids), -1)
-                hidden = self.decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=chunk_cache, use_cache=True).last_hidden_state
-                last = mask.sum(dim=1) - 1
-                out[start : start + len(ids)] = self.head(hidden[torch.arange(len(ids)), last]).squeeze(-1).double().cpu().numpy()
-        finally:
-            self.train(was_training)
+        cache = DynamicCache(config=self._base_lm().config)
+        self.decoder(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True)
+        out = np.empty(len(responses), dtype=np.float64)
+        for start in range(0, len(responses), batch_size):
+            ids, mask = pad_right(responses[start : start + batch_size], self.tokenizer.pad_token_id)
+            ids, mask = ids.to(device), mask.to(device)
+            chunk_cache = copy.deepcopy(cache)
+            chunk_cache.batch_repeat_interleave(len(ids))
+            full_mask = torch.cat([mask.new_ones(len(ids), len(prompt_ids)), mask], dim=1)
+            positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1], device=device).expand(len(ids), -1)
+            hidden = self.decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=chunk_cache, use_cache=True).last_hidden_state
+            last = mask.sum(dim=1) - 1
+            out[start : start + len(ids)] = self.head(hidden[torch.arange(len(ids)), last]).squeeze(-1).double().cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -212,11 +209,9 @@ class RewardModel(torch.nn.Module):
         """compute(input_ids, attention_mask, prompt_lengths) over length-grouped batches, in input order."""
         if not sequences:
             return np.empty(0, dtype=np.float64)
-        was_training = self.training
-        self.eval()
         out = None  # shaped (sequences, *per-sequence shape) from the first batch
         device = self.head.weight.device
-        try:
+        with evaluating(self):
             batches = length_batches([len(s) for s in sequences], batch_size)
             for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
                 ids, mask = pad_right([sequences[i].ids for i in batch], self.tokenizer.pad_token_id)
@@ -225,8 +220,6 @@ class RewardModel(torch.nn.Module):
                 if out is None:
                     out = np.empty((len(sequences),) + values.shape[1:], dtype=np.float64)
                 out[batch] = values
-        finally:
-            self.train(was_training)
         return out
 
     def score(

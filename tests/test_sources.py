@@ -73,7 +73,7 @@ def test_composite_sources_carry_parts_and_stds():
 
 
 def test_rules_builtin_and_imported(tmp_path):
-    answers = write_rows(tmp_path / "answers.jsonl", [{"prompt": "What is 2 + 3?", "answer": "5"}])
+    write_rows(tmp_path / "answers.jsonl", [{"prompt": "What is 2 + 3?", "answer": "5"}])
     tree = {
         "kind": "ensemble", "combine": "weighted", "weights": [1.0, 10.0, 100.0, 1000.0],
         "members": [
@@ -83,7 +83,6 @@ def test_rules_builtin_and_imported(tmp_path):
             {"name": "words", "source": {"kind": "rule", "function": "test_sources:word_count"}},
         ],
     }
-    assert answers.exists()
     source = build_source(tree, tmp_path)
     scores = source.score(["What is 2 + 3?", [{"role": "user", "content": "What is 2 + 3?"}]], ["The answer is 5.", "It is 6"])
     assert scores.parts["answer"].tolist() == [1.0, 0.0]

@@ -27,7 +27,7 @@ def probit_logit(mean_delta: np.ndarray, var_delta: np.ndarray) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _evaluating(model):
+def evaluating(model):
     """The model in eval mode within the block, its former mode restored after."""
     was_training = model.training
     model.eval()
@@ -62,7 +62,7 @@ def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) ->
     layers, blocks = posterior_layers(model, posterior.subset), {b.name: b for b in posterior.blocks}
     mean, var = np.empty(len(sequences)), np.empty(len(sequences))
     deltas = torch.tensor([posterior.prior_precision])
-    with _evaluating(model):
+    with evaluating(model):
         batches = length_batches([len(s) for s in sequences], batch_size)
         for batch in tqdm(batches, desc="score with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
             eye = torch.eye(len(batch))
@@ -83,7 +83,7 @@ def pair_moments(
     n = len(pairs)
     out = {"chosen": np.empty(n), "rejected": np.empty(n)}
     out.update({k: np.empty((n, len(deltas))) for k in ("var_chosen", "var_rejected", "var_delta")})
-    with _evaluating(model):
+    with evaluating(model):
         batches = length_batches([pairs.tokens(i) for i in range(n)], batch_size)
         for batch in tqdm(batches, desc="pairs with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
             b = len(batch)
