@@ -106,7 +106,7 @@ def _load_smollm2():
     cache = rewardstack_home() / "backbones" / EMBEDDED
     if not (cache / "model.safetensors").exists():
         _convert_smollm2(cache)
-    model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(cache, local_files_only=True)
     return model.eval(), tokenizer
 
@@ -142,10 +142,10 @@ def _load_hf(name: str):
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=not allow)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=not allow, use_safetensors=True)
     except OSError as exc:
         hint = "" if allow else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
-        raise UserError(f"cannot load model {name!r}{hint}: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot load model {name!r}{hint}; weights are read from safetensors only: {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

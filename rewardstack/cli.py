@@ -279,6 +279,31 @@ def demo(
                                      laplace_subset=laplace_subset, seed=seed))
 
 
+@app.command()
+def serve(
+    reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="File whose first line is the API key [default: $REWARDSTACK_API_KEY]")] = None,
+    batch_size: BatchSize = 16,
+    max_batch_tokens: Annotated[int, typer.Option(help="Dynamic batching: tokens per scoring call at most")] = 16384,
+    max_wait_ms: Annotated[float, typer.Option(help="Dynamic batching: how long a batch waits for more requests")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get 503 with Retry-After")] = 256,
+    max_items: Annotated[int, typer.Option(help="Rows per request at most (413 above)")] = 1024,
+    max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above)")] = 8.0,
+    graceful_shutdown_s: Annotated[float, typer.Option(help="On SIGTERM, how long in-flight requests may take to finish")] = 30.0,
+):
+    """Serve a reward source over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, GET /v1/info."""
+    from .server import ServerSettings, api_key, serve as run_server
+
+    for name, value in (("batch-size", batch_size), ("max-batch-tokens", max_batch_tokens), ("max-queue", max_queue), ("max-items", max_items)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1")
+    settings = ServerSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_size=batch_size,
+                              max_items=max_items, max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key(api_key_file))
+    run_server(reward, host, port, settings, graceful_shutdown_s)
+
+
 compose = typer.Typer(no_args_is_help=True, help="Composite reward sources: calibrate a YAML tree, select ALaRM aspects.")
 app.add_typer(compose, name="compose")
 

@@ -270,7 +270,7 @@ class RewardModel(torch.nn.Module):
             backbone, _ = load_backbone(config.model)
             backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=False)
         else:
-            backbone = AutoModelForCausalLM.from_pretrained(directory / "backbone", dtype=torch.float32, local_files_only=True)
+            backbone = AutoModelForCausalLM.from_pretrained(directory / "backbone", dtype=torch.float32, local_files_only=True, use_safetensors=True)
         model = cls(backbone, tokenizer, config, meta.get("training"))
         model.head.weight.data.copy_(load_file(directory / "head.safetensors")["weight"])
         model.posterior = Posterior.load(directory)

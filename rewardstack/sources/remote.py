@@ -4,7 +4,8 @@ Protocols:
 - `rewardstack`: POST {url}/v1/score with {"items": [{"prompt": ..., "response": ...}, ...]} (prompts as
   strings or chat messages); the answer is {"rewards": [...], "std": [...] or null, "parts": {name: [...]}}.
 - `openrlhf`: POST {url}/get_reward with {"query": [prompt + response texts], "prompts": [...]}; the
-  answer is {"rewards": [...]}. The query is the prompt's text, a newline, then the response.
+  answer is {"rewards": [...]}. The query is the prompt's text, a newline, then the response; `prompts`
+  holds each query's prompt part (the text and its newline), so a server can cut the query exactly.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Remote:
             items = [{"prompt": p if isinstance(p, str) else list(p), "response": r} for p, r in zip(prompts, responses)]
             path, body = "/v1/score", {"items": items}
         else:
-            texts = [prompt_text(p) for p in prompts]
-            path, body = "/get_reward", {"query": [t + "\n" + r for t, r in zip(texts, responses)], "prompts": texts}
+            texts = [prompt_text(p) + "\n" for p in prompts]
+            path, body = "/get_reward", {"query": [t + r for t, r in zip(texts, responses)], "prompts": texts}
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:

@@ -109,6 +109,21 @@ def _build_raw(node: Any, base_dir: Path, where: str):
     )
 
 
+def reward_models(source) -> list:
+    """The RewardModel objects in a source tree, depth first (holistic before aspects, members in order)."""
+    from ..model import RewardModel
+
+    if isinstance(source, RewardModel):
+        return [source]
+    if isinstance(source, Normalized):
+        return reward_models(source.source)
+    if isinstance(source, Ensemble):
+        return [m for member in source.members.values() for m in reward_models(member)]
+    if isinstance(source, Hierarchical):
+        return reward_models(source.holistic) + [m for aspect, _ in source.aspects.values() for m in reward_models(aspect)]
+    return []
+
+
 def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, data_name: str = "") -> dict:
     """A copy of the tree in which every `normalize: calibrate` node (and every node calibrated before)
     gets μ, σ (population std) of its rewards on the given rows; children first, so a parent sees its

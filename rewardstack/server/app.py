@@ -1,0 +1,246 @@
+"""The reward server: any reward source (model directory or YAML tree) over HTTP, with dynamic batching.
+
+    POST /v1/score    {"items": [{"prompt", "response"}]} or {"prompt", "responses": [...]}
+                      → {"rewards", "std" (or null), "parts", "truncated"}
+    POST /get_reward  OpenRLHF's remote reward protocol: {"query": [full texts], "prompts": [...]}
+                      → {"rewards", "scores", "extra_logs"}
+    GET  /health, GET /v1/info, GET /openapi.json (and /docs)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+
+from .. import __version__
+from ..data.encode import as_messages
+from ..errors import UserError
+from ..sources import RewardScores
+from ..sources.tree import read_tree, reward_models
+from .batching import DynamicBatcher
+from .conversation import ConversationSplitter
+
+CHARS_PER_TOKEN = 4  # token estimate for sources without a model
+
+
+@dataclass
+class ServerSettings:
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    batch_size: int = 16
+    max_items: int = 1024
+    max_body_bytes: int = 8 * 1024 * 1024
+    api_key: str | None = None
+    retry_after_s: int = 1
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Prompt = str | list[ChatMessage]
+
+
+class ScoreItem(BaseModel):
+    prompt: Prompt
+    response: str
+
+
+class ScoreRequest(BaseModel):
+    """Either `items`, or one `prompt` with several `responses`."""
+
+    items: list[ScoreItem] | None = Field(default=None, min_length=1)
+    prompt: Prompt | None = None
+    responses: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def one_form(self) -> "ScoreRequest":
+        if (self.items is None) == (self.prompt is None or self.responses is None):
+            raise ValueError("give either `items` or both `prompt` and `responses`")
+        return self
+
+    def rows(self) -> tuple[list, list[str]]:
+        if self.items is not None:
+            return [_plain(item.prompt) for item in self.items], [item.response for item in self.items]
+        return [_plain(self.prompt)] * len(self.responses), list(self.responses)
+
+
+class ScoreResponse(BaseModel):
+    rewards: list[float]
+    std: list[float] | None
+    parts: dict[str, list[float]]
+    truncated: int = Field(description="rows cut to the model's maximum length")
+
+
+class OpenRLHFRequest(BaseModel, extra="allow"):
+    query: list[str] = Field(min_length=1, description="full texts: prompt rendered with the chat template, then the response")
+    prompts: list[str] | None = Field(default=None, description="the prompt part of each query, when known")
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+def _plain(prompt: Prompt) -> str | list[dict]:
+    return prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
+
+
+def create_app(source, settings: ServerSettings | None = None, description: dict | None = None) -> FastAPI:
+    """A FastAPI app serving `source`; `description` (the source tree, its path) is shown by /v1/info."""
+    settings = settings or ServerSettings()
+    models = reward_models(source)
+    encoder = models[0].encoder if models else None
+    splitter = ConversationSplitter(encoder) if encoder else None
+    batcher = DynamicBatcher(source, settings.max_batch_tokens, settings.max_wait_ms, settings.max_queue, settings.batch_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.stop()  # uvicorn has let in-flight requests finish; their batches are done here
+
+    def require_key(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), settings.api_key.encode())):
+            raise HTTPException(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="rewardstack reward server", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    secured = [Depends(require_key)]
+
+    def size_of(prompts: list, responses: list[str]) -> tuple[int, int]:
+        """(tokens, rows cut to max_length) by the first model's encoder, or a character estimate."""
+        if len(responses) > settings.max_items:
+            raise HTTPException(413, f"{len(responses)} rows in one request; the limit is {settings.max_items}")
+        if encoder is None:
+            return sum(len(str(p)) + len(r) for p, r in zip(prompts, responses)) // CHARS_PER_TOKEN + 1, 0
+        tokens = cut = 0
+        for prompt, response in zip(prompts, responses):
+            (encoded,), truncated = encoder.encode(as_messages(prompt), [response])
+            tokens, cut = tokens + len(encoded), cut + truncated
+        return tokens, cut
+
+    async def scored(prompts: list, responses: list[str]) -> RewardScores:
+        tokens, cut = size_of(prompts, responses)
+        try:
+            return await batcher.score(prompts, responses, tokens, cut)
+        except asyncio.QueueFull:
+            raise HTTPException(503, "the server is busy: too many requests waiting", headers={"Retry-After": str(settings.retry_after_s)}) from None
+        except UserError as err:
+            raise HTTPException(422, str(err)) from None
+
+    @app.post("/v1/score", response_model=ScoreResponse, dependencies=secured)
+    async def score(request: ScoreRequest) -> dict:
+        """Rewards of (prompt, response) rows, their standard deviations and named parts."""
+        scores = await scored(*request.rows())
+        return {"rewards": scores.mean.tolist(), "std": None if scores.std is None else scores.std.tolist(),
+                "parts": {name: values.tolist() for name, values in scores.parts.items()}, "truncated": scores.truncated}
+
+    @app.post("/get_reward", response_model=OpenRLHFResponse, dependencies=secured)
+    async def get_reward(request: OpenRLHFRequest) -> dict:
+        """OpenRLHF's remote reward model protocol; each query is split into prompt and response by the
+        chat template (or at its entry in `prompts`)."""
+        if request.prompts is not None and len(request.prompts) != len(request.query):
+            raise HTTPException(422, f"`prompts` has {len(request.prompts)} entries but `query` has {len(request.query)}")
+        prompts, responses = [], []
+        for i, query in enumerate(request.query):
+            hint = request.prompts[i] if request.prompts else None
+            if splitter is None:
+                if not (hint and query.startswith(hint)):
+                    raise HTTPException(422, f"query[{i}]: this source has no model whose chat template could split the text; send `prompts` that each query starts with")
+                messages, response = [{"role": "user", "content": hint.strip()}], query[len(hint) :]
+            else:
+                try:
+                    messages, response = splitter.split(query, hint)
+                except ValueError as err:
+                    raise HTTPException(422, f"query[{i}]: {err}") from None
+            prompts.append(messages)
+            responses.append(response)
+        scores = await scored(prompts, responses)
+        extra = {name: values.tolist() for name, values in scores.parts.items()}
+        if scores.std is not None:
+            extra["reward_std"] = scores.std.tolist()
+        return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=secured)
+    async def info() -> dict[str, Any]:
+        """The served source, its models, whether any has a posterior, limits and counters."""
+        return {
+            "version": __version__,
+            **(description or {}),
+            "models": [{"base_model": m.config.model, "objective": m.config.objective, "max_length": m.config.max_length,
+                        "posterior": m.posterior is not None} for m in models],
+            "posterior": any(m.posterior is not None for m in models),
+            "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},
+            "stats": asdict(batcher.stats),
+        }
+
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413, whether announced by Content-Length or not."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, send)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+
+    async def _refuse(self, scope, send) -> None:
+        await JSONResponse({"detail": f"request body over the limit of {self.max_bytes} bytes"}, status_code=413)(scope, None, send)
+
+
+def _replay(messages: list[dict], then=None):
+    """A `receive` that hands out `messages`, then defers to `then` (disconnects) or repeats the last."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return messages[-1]
+
+    return receive
+
+
+def describe(spec: str) -> dict:
+    """/v1/info's view of a served source: its path and, for a YAML tree, the tree itself."""
+    path = Path(spec)
+    return {"reward": str(path), "tree": {"kind": "model", "path": str(path)} if path.is_dir() else json.loads(json.dumps(read_tree(path), default=str))}

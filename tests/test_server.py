@@ -1,0 +1,234 @@
+"""The reward server on a real uvicorn, on a loopback port."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import uvicorn
+
+from rewardstack.data.encode import as_messages
+from rewardstack.model import ModelConfig, RewardModel
+from rewardstack.server import ServerSettings, create_app
+from rewardstack.server.conversation import ConversationSplitter
+from rewardstack.sources import RewardScores, Remote
+
+PROMPTS = ["What is 2 + 2?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}], "Say hi."]
+RESPONSES = ["4", "Blue, the colour of the sky on a clear day.", "Hello there!"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("served") / "model"
+    RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=2)).save(directory)
+    return RewardModel.from_pretrained(directory)
+
+
+@contextmanager
+def running(source, **settings):
+    """A uvicorn server for `source` in a thread; yields (base URL, uvicorn.Server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(source, ServerSettings(**settings)), log_level="warning", timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def call(url, body=None, headers=None, raw: bytes | None = None):
+    """(status, JSON answer, headers) of a GET (no body) or POST."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read()), answer.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+class Slow:
+    """A source that takes `seconds` per call; reward = response length. `started` is set when a call begins."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started = seconds, threading.Event()
+
+    def score(self, prompts, responses, batch_size=16):
+        self.started.set()
+        time.sleep(self.seconds)
+        return RewardScores(mean=np.array([float(len(r)) for r in responses]))
+
+
+def test_scores_equal_the_model_in_both_request_forms(model):
+    expected = model.score(PROMPTS, RESPONSES).mean
+    with running(model) as (url, _):
+        status, answer, _ = call(url + "/v1/score", {"items": [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)]})
+        assert status == 200 and answer["std"] is None and answer["parts"] == {} and answer["truncated"] == 0
+        assert answer["rewards"] == pytest.approx(expected.tolist(), abs=1e-5)
+        status, answer, _ = call(url + "/v1/score", {"prompt": PROMPTS[0], "responses": RESPONSES})
+        assert answer["rewards"] == pytest.approx(model.score([PROMPTS[0]] * 3, RESPONSES).mean.tolist(), abs=1e-5)
+        assert Remote(url, batch_size=2).score(PROMPTS, RESPONSES).mean == pytest.approx(expected, abs=1e-5)
+        long = "word " * 100  # cut to the model's 256 tokens, and counted
+        assert call(url + "/v1/score", {"prompt": "p", "responses": [long, "short"]})[1]["truncated"] == 1
+        status, info, _ = call(url + "/v1/info")
+        assert info["models"] == [{"base_model": "tiny-random", "objective": "bt", "max_length": 256, "posterior": False}]
+        assert info["stats"]["rows"] == 3 + 3 + 3 + 2 and info["stats"]["truncated"] == 1
+        assert call(url + "/health")[1] == {"status": "ok"}
+        assert "/get_reward" in call(url + "/openapi.json")[1]["paths"]
+
+
+def test_openrlhf_protocol_splits_queries_by_the_chat_template(model):
+    rendered = [model.encoder.render(as_messages(p), r) for p, r in zip(PROMPTS, RESPONSES)]
+    queries = [prompt + response + "<|im_end|>" * 3 for prompt, response in rendered]  # as a padded batch decodes
+    expected = model.score(PROMPTS, RESPONSES).mean
+    with running(model) as (url, _):
+        status, answer, _ = call(url + "/get_reward", {"query": queries, "labels": ["a", "b", "c"]})
+        assert status == 200 and answer["rewards"] == pytest.approx(expected.tolist(), abs=1e-5) and answer["scores"] == answer["rewards"]
+        hinted = call(url + "/get_reward", {"query": queries, "prompts": [prompt for prompt, _ in rendered]})[1]
+        assert hinted["rewards"] == pytest.approx(expected.tolist(), abs=1e-5)
+        ours = Remote(url, protocol="openrlhf").score(["Say hi."], ["Hello there!"])  # plain text + newline + response
+        assert ours.mean == pytest.approx(model.score(["Say hi."], ["Hello there!"]).mean, abs=1e-5)
+        status, answer, _ = call(url + "/get_reward", {"query": ["no template here"]})
+        assert status == 422 and "query[0]" in answer["detail"] and "assistant turn marker" in answer["detail"]
+
+
+def test_conversation_splitter_recovers_messages_and_response(model):
+    splitter = ConversationSplitter(model.encoder)
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "a\nb"}, {"role": "assistant", "content": "c"}, {"role": "user", "content": "d"}]
+    prompt, response = model.encoder.render(messages, "the reply\n")
+    assert splitter.split(prompt + response + "<|im_end|>") == (messages, "the reply\n")
+    assert splitter.split("Question?\nAnswer", prompt="Question?\n") == ([{"role": "user", "content": "Question?"}], "Answer")
+    with pytest.raises(ValueError, match="does not follow the chat template"):
+        splitter.split("no header<|im_end|>\n<|im_start|>assistant\nx")
+
+
+def test_api_key_limits_and_malformed_input(model):
+    item = {"prompt": "p", "response": "r"}
+    with running(model, api_key="s3cret", max_items=3, max_body_bytes=2000) as (url, _):
+        assert call(url + "/v1/score", {"items": [item]})[0] == 401
+        status, _, headers = call(url + "/v1/score", {"items": [item]}, {"Authorization": "Bearer wrong"})
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        key = {"Authorization": "Bearer s3cret"}
+        assert call(url + "/v1/score", {"items": [item]}, key)[0] == 200
+        assert call(url + "/health")[0] == 200  # liveness needs no key
+        assert call(url + "/v1/info")[0] == 401
+        status, answer, _ = call(url + "/v1/score", {"items": [item] * 4}, key)
+        assert status == 413 and "limit is 3" in answer["detail"]
+        status, answer, _ = call(url + "/v1/score", {"prompt": "p", "responses": ["x" * 3000]}, key)
+        assert status == 413 and "2000 bytes" in answer["detail"]
+        status, answer, _ = call(url + "/v1/score", {"items": [{"prompt": "p"}]}, key)
+        assert status == 422 and answer["detail"][0]["loc"] == ["body", "items", 0, "response"]
+        status, answer, _ = call(url + "/v1/score", {"prompt": "p"}, key)
+        assert status == 422 and "either `items` or both" in json.dumps(answer)
+        assert call(url + "/v1/score", raw=b"{not json", headers=key)[0] == 422
+        status, answer, _ = call(url + "/get_reward", {"query": ["a", "b"], "prompts": ["a"]}, key)
+        assert status == 422 and "`prompts` has 1 entries" in answer["detail"]
+
+
+def test_full_queue_answers_503_with_retry_after():
+    source = Slow(0.5)
+    with running(source, max_queue=1, max_wait_ms=0) as (url, _):
+        answers = [None] * 4
+
+        def ask(i):
+            answers[i] = call(url + "/v1/score", {"prompt": "p", "responses": ["x" * (i + 1)]})
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    statuses = [a[0] for a in answers]
+    assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+    assert all(a[2]["Retry-After"] == "1" for a in answers if a[0] == 503)
+    assert all(a[1]["rewards"] == [float(i + 1)] for i, a in enumerate(answers) if a[0] == 200)
+
+
+def test_concurrent_clients_get_their_own_rows_batched_together(model):
+    requests = [[f"client {c} answer {k} " + "x" * (3 * c + k) for k in range(3)] for c in range(8)]
+    expected = [model.score(["Q?"] * 3, rows).mean for rows in requests]
+    answers = [None] * len(requests)
+    with running(model, max_wait_ms=50) as (url, _):
+        def ask(c):
+            answers[c] = call(url + "/v1/score", {"prompt": "Q?", "responses": requests[c]})[1]["rewards"]
+
+        threads = [threading.Thread(target=ask, args=(c,)) for c in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = call(url + "/v1/info")[1]["stats"]
+    for got, want in zip(answers, expected):
+        assert got == pytest.approx(want.tolist(), abs=1e-5)
+    assert stats["requests"] == 8 and stats["largest_batch_requests"] > 1 and stats["batches"] < 8
+
+
+def test_shutdown_finishes_in_flight_requests():
+    source = Slow(1.0)
+    answer = {}
+    with running(source) as (url, server):
+        thread = threading.Thread(target=lambda: answer.update(result=call(url + "/v1/score", {"prompt": "p", "responses": ["abc"]})))
+        thread.start()
+        assert source.started.wait(10)
+        server.should_exit = True  # what SIGTERM does
+        thread.join(10)
+    assert answer["result"][0] == 200 and answer["result"][1]["rewards"] == [3.0]
+
+
+def test_serve_command_end_to_end(model, tmp_path):
+    directory = tmp_path / "m"
+    model.save(directory)
+    env = {key: value for key, value in os.environ.items() if key != "REWARDSTACK_API_KEY"}
+    refused = subprocess.run([sys.executable, "-m", "rewardstack.cli", "serve", "--reward", str(directory), "--host", "0.0.0.0"],
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "needs an API key" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "rewardstack.cli", "serve", "--reward", str(directory), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if call(url + "/health")[0] == 200:
+                    break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        status, answer, _ = call(url + "/v1/score", {"prompt": PROMPTS[0], "responses": RESPONSES})
+        assert status == 200 and answer["rewards"] == pytest.approx(model.score([PROMPTS[0]] * 3, RESPONSES).mean.tolist(), abs=1e-5)
+        assert call(url + "/v1/info")[1]["tree"] == {"kind": "model", "path": str(directory)}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    # uvicorn shuts down cleanly, then re-raises the signal so the exit status says what stopped it
+    assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output[-2000:]
+
+
+def test_a_composite_source_serves_its_parts_and_lists_its_models(model):
+    from rewardstack.sources import Ensemble, Rule
+    from rewardstack.sources.rules import length_rule
+
+    source = Ensemble({"rm": model, "words": Rule(length_rule("words"), "length")})
+    expected = source.score(PROMPTS, RESPONSES)
+    with running(source) as (url, _):
+        answer = call(url + "/v1/score", {"items": [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)]})[1]
+        info = call(url + "/v1/info")[1]
+    assert answer["parts"]["words"] == [1.0, 10.0, 2.0]
+    assert answer["parts"]["rm"] == pytest.approx(expected.parts["rm"].tolist(), abs=1e-5)
+    assert answer["rewards"] == pytest.approx(expected.mean.tolist(), abs=1e-5)
+    assert [m["base_model"] for m in info["models"]] == ["tiny-random"]
