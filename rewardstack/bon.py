@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -160,6 +161,44 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
     return {"pools": records, "curves": curves, "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": truncated}
 
 
+def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16) -> dict[str, Any]:
+    """LASeR best-of-n: pools in order; for each, the bandit picks a member, the member's best response's
+    gold is the bandit's feedback. Beside the bandit, the same pools under each member alone, a uniformly
+    random member (the mean of the members' curves: its exact expectation) and the ensemble mean of the
+    members' rewards, each z-scored over all responses of the run. Every member scores every pool once
+    for these baselines; the bandit itself only needs its chosen member. Returns run_best_of_n's layout (gold curves) plus the arm of each pool,
+    arm counts by pool group, and the bandit's log."""
+    if not pools:
+        raise UserError("best-of-n: no pools")
+    if any(pool.gold is None for pool in pools):
+        raise UserError("bandit best-of-n: --feedback gold needs gold for every pool (gold, answer, or --gold-reward)")
+    member_scores = {name: score_pools(member, pools, batch_size)[0] for name, member in selector.members.items()}
+    moments = {}  # each member's mean and std over every response, for the ensemble's z-scores
+    for name, scores in member_scores.items():
+        values = np.concatenate([s.mean for s in scores])
+        moments[name] = (values.mean(), values.std() or 1.0)
+    ns = list(range(1, min(len(pool.responses) for pool in pools) + 1))
+    records, by_group = [], defaultdict(lambda: dict.fromkeys(selector.names, 0))
+    for t, pool in enumerate(pools):
+        contexts, (arm,) = selector.select([pool.prompt])
+        name = selector.names[arm]
+        chosen = member_scores[name][t].mean
+        best = int(np.argmax(chosen))
+        selector.feedback(contexts[0], arm, float(pool.gold[best]), pool.prompt)
+        by_group[pool.group or "all"][name] += 1
+        members = {m: expected_best_of_n(member_scores[m][t].mean, pool.gold, ns) for m in selector.names}
+        ensemble = np.mean([(member_scores[m][t].mean - moments[m][0]) / moments[m][1] for m in selector.names], axis=0)
+        curves = {"bandit": members[name], "random": np.mean(list(members.values()), axis=0),
+                  "ensemble": expected_best_of_n(ensemble, pool.gold, ns), **{f"only:{m}": c for m, c in members.items()}}
+        records.append({"key": pool.key, "group": pool.group, "arm": name, "best": pool.response_ids[best], "feedback": float(pool.gold[best]),
+                        "gold": pool.gold.tolist(), "rewards": {m: member_scores[m][t].mean.tolist() for m in selector.names},
+                        "objectives": {method: {"gold": curve.tolist()} for method, curve in curves.items()}})
+    methods = list(records[0]["objectives"])
+    return {"pools": records, "curves": {m: {"gold": np.mean([r["objectives"][m]["gold"] for r in records], axis=0).tolist()} for m in methods},
+            "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": 0,
+            "arms": [r["arm"] for r in records], "arm_counts_by_group": dict(by_group), "arm_counts": selector.arm_counts()}
+
+
 def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None:
     """Make another reward source the gold: each pool's gold becomes its rewards."""
     for pool, scores in zip(pools, score_pools(source, pools, batch_size)[0]):
@@ -184,10 +223,11 @@ def format_best_of_n(summary: dict[str, Any]) -> str:
     """A table of the curves at n = 1, 2, 4, … and the largest n: one line per objective and reward kind."""
     ns = summary["n"]
     shown = sorted({1, 2, 4, 8, 16, 32, 64, len(ns)} & set(ns))
-    lines = [f"{'objective':<12}{'reward':<8}" + "".join(f"{'n=' + str(k):>9}" for k in shown)]
+    width = max([len("objective")] + [len(name) for name in summary["curves"]]) + 2
+    lines = [f"{'objective':<{width}}{'reward':<8}" + "".join(f"{'n=' + str(k):>9}" for k in shown)]
     for name, curve in summary["curves"].items():
         for kind, values in curve.items():
-            lines.append(f"{name:<12}{kind:<8}" + "".join(f"{values[k - 1]:>9.3f}" for k in shown))
+            lines.append(f"{name:<{width}}{kind:<8}" + "".join(f"{values[k - 1]:>9.3f}" for k in shown))
     return "\n".join(lines)
 
 

@@ -223,12 +223,15 @@ def bon(
     gold_reward: Annotated[Optional[str], typer.Option(help="A reward (model directory or YAML tree) whose rewards are the gold")] = None,
     objective: Annotated[Optional[list[str]], typer.Option(help="mean, lcb:K (mean − K·std) or var:K (mean − K·variance); repeatable [default: mean]")] = None,
     max_pools: Annotated[Optional[int], typer.Option(help="Use only the first N pools or prompts")] = None,
+    feedback: Annotated[Optional[str], typer.Option(help="With a bandit reward: `gold`, the gold of the chosen response is the bandit's feedback")] = None,
     batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
 ):
     """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
-    the smallest pool, against n and KL; pools from a file or sampled from a policy."""
-    from .bon import Objective, format_best_of_n, run_best_of_n, set_gold_from, write_best_of_n
+    the smallest pool, against n and KL; pools from a file or sampled from a policy. With a bandit
+    reward and --feedback gold: the bandit learns which member to use per prompt (LASeR), against each
+    member alone, a random member and the members' mean."""
+    from .bon import Objective, format_best_of_n, run_bandit_best_of_n, run_best_of_n, set_gold_from, write_best_of_n
     from .data.pools import load_pools, load_prompts, write_pools
     from .sampling import SamplingConfig, sample_pools
     from .sources import load_source
@@ -250,13 +253,27 @@ def bon(
         write_pools(pool_list, output_dir / "pools.jsonl")
     if gold_reward is not None:
         set_gold_from(load_source(gold_reward), pool_list, batch_size)
-    result = run_best_of_n(load_source(reward), pool_list, objectives, batch_size)
+    source = load_source(reward)
+    if feedback is not None:
+        from .sources.bandit import BanditSelector
+
+        if feedback != "gold":
+            raise UserError(f"bon: --feedback {feedback!r}: the feedback is `gold` (from the pools' gold, answers, or --gold-reward)")
+        if not isinstance(source, BanditSelector):
+            raise UserError(f"bon: --feedback needs a bandit reward (kind: bandit in a YAML tree); {reward} is not one")
+        result = run_bandit_best_of_n(source, pool_list, batch_size)
+        source.save_state(source.state_path or output_dir / "bandit_state.safetensors")
+        (output_dir / "bandit_log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in source.log))
+    else:
+        result = run_best_of_n(source, pool_list, objectives, batch_size)
     summary = write_best_of_n(result, output_dir, f"best-of-n on {Path(pools or prompts).name}", skipped=dict(report.skipped),
                               source=str(pools or prompts), reward=reward, unfinished_samples=unfinished)
     sampled = "" if unfinished is None else f", {unfinished} samples cut at --max-new-tokens"
     typer.echo(f"{len(pool_list)} pools, n up to {len(result['n'])}, {result['truncated']} responses truncated to the reward "
                f"model's max_length{sampled}, {sum(report.skipped.values())} rows skipped")
     typer.echo(format_best_of_n(summary))
+    if feedback is not None:
+        typer.echo("arm counts by group: " + json.dumps(summary["arm_counts_by_group"]))
     typer.echo(f"results in {output_dir}")
 
 
@@ -277,6 +294,56 @@ def demo(
 
     run_demo(output_dir, DemoConfig(model=model, train_prompts=train_prompts, bon_prompts=bon_prompts, n=n, objective=objective,
                                      laplace_subset=laplace_subset, seed=seed))
+
+
+@app.command()
+def optimize(
+    reward: Annotated[str, typer.Option(help="A YAML tree whose root is a bandit (kind: bandit): its members are the reward sources")],
+    prompts: Annotated[str, typer.Option(help="Training prompts (prompt column; answers not needed)")],
+    output_dir: Annotated[Path, typer.Option(help="Checkpoints per iteration, history.jsonl")],
+    dev: Annotated[Optional[list[str]], typer.Option(help="Dev prompts with answers: greedy accuracy after each iteration; repeatable")] = None,
+    policy: Annotated[str, typer.Option(help="Policy backbone (LoRA is trained on it)")] = "smollm2-135m",
+    selection: Annotated[str, typer.Option(help="bandit, random, ensemble or single:NAME (a member)")] = "bandit",
+    iterations: Annotated[int, typer.Option(help="Passes over the prompts")] = 2,
+    batch_prompts: Annotated[int, typer.Option(help="Prompts per source choice and optimizer step")] = 8,
+    n: Annotated[int, typer.Option(help="Samples per prompt")] = 4,
+    pairs_per_prompt: Annotated[int, typer.Option(help="Pairs of the best response with the next-ranked ones")] = 1,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature")] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sampled response at most")] = 64,
+    max_length: Annotated[int, typer.Option(help="Tokens of prompt + response in the update")] = 256,
+    beta: Annotated[float, typer.Option(help="DPO β")] = 0.1,
+    nll_weight: Annotated[float, typer.Option(help="Weight of the per-token NLL of the best response")] = 1.0,
+    learning_rate: Annotated[float, typer.Option(help="AdamW learning rate")] = 5e-5,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank of the policy")] = 16,
+    max_prompts: Annotated[Optional[int], typer.Option(help="Use only the first N prompts of each file")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue after the newest checkpoint in --output-dir")] = False,
+    skip_invalid: SkipInvalid = None,
+):
+    """Iterative DPO on a policy, with the reward source chosen per batch by a bandit (LASeR) or a baseline."""
+    from .data.pools import load_prompts
+    from .optimize import OptimizeConfig, Optimizer
+    from .sources import load_source
+    from .sources.bandit import BanditSelector
+
+    selector = load_source(reward)
+    if not isinstance(selector, BanditSelector):
+        raise UserError(f"optimize: --reward must be a YAML tree whose root is `kind: bandit`; {reward} is not")
+    config = OptimizeConfig(policy=policy, iterations=iterations, batch_prompts=batch_prompts, n=n, pairs_per_prompt=pairs_per_prompt,
+                            temperature=temperature, max_new_tokens=max_new_tokens, max_length=max_length, beta=beta, nll_weight=nll_weight,
+                            learning_rate=learning_rate, lora_r=lora_r, selection=selection, seed=seed)
+    train_rows = load_prompts(prompts, skip_invalid=bool(skip_invalid))[0][:max_prompts]
+    dev_sets = {}
+    for path in dev or []:
+        rows = load_prompts(path, skip_invalid=bool(skip_invalid))[0][:max_prompts]
+        if any(row.answer is None for row in rows):
+            raise UserError(f"{path}: dev prompts need an `answer` on every row")
+        dev_sets[Path(path).name] = rows
+    history = Optimizer(selector, config, output_dir).run(train_rows, dev_sets, resume=resume)
+    for record in history:
+        accuracy = " ".join(f"{name}={value:.3f}" for name, value in record["accuracy"].items())
+        typer.echo(f"iteration {record['iteration']}: {accuracy} pairs={record['pairs']} arms={record['arms']} {record['seconds']:.0f}s")
+    typer.echo(f"results in {output_dir}")
 
 
 @app.command()

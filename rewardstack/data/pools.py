@@ -36,6 +36,7 @@ class Pool:
     response_ids: list[str]
     gold: np.ndarray | None = None
     reference: np.ndarray | None = None
+    group: str | None = None  # a category of the prompt (alpaca_eval's `dataset`, a pool's `group`)
 
 
 @dataclass
@@ -91,12 +92,14 @@ def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Poo
 
 
 def write_pools(pools: Sequence[Pool], path: str | Path) -> None:
-    """Pools as generic rows (id, prompt, responses, gold when known), readable by load_pools."""
+    """Pools as generic rows (id, prompt, responses, gold and group when known), readable by load_pools."""
     with open(path, "w") as handle:
         for pool in pools:
             row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
             if pool.gold is not None:
                 row["gold"] = pool.gold.tolist()
+            if pool.group is not None:
+                row["group"] = pool.group
             handle.write(json.dumps(row) + "\n")
 
 
@@ -130,7 +133,8 @@ def _pool_of(row: dict, key: str) -> Pool:
             answer = str(row["answer"])
             gold = np.array([float(answer_is_correct(r, answer)) for r in responses])
         prompt = tuple(_prompt_messages(_required(row, "prompt"), "prompt"))
-        return Pool(str(row.get("id", key)), prompt, responses, [str(i) for i in range(len(responses))], gold)
+        group = None if row.get("group") is None else str(row["group"])
+        return Pool(str(row.get("id", key)), prompt, responses, [str(i) for i in range(len(responses))], gold, group=group)
     if {"question", "code", "score"} <= row.keys():
         responses = _strings(row, "code")
         reference = None
@@ -155,7 +159,7 @@ def _add_alpaca_output(row: dict, grouped: dict[str, Pool], report: LoadReport) 
         return
     key = str(row["instruction_id"])
     if key not in grouped:
-        grouped[key] = Pool(key, as_messages(_string(row, "instruction")), [], [], np.empty(0))
+        grouped[key] = Pool(key, as_messages(_string(row, "instruction")), [], [], np.empty(0), group=row.get("dataset"))
     pool = grouped[key]
     pool.responses.append(output)
     pool.response_ids.append(str(row.get("generator", len(pool.responses) - 1)))

@@ -8,6 +8,8 @@ Nodes (paths are relative to the YAML file):
     {kind: ensemble, combine: mean|min|uwo:λ|weighted, weights: [...], members: [{name: N, source: NODE}, ...]}
     {kind: hierarchical, mode: hierarchical|holistic|aspects|weighted_sum, threshold: τ, holistic_weight: w_h,
      holistic: NODE, aspects: [{name: N, weight: w, source: NODE}, ...]}
+    {kind: bandit, algorithm: linucb|thompson|exp3|epsilon_greedy, params: {alpha: 1.0}, per: instance|batch,
+     context: {kind: policy|minilm, model: smollm2-135m, dim: 64}, seed: 0, state: FILE, members: [{name: N, source: NODE}, ...]}
 Any node may carry `normalize: {mean: μ, std: σ}` (fixed) or `normalize: calibrate`, which
 `calibrate_tree` replaces by μ, σ of the node's rewards on calibration rows.
 """
@@ -26,7 +28,7 @@ from .combine import Ensemble, Hierarchical, Normalized
 from .remote import Remote
 from .rules import Rule, answer_rule, import_function, length_rule, regex_rule
 
-KINDS = ("model", "rule", "remote", "ensemble", "hierarchical")
+KINDS = ("model", "rule", "remote", "ensemble", "hierarchical", "bandit")
 
 
 def load_source(spec: str | Path):
@@ -90,11 +92,20 @@ def _build_raw(node: Any, base_dir: Path, where: str):
     if kind == "remote":
         return Remote(_field(node, "url", where), node.get("protocol", "rewardstack"), float(node.get("timeout", 60)), int(node.get("batch_size", 64)))
     if kind == "ensemble":
-        members = {}
-        for i, member in enumerate(_list(node, "members", where)):
-            name = str(member.get("name", f"member{i}")) if isinstance(member, dict) else f"member{i}"
-            members[name] = build_source(_field(member, "source", f"{where}.members[{i}]"), base_dir, f"{where}.members[{i}].source")
-        return Ensemble(members, str(node.get("combine", "mean")), node.get("weights"))
+        return Ensemble(_members(node, base_dir, where), str(node.get("combine", "mean")), node.get("weights"))
+    if kind == "bandit":
+        from ..context import ContextEncoder
+        from .bandit import BanditSelector
+
+        context = node.get("context") or {}
+        params = node.get("params") or {}
+        if not isinstance(context, dict) or not isinstance(params, dict):
+            raise UserError(f"{where}: `context` and `params` are mappings")
+        encoder = ContextEncoder(str(context.get("kind", "policy")), str(context.get("model", "smollm2-135m")),
+                                 context.get("dim", 64), int(node.get("seed", 0)))
+        state = base_dir / node["state"] if node.get("state") else None
+        return BanditSelector(_members(node, base_dir, where), encoder, str(node.get("algorithm", "linucb")), str(node.get("per", "instance")),
+                              int(node.get("seed", 0)), state, **{k: _number(params, k, f"{where}.params") for k in params})
     holistic = _field(node, "holistic", where)
     _require_normalized(holistic, f"{where}.holistic")
     aspects = {}
@@ -109,15 +120,26 @@ def _build_raw(node: Any, base_dir: Path, where: str):
     )
 
 
+def _members(node: dict, base_dir: Path, where: str) -> dict:
+    members = {}
+    for i, member in enumerate(_list(node, "members", where)):
+        name = str(member.get("name", f"member{i}")) if isinstance(member, dict) else f"member{i}"
+        if name in members:
+            raise UserError(f"{where}.members[{i}]: the name {name!r} is used twice")
+        members[name] = build_source(_field(member, "source", f"{where}.members[{i}]"), base_dir, f"{where}.members[{i}].source")
+    return members
+
+
 def reward_models(source) -> list:
     """The RewardModel objects in a source tree, depth first (holistic before aspects, members in order)."""
     from ..model import RewardModel
+    from .bandit import BanditSelector
 
     if isinstance(source, RewardModel):
         return [source]
     if isinstance(source, Normalized):
         return reward_models(source.source)
-    if isinstance(source, Ensemble):
+    if isinstance(source, (Ensemble, BanditSelector)):
         return [m for member in source.members.values() for m in reward_models(member)]
     if isinstance(source, Hierarchical):
         return reward_models(source.holistic) + [m for aspect, _ in source.aspects.values() for m in reward_models(aspect)]
@@ -149,7 +171,7 @@ def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, response
 
 def _children(node: dict, where: str) -> list[tuple[str, dict]]:
     kind = node.get("kind")
-    if kind == "ensemble":
+    if kind in ("ensemble", "bandit"):
         return [(f"{where}.members[{i}].source", m["source"]) for i, m in enumerate(node.get("members") or []) if isinstance(m, dict) and isinstance(m.get("source"), dict)]
     if kind == "hierarchical":
         aspects = [(f"{where}.aspects[{i}].source", a["source"]) for i, a in enumerate(node.get("aspects") or []) if isinstance(a, dict) and isinstance(a.get("source"), dict)]

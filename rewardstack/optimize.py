@@ -1,0 +1,226 @@
+"""Iterative preference optimisation with a reward source chosen per batch (LASeR).
+
+For iterations m = 1 … M over the prompts (shuffled with seed + m), batch by batch:
+1. choose a source: the bandit on the batch's mean context (`bandit`), one member (`single:NAME`), a
+   uniformly random member (`random`), or the mean of all members (`ensemble`);
+2. sample n responses per prompt from the current policy (LoRA on the backbone) and score them;
+3. pairs: each prompt's best response against each of the next `pairs_per_prompt` ranked ones (strictly
+   lower reward);
+4. one AdamW step on L = DPO(β) + w_nll · (−log π(y_best|x) / |y_best|), the reference being the policy
+   at the start of the iteration (previous iteration's policy);
+5. the bandit's feedback is −L (normalised by running percentiles).
+After each iteration: greedy accuracy on every dev set (answers checked), a checkpoint
+(iter-m/: adapter, bandit state, metrics.json) and a line in history.jsonl; `resume` continues after
+the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from .data.encode import Encoded, as_messages, pad_right
+from .data.pools import PromptRow
+from .errors import UserError
+from .gold import answer_is_correct
+from .losses import policy_loss
+from .model import ModelConfig, RewardModel
+from .sampling import SamplingConfig, sample_responses
+from .sources.bandit import BanditSelector
+from .sources.combine import Ensemble
+
+SELECTIONS = ("bandit", "random", "ensemble", "single:NAME")
+
+
+@dataclass
+class OptimizeConfig:
+    policy: str = "smollm2-135m"
+    iterations: int = 2
+    batch_prompts: int = 8  # prompts per source choice and per optimizer step
+    n: int = 4  # samples per prompt
+    pairs_per_prompt: int = 1
+    temperature: float = 0.8
+    max_new_tokens: int = 64
+    max_length: int = 256
+    beta: float = 0.1
+    nll_weight: float = 1.0
+    learning_rate: float = 5e-5
+    lora_r: int = 16
+    selection: str = "bandit"
+    seed: int = 0
+
+    def validate(self, members: Sequence[str]) -> "OptimizeConfig":
+        for name in ("iterations", "batch_prompts", "n", "pairs_per_prompt", "max_new_tokens", "lora_r"):
+            if getattr(self, name) < 1:
+                raise UserError(f"optimize: {name} must be at least 1")
+        if self.n < 2:
+            raise UserError("optimize: n must be at least 2 to build preference pairs")
+        kind, _, name = self.selection.partition(":")
+        if kind not in ("bandit", "random", "ensemble", "single") or (kind == "single") != bool(name) or (name and name not in members):
+            raise UserError(f"optimize: selection must be one of {', '.join(SELECTIONS)} (members: {', '.join(members)}), not {self.selection!r}")
+        return self
+
+
+@contextmanager
+def weights_of(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
+    """Temporarily load `weights` (a subset of the parameters, by name) into `model`."""
+    params = dict(model.named_parameters())
+    saved = {name: params[name].detach().clone() for name in weights}
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+def sequence_logps(policy: RewardModel, sequences: Sequence[Encoded]) -> torch.Tensor:
+    """log π(y|x) of each sequence (response tokens only), differentiable."""
+    ids, mask = pad_right([s.ids for s in sequences], policy.tokenizer.pad_token_id)
+    prompt = torch.tensor([len(s.prompt_ids) for s in sequences])
+    hidden = policy.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    return policy.response_logprobs(hidden, ids, mask, prompt)
+
+
+def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewards: Sequence[np.ndarray], per_prompt: int) -> list[tuple]:
+    """(prompt, best, other) for each prompt's best response and its next `per_prompt` ranked responses
+    with a strictly lower reward and a different text."""
+    pairs = []
+    for prompt, texts, values in zip(prompts, responses, rewards):
+        order = np.argsort(-np.asarray(values), kind="stable")
+        best = order[0]
+        for other in order[1 : 1 + per_prompt]:
+            if values[other] < values[best] and texts[other] != texts[best]:
+                pairs.append((prompt, texts[best], texts[other]))
+    return pairs
+
+
+def dev_accuracy(policy: RewardModel, rows: Sequence[PromptRow], max_new_tokens: int) -> float:
+    """Share of dev prompts whose greedy response has the right answer."""
+    samples = sample_responses(policy.backbone, policy.tokenizer, [r.prompt for r in rows], SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+    return float(np.mean([answer_is_correct(texts[0], row.answer) for texts, row in zip(samples.responses, rows)]))
+
+
+class Optimizer:
+    def __init__(self, selector: BanditSelector, config: OptimizeConfig, output_dir: str | Path):
+        self.selector, self.config = selector, config.validate(selector.names)
+        self.output_dir = Path(output_dir)
+        self.policy = RewardModel.create(ModelConfig(model=config.policy, max_length=config.max_length, lora_r=config.lora_r, objective="dpo", beta=config.beta))
+        self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.learning_rate)
+        self.ensemble = Ensemble(selector.members, "mean")
+
+    def run(self, prompts: Sequence[PromptRow], dev: dict[str, Sequence[PromptRow]], resume: bool = False) -> list[dict]:
+        history_path = self.output_dir / "history.jsonl"
+        history = self._resume() if resume else []
+        if not resume and history_path.exists():
+            raise UserError(f"{self.output_dir}: has a run already; pass --resume to continue it or choose another --output-dir")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not history:
+            history.append(self._evaluate(0, dev, {"seconds": 0.0, "batches": 0, "pairs": 0, "skipped_batches": 0, "arms": {}}))
+            self._checkpoint(history[-1])
+        for iteration in range(len(history), self.config.iterations + 1):
+            history.append(self._evaluate(iteration, dev, self._iteration(iteration, prompts)))
+            self._checkpoint(history[-1])
+        return history
+
+    def _iteration(self, iteration: int, prompts: Sequence[PromptRow]) -> dict:
+        start = time.perf_counter()
+        self.rng = np.random.default_rng([self.config.seed, iteration])  # random selection, reproducible on resume
+        reference = {name: p.detach().clone() for name, p in self.trainable.items()}
+        order = np.random.default_rng(self.config.seed + iteration).permutation(len(prompts))
+        batches = [order[i : i + self.config.batch_prompts] for i in range(0, len(order), self.config.batch_prompts)]
+        stats = {"batches": len(batches), "pairs": 0, "skipped_batches": 0, "arms": {}, "losses": []}
+        for b, batch in enumerate(batches):
+            rows = [prompts[i] for i in batch]
+            arm, name, source, context = self._choose([r.prompt for r in rows])
+            stats["arms"][name] = stats["arms"].get(name, 0) + 1
+            sampling = SamplingConfig(n=self.config.n, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens,
+                                      seed=self.config.seed + 1000 * iteration + 100_000 * b)
+            responses = sample_responses(self.policy.backbone, self.policy.tokenizer, [r.prompt for r in rows], sampling).responses
+            flat = source.score([r.prompt for r, texts in zip(rows, responses) for _ in texts], [t for texts in responses for t in texts]).mean
+            rewards = [flat[i * self.config.n : (i + 1) * self.config.n] for i in range(len(rows))]
+            pairs = preference_pairs([r.prompt for r in rows], responses, rewards, self.config.pairs_per_prompt)
+            if not pairs:
+                stats["skipped_batches"] += 1
+                continue
+            loss = self._step(pairs, reference)
+            stats["pairs"] += len(pairs)
+            stats["losses"].append(loss)
+            if arm is not None:
+                self.selector.feedback(context, arm, -loss)
+        stats["seconds"] = time.perf_counter() - start
+        stats["mean_loss"] = float(np.mean(stats.pop("losses"))) if stats["pairs"] else None
+        return stats
+
+    def _choose(self, prompts: list) -> tuple[int | None, str, object, np.ndarray | None]:
+        kind, _, member = self.config.selection.partition(":")
+        if kind == "single":
+            return None, member, self.selector.members[member], None
+        if kind == "ensemble":
+            return None, "ensemble", self.ensemble, None
+        if kind == "random":
+            arm = int(self.rng.integers(len(self.selector.names)))
+            return None, self.selector.names[arm], self.selector.members[self.selector.names[arm]], None
+        context = self.selector.context.encode(prompts).mean(axis=0)
+        arm = self.selector.bandit.select(context)
+        return arm, self.selector.names[arm], self.selector.members[self.selector.names[arm]], context
+
+    def _step(self, pairs: list[tuple], reference: dict[str, torch.Tensor]) -> float:
+        encoder = self.policy.encoder
+        chosen, rejected = [], []
+        for prompt, best, other in pairs:
+            (c, r), _ = encoder.encode(as_messages(prompt), [best, other])
+            chosen.append(c)
+            rejected.append(r)
+        with torch.no_grad(), weights_of(self.policy, reference):
+            ref_chosen, ref_rejected = sequence_logps(self.policy, chosen), sequence_logps(self.policy, rejected)
+        self.policy.train()
+        logps = sequence_logps(self.policy, chosen + rejected)
+        chosen_logps, rejected_logps = logps[: len(chosen)], logps[len(chosen) :]
+        lengths = torch.tensor([max(len(c.response_ids), 1) for c in chosen], dtype=logps.dtype)
+        loss = policy_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, self.config.beta).mean() \
+            + self.config.nll_weight * (-chosen_logps / lengths).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.policy.eval()
+        return float(loss.detach())
+
+    def _evaluate(self, iteration: int, dev: dict[str, Sequence[PromptRow]], stats: dict) -> dict:
+        accuracy = {name: dev_accuracy(self.policy, rows, self.config.max_new_tokens) for name, rows in dev.items()}
+        return {"iteration": iteration, "accuracy": accuracy, **stats, "bandit_counts": self.selector.arm_counts()}
+
+    def _checkpoint(self, record: dict) -> None:
+        directory = self.output_dir / f"iter-{record['iteration']}"
+        self.policy.backbone.save_pretrained(directory / "adapter")
+        self.selector.save_state(directory / "bandit_state.safetensors")
+        (directory / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        with open(self.output_dir / "history.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        (self.output_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    def _resume(self) -> list[dict]:
+        history_path = self.output_dir / "history.jsonl"
+        if not history_path.exists():
+            return []
+        history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
+        saved = json.loads((self.output_dir / "config.json").read_text())
+        if {k: v for k, v in saved.items() if k != "iterations"} != {k: v for k, v in asdict(self.config).items() if k != "iterations"}:
+            raise UserError(f"{self.output_dir}: was run with other settings ({saved}); resume with the same ones")
+        directory = self.output_dir / f"iter-{history[-1]['iteration']}"
+        set_peft_model_state_dict(self.policy.backbone, load_file(directory / "adapter" / "adapter_model.safetensors"))
+        self.selector.load_state(directory / "bandit_state.safetensors")
+        return history

@@ -1,0 +1,108 @@
+"""LASeR: a contextual bandit picks, per prompt or per call, which member source gives the reward.
+
+Only the chosen member scores a row, so a bandit over K sources costs about one source's scoring.
+Feedback (`feedback(context, arm, raw)`) is normalised by running percentiles (PercentileNormalizer) and
+updates the bandit; every choice is logged with its context id (a hash of the prompt). The state
+(bandit statistics, normaliser history, step count) saves to and loads from one safetensors file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..bandits import PercentileNormalizer, make_bandit
+from ..data.encode import as_messages
+from ..errors import UserError
+from . import RewardScores
+
+PER = ("instance", "batch")
+
+
+def context_id(prompt) -> str:
+    return hashlib.sha256(repr(as_messages(prompt)).encode()).hexdigest()[:12]
+
+
+class BanditSelector:
+    def __init__(self, members: dict[str, object], context, algorithm: str = "linucb", per: str = "instance",
+                 seed: int = 0, state_path: str | Path | None = None, **params: float):
+        if len(members) < 2:
+            raise UserError("bandit: needs at least two members to choose from")
+        if per not in PER:
+            raise UserError(f"bandit: per must be one of {', '.join(PER)}, not {per!r}")
+        self.members, self.names = members, list(members)
+        self.context, self.per, self.algorithm = context, per, algorithm
+        self.bandit = make_bandit(algorithm, len(members), context.dim, seed=seed, **params)
+        self.normalizer = PercentileNormalizer()
+        self.log: list[dict] = []
+        self.state_path = Path(state_path) if state_path else None
+        if self.state_path is not None and self.state_path.exists():
+            self.load_state(self.state_path)
+
+    def select(self, prompts: Sequence) -> tuple[np.ndarray, list[int]]:
+        """Contexts of `prompts` and one arm per prompt (per instance) or the same arm for all (per batch,
+        chosen on the mean context)."""
+        contexts = self.context.encode(prompts)
+        if self.per == "batch":
+            arm = self.bandit.select(contexts.mean(axis=0))
+            return contexts, [arm] * len(prompts)
+        return contexts, [self.bandit.select(x) for x in contexts]
+
+    def feedback(self, context: np.ndarray, arm: int, raw: float, prompt=None) -> float:
+        """Update the bandit with a raw feedback value; returns the normalised reward in [0, 1]."""
+        reward = self.normalizer(raw)
+        self.bandit.update(context, arm, reward)
+        self.log.append({"step": len(self.log), "context_id": None if prompt is None else context_id(prompt),
+                         "arm": self.names[arm], "feedback": float(raw), "reward": reward})
+        return reward
+
+    def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
+        """Each distinct prompt's rows scored by the member the bandit picks for it; parts["arm"] = arm index."""
+        by_prompt: dict[str, list[int]] = defaultdict(list)
+        for i, prompt in enumerate(prompts):
+            by_prompt[repr(as_messages(prompt))].append(i)
+        firsts = [prompts[rows[0]] for rows in by_prompt.values()]
+        _, arms = self.select(firsts)
+        arm_of_row = np.empty(len(prompts), dtype=np.int64)
+        for arm, rows in zip(arms, by_prompt.values()):
+            arm_of_row[rows] = arm
+        mean, std, truncated = np.empty(len(prompts)), np.full(len(prompts), np.nan), 0
+        for arm, name in enumerate(self.names):
+            rows = np.flatnonzero(arm_of_row == arm)
+            if len(rows):
+                scores = self.members[name].score([prompts[i] for i in rows], [responses[i] for i in rows], batch_size=batch_size)
+                mean[rows], truncated = scores.mean, truncated + scores.truncated
+                if scores.std is not None:
+                    std[rows] = scores.std
+        return RewardScores(mean=mean, std=None if np.isnan(std).any() else std, parts={"arm": arm_of_row.astype(np.float64)}, truncated=truncated)
+
+    def save_state(self, path: str | Path | None = None) -> Path:
+        path = Path(path or self.state_path or "bandit_state.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"bandit.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.bandit.state().items()}
+        tensors["normalizer.history"] = torch.from_numpy(self.normalizer.history.copy())
+        meta = {"algorithm": self.algorithm, "members": json.dumps(self.names), "dim": str(self.context.dim), "steps": str(len(self.log))}
+        save_file(tensors, path, metadata=meta)
+        return path
+
+    def load_state(self, path: str | Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+        if meta.get("algorithm") != self.algorithm or json.loads(meta.get("members", "[]")) != self.names:
+            raise UserError(f"{path}: bandit state of {meta.get('algorithm')} over {meta.get('members')}, "
+                            f"not {self.algorithm} over {self.names}")
+        tensors = load_file(str(path))
+        self.bandit.load_state({k.removeprefix("bandit."): v.numpy() for k, v in tensors.items() if k.startswith("bandit.")})
+        self.normalizer.history = tensors["normalizer.history"].numpy().copy()
+
+    def arm_counts(self) -> dict[str, int]:
+        return {name: int(count) for name, count in zip(self.names, self.bandit.counts)}

@@ -1,0 +1,208 @@
+"""Contextual bandits (LASeR): algorithms, normaliser, state, the bandit source and best-of-n with feedback."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from rewardstack.bandits import EpsilonGreedy, Exp3, LinearThompson, LinUCB, PercentileNormalizer, make_bandit
+from rewardstack.context import ContextEncoder
+from rewardstack.errors import UserError
+from rewardstack.sources import RewardScores, load_source
+from rewardstack.sources.bandit import BanditSelector
+
+from conftest import cli, write_rows
+
+
+def linear_problem(seed=0, dim=6, arms=3):
+    """Arm k's expected reward at context x is θ_k·x (contexts: unit vectors plus an intercept)."""
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(size=(arms, dim))
+
+    def context():
+        x = rng.normal(size=dim - 1)
+        return np.append(x / np.linalg.norm(x), 1.0)
+
+    return theta, context, rng
+
+
+def run(bandit, theta, context, rng, rounds):
+    regret, right = [], []
+    for _ in range(rounds):
+        x = context()
+        means = theta @ x
+        arm = bandit.select(x)
+        bandit.update(x, arm, means[arm] + rng.normal(scale=0.1))
+        regret.append(means.max() - means[arm])
+        right.append(arm == int(np.argmax(means)))
+    return np.array(regret), np.array(right)
+
+
+def test_linucb_learns_the_best_arm_per_context():
+    theta, context, rng = linear_problem()
+    regret, right = run(LinUCB(3, 6, alpha=0.5), theta, context, rng, 1500)
+    random_regret = np.mean([np.max(theta @ x) - np.mean(theta @ x) for x in (context() for _ in range(2000))])
+    assert regret[-300:].mean() < 0.1 * random_regret
+    assert right[-300:].mean() > 0.9
+    assert regret[:300].mean() > 2 * regret[-300:].mean()  # regret per round falls: it learns
+
+
+def test_thompson_exp3_and_epsilon_greedy_find_a_clearly_best_arm():
+    theta, context, rng = linear_problem(seed=1)
+    _, right = run(LinearThompson(3, 6, scale=0.2), theta, context, rng, 1500)
+    assert right[-300:].mean() > 0.85
+    for bandit in (Exp3(3, gamma=0.1, seed=0), EpsilonGreedy(3, epsilon=0.1, seed=0)):  # context-free: arm 2 pays 0.8, others 0.2
+        for _ in range(1500):
+            arm = bandit.select(None)
+            bandit.update(None, arm, 0.8 if arm == 2 else 0.2)
+        assert bandit.counts[2] > 0.75 * 1500
+
+
+def test_sherman_morrison_equals_direct_inversion():
+    rng = np.random.default_rng(0)
+    bandit = LinUCB(2, 4, alpha=1.0, ridge=2.0)
+    xs = rng.normal(size=(30, 4))
+    for i, x in enumerate(xs):
+        bandit.update(x, i % 2, float(i))
+    for arm in (0, 1):
+        rows = xs[arm::2]
+        A = 2.0 * np.eye(4) + rows.T @ rows
+        b = sum(float(i) * xs[i] for i in range(arm, 30, 2))
+        assert bandit.A_inv[arm] == pytest.approx(np.linalg.inv(A), abs=1e-10)
+        assert bandit.theta()[arm] == pytest.approx(np.linalg.solve(A, b), abs=1e-9)
+    x = xs[0]
+    bound = bandit.theta()[1] @ x + np.sqrt(x @ np.linalg.inv(2.0 * np.eye(4) + xs[1::2].T @ xs[1::2]) @ x)
+    assert bandit.upper_bounds(x)[1] == pytest.approx(bound)
+
+
+def test_percentile_normalizer_by_hand():
+    normalize = PercentileNormalizer()
+    assert normalize(3.0) == 0.5  # one value: q20 = q80
+    # history [3, 5]: q20 = 3.4, q80 = 4.6 → (5 − 3.4)/1.2 clipped to 1
+    assert normalize(5.0) == 1.0
+    # history [3, 5, 4]: q20 = 3.4, q80 = 4.6 → (4 − 3.4)/1.2 = 0.5
+    assert normalize(4.0) == pytest.approx(0.5)
+    assert normalize(-10.0) == 0.0
+
+
+def test_make_bandit_errors():
+    with pytest.raises(UserError, match="one of linucb"):
+        make_bandit("ucb1", 2, 3)
+    with pytest.raises(UserError, match="unknown parameter"):
+        make_bandit("linucb", 2, 3, gamma=0.1)
+
+
+class Table:
+    """A source with a reward per response text."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, 0
+
+    def score(self, prompts, responses, batch_size=16):
+        self.calls += len(responses)
+        return RewardScores(mean=np.array([self.table[r] for r in responses], dtype=float))
+
+
+class Lookup:
+    """Contexts by prompt text: `math…` prompts → e1, others → e2 (plus the intercept)."""
+
+    dim = 3
+
+    def encode(self, prompts):
+        return np.array([[1.0, 0.0, 1.0] if str(p).startswith("math") else [0.0, 1.0, 1.0] for p in prompts])
+
+
+def test_bandit_source_scores_each_prompt_with_one_member_and_state_round_trips(tmp_path):
+    a, b = Table({"x": 1.0, "y": 2.0}), Table({"x": 10.0, "y": 20.0})
+    selector = BanditSelector({"a": a, "b": b}, Lookup(), "linucb", alpha=0.0)
+    context = Lookup().encode(["math 1"])[0]
+    for _ in range(5):  # b is the right choice for math prompts, a for the others
+        selector.feedback(context, 1, 1.0, "math 1")
+        selector.feedback(context, 0, 0.0, "math 1")
+        selector.feedback(Lookup().encode(["chat"])[0], 0, 1.0, "chat")
+        selector.feedback(Lookup().encode(["chat"])[0], 1, 0.0, "chat")
+    scores = selector.score(["math 1", "chat", "math 1"], ["x", "y", "y"])
+    assert scores.mean.tolist() == [10.0, 2.0, 20.0] and scores.parts["arm"].tolist() == [1.0, 0.0, 1.0]
+    assert a.calls == 1 and b.calls == 2  # only the chosen member scores a row
+    path = selector.save_state(tmp_path / "state.safetensors")
+    again = BanditSelector({"a": a, "b": b}, Lookup(), "linucb", state_path=path, alpha=0.0)
+    assert again.bandit.A_inv == pytest.approx(selector.bandit.A_inv) and again.arm_counts() == {"a": 10, "b": 10}
+    assert again.normalizer.history.tolist() == selector.normalizer.history.tolist()
+    assert selector.log[0]["context_id"] == selector.log[1]["context_id"] != selector.log[2]["context_id"]
+    with pytest.raises(UserError, match="not thompson"):
+        BanditSelector({"a": a, "b": b}, Lookup(), "thompson", state_path=path)
+    batch = BanditSelector({"a": a, "b": b}, Lookup(), "linucb", per="batch")
+    assert len(set(batch.select(["math 1", "chat"])[1])) == 1
+
+
+def test_policy_context_features():
+    encoder = ContextEncoder("policy", "tiny-random", dim=8)
+    features = encoder.encode(["What is 2 + 2?", "Write a poem.", "What is 2 + 2?"])
+    assert features.shape == (3, 9) and features[:, -1].tolist() == [1.0, 1.0, 1.0]
+    assert np.linalg.norm(features[:, :-1], axis=1) == pytest.approx([1.0] * 3)
+    assert features[0].tolist() == features[2].tolist() and features[0].tolist() != features[1].tolist()
+    words = ContextEncoder("words", dim=4).encode(["math math", "Math, MATH!"])
+    assert words[0].tolist() == words[1].tolist() and sorted(np.abs(words[0][:-1]).tolist()) == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_bon_with_a_bandit_learns_from_gold_and_reports_baselines(tmp_path):
+    """Two rule members: `length` is right on math prompts (gold = longest), `short` on the others."""
+    (tmp_path / "rules.py").write_text(
+        "def length(prompt, response):\n    return float(len(response))\n"
+        "def short(prompt, response):\n    return -float(len(response))\n")
+    pools = []
+    for i in range(40):
+        responses = ["a", "bb", "ccc"]
+        math = i % 2 == 0
+        pools.append({"id": str(i), "prompt": f"{'math' if math else 'chat'} question {i}", "responses": responses,
+                      "gold": [0.0, 0.5, 1.0] if math else [1.0, 0.5, 0.0], "group": "math" if math else "chat"})
+    write_rows(tmp_path / "pools.jsonl", pools)
+    tree = {"kind": "bandit", "algorithm": "linucb", "params": {"alpha": 0.2}, "context": {"kind": "words", "dim": 16},
+            "members": [{"name": "long", "source": {"kind": "rule", "function": "rules:length"}},
+                        {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]}
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
+    out = tmp_path / "out"
+    result = cli("bon", "--reward", tmp_path / "bandit.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "gold", "--output-dir", out)
+    summary = json.loads((out / "summary.json").read_text())
+    curves = summary["curves"]
+    assert set(curves) == {"bandit", "random", "ensemble", "only:long", "only:short"}
+    # each member alone: right on half the pools. Best-of-3 by length on a math pool has gold 1, on a chat pool 0.
+    assert curves["only:long"]["gold"][2] == pytest.approx(0.5) and curves["random"]["gold"][2] == pytest.approx(0.5)
+    # the mean of length and −length is 0 for every response: ties, so best-of-3 is a random response (gold ½)
+    assert curves["ensemble"]["gold"][2] == pytest.approx(0.5)
+    assert curves["bandit"]["gold"][2] > 0.7  # it learns which member suits which kind of prompt
+    counts = summary["arm_counts_by_group"]
+    assert counts["math"]["long"] > counts["math"]["short"] and counts["chat"]["short"] > counts["chat"]["long"]
+    assert sum(summary["arm_counts"].values()) == 40 and "arm counts by group" in result.stdout
+    assert (out / "bandit_state.safetensors").exists() and len((out / "bandit_log.jsonl").read_text().splitlines()) == 40
+    assert load_source(tmp_path / "bandit.yaml").arm_counts() == {"long": 0, "short": 0}  # no state path: starts fresh
+    error = cli("bon", "--reward", tmp_path / "bandit.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "user", "--output-dir", out, check_rc=2)
+    assert "--feedback 'user'" in error.stderr
+
+
+def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
+    from safetensors.torch import load_file
+
+    (tmp_path / "rules.py").write_text(  # random-byte samples of one length: rank them by their code points
+        "def length(prompt, response):\n    return float(sum(map(ord, response)) % 97)\n"
+        "def short(prompt, response):\n    return -float(sum(map(ord, response)) % 97)\n")
+    tree = {"kind": "bandit", "algorithm": "linucb", "context": {"kind": "words", "dim": 8},
+            "members": [{"name": "long", "source": {"kind": "rule", "function": "rules:length"}},
+                        {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]}
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
+    write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)])
+    out = tmp_path / "run"
+    common = ["--reward", tmp_path / "bandit.yaml", "--prompts", tmp_path / "prompts.jsonl", "--dev", tmp_path / "prompts.jsonl",
+              "--policy", "tiny-random", "--batch-prompts", "2", "--n", "3", "--max-new-tokens", "6", "--learning-rate", "1e-2", "--output-dir", out]
+    result = cli("optimize", *common, "--iterations", "1")
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [0, 1] and history[1]["batches"] == 2
+    assert history[1]["pairs"] > 0 and sum(history[1]["arms"].values()) == 2 and sum(history[1]["bandit_counts"].values()) == 2 - history[1]["skipped_batches"]
+    assert "iteration 1: prompts.jsonl=" in result.stdout
+    before, after = (load_file(out / f"iter-{i}" / "adapter" / "adapter_model.safetensors") for i in (0, 1))
+    assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)  # the update moved the LoRA weights
+    cli("optimize", *common, "--iterations", "2", "--resume")
+    assert [json.loads(line)["iteration"] for line in (out / "history.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert "--resume" in cli("optimize", *common, "--iterations", "2", check_rc=2).stderr
+    assert "single:NAME" in cli("optimize", *common, "--selection", "single:nope", "--output-dir", tmp_path / "x", check_rc=2).stderr
