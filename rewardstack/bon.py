@@ -116,12 +116,8 @@ def score_pools(source, pools: Sequence["Pool"], batch_size: int = 16) -> tuple[
     scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
     per_pool, start = [], 0
     for pool in pools:
-        rows = slice(start, start + len(pool.responses))
-        per_pool.append(RewardScores(
-            mean=scores.mean[rows], std=None if scores.std is None else scores.std[rows],
-            parts={name: values[rows] for name, values in scores.parts.items()},
-        ))
-        start = rows.stop
+        per_pool.append(scores.rows(slice(start, start + len(pool.responses))))
+        start += len(pool.responses)
     return per_pool, scores.truncated
 
 
@@ -172,7 +168,8 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
         raise UserError("best-of-n: no pools")
     if any(pool.gold is None for pool in pools):
         raise UserError("bandit best-of-n: --feedback gold needs gold for every pool (gold, answer, or --gold-reward)")
-    member_scores = {name: score_pools(member, pools, batch_size)[0] for name, member in selector.members.items()}
+    scored = {name: score_pools(member, pools, batch_size) for name, member in selector.members.items()}
+    member_scores = {name: scores for name, (scores, _) in scored.items()}
     moments = {}  # each member's mean and std over every response, for the ensemble's z-scores
     for name, scores in member_scores.items():
         values = np.concatenate([s.mean for s in scores])
@@ -195,7 +192,7 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
                         "objectives": {method: {"gold": curve.tolist()} for method, curve in curves.items()}})
     methods = list(records[0]["objectives"])
     return {"pools": records, "curves": {m: {"gold": np.mean([r["objectives"][m]["gold"] for r in records], axis=0).tolist()} for m in methods},
-            "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": 0,
+            "n": ns, "kl": best_of_n_kl(np.array(ns)).tolist(), "truncated": max(truncated for _, truncated in scored.values()),
             "arms": [r["arm"] for r in records], "arm_counts_by_group": dict(by_group), "arm_counts": selector.arm_counts()}
 
 

@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.encode import Encoder, as_messages
+from .data.encode import Encoder, as_messages, prompt_key
 from .data.load import Message
 from .errors import UserError
 
@@ -66,7 +66,7 @@ class ContextEncoder:
     @torch.no_grad()
     def encode(self, prompts: Sequence[str | Sequence[Message]]) -> np.ndarray:
         """(len(prompts), self.dim) features; each distinct prompt is embedded once."""
-        keys = [repr(as_messages(p)) for p in prompts]
+        keys = [prompt_key(p) for p in prompts]
         for key, prompt in zip(keys, prompts):
             if key not in self._cache:
                 self._cache[key] = self._features(self._embed(prompt))

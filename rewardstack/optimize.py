@@ -25,10 +25,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import yaml
 from peft import set_peft_model_state_dict
 from safetensors.torch import load_file
 
-from .data.encode import Encoded, as_messages, pad_right
+from .data.encode import as_messages, encode_pairs
+from .data.load import PreferencePair
 from .data.pools import PromptRow
 from .errors import UserError
 from .gold import answer_is_correct
@@ -37,6 +39,7 @@ from .model import ModelConfig, RewardModel
 from .sampling import SamplingConfig, sample_responses
 from .sources.bandit import BanditSelector
 from .sources.combine import Ensemble
+from .train import check_same_run, collate_pairs
 
 SELECTIONS = ("bandit", "random", "ensemble", "single:NAME")
 
@@ -86,24 +89,16 @@ def weights_of(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
                 params[name].copy_(value)
 
 
-def sequence_logps(policy: RewardModel, sequences: Sequence[Encoded]) -> torch.Tensor:
-    """log π(y|x) of each sequence (response tokens only), differentiable."""
-    ids, mask = pad_right([s.ids for s in sequences], policy.tokenizer.pad_token_id)
-    prompt = torch.tensor([len(s.prompt_ids) for s in sequences])
-    hidden = policy.decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-    return policy.response_logprobs(hidden, ids, mask, prompt)
-
-
-def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewards: Sequence[np.ndarray], per_prompt: int) -> list[tuple]:
-    """(prompt, best, other) for each prompt's best response and its next `per_prompt` ranked responses
-    with a strictly lower reward and a different text."""
+def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewards: Sequence[np.ndarray], per_prompt: int) -> list[PreferencePair]:
+    """Each prompt's best response over its next `per_prompt` ranked responses with a strictly lower
+    reward and a different text."""
     pairs = []
     for prompt, texts, values in zip(prompts, responses, rewards):
         order = np.argsort(-np.asarray(values), kind="stable")
         best = order[0]
         for other in order[1 : 1 + per_prompt]:
             if values[other] < values[best] and texts[other] != texts[best]:
-                pairs.append((prompt, texts[best], texts[other]))
+                pairs.append(PreferencePair(as_messages(prompt), texts[best], texts[other]))
     return pairs
 
 
@@ -123,11 +118,16 @@ class Optimizer:
         self.ensemble = Ensemble(selector.members, "mean")
 
     def run(self, prompts: Sequence[PromptRow], dev: dict[str, Sequence[PromptRow]], resume: bool = False) -> list[dict]:
-        history_path = self.output_dir / "history.jsonl"
-        history = self._resume() if resume else []
-        if not resume and history_path.exists():
-            raise UserError(f"{self.output_dir}: has a run already; pass --resume to continue it or choose another --output-dir")
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        run_config = {k: v for k, v in asdict(self.config).items() if k != "iterations"}  # more iterations may follow
+        if resume:
+            check_same_run(self.output_dir, run_config)
+            history = self._resume()
+        else:
+            if (self.output_dir / "history.jsonl").exists():
+                raise UserError(f"{self.output_dir}: has a run already; pass --resume to continue it or choose another --output-dir")
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+            history = []
         if not history:
             history.append(self._evaluate(0, dev, {"seconds": 0.0, "batches": 0, "pairs": 0, "skipped_batches": 0, "arms": {}}))
             self._checkpoint(history[-1])
@@ -174,25 +174,20 @@ class Optimizer:
         if kind == "random":
             arm = int(self.rng.integers(len(self.selector.names)))
             return None, self.selector.names[arm], self.selector.members[self.selector.names[arm]], None
-        context = self.selector.context.encode(prompts).mean(axis=0)
-        arm = self.selector.bandit.select(context)
+        context, arm = self.selector.select_batch(prompts)
         return arm, self.selector.names[arm], self.selector.members[self.selector.names[arm]], context
 
-    def _step(self, pairs: list[tuple], reference: dict[str, torch.Tensor]) -> float:
-        encoder = self.policy.encoder
-        chosen, rejected = [], []
-        for prompt, best, other in pairs:
-            (c, r), _ = encoder.encode(as_messages(prompt), [best, other])
-            chosen.append(c)
-            rejected.append(r)
+    def _step(self, pairs: list[PreferencePair], reference: dict[str, torch.Tensor]) -> float:
+        batch = collate_pairs(encode_pairs(self.policy.encoder, pairs), list(range(len(pairs))), self.policy.tokenizer.pad_token_id)
+        inputs = (batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+        n = len(pairs)
         with torch.no_grad(), weights_of(self.policy, reference):
-            ref_chosen, ref_rejected = sequence_logps(self.policy, chosen), sequence_logps(self.policy, rejected)
+            ref_logps = self.policy(*inputs)[1]
         self.policy.train()
-        logps = sequence_logps(self.policy, chosen + rejected)
-        chosen_logps, rejected_logps = logps[: len(chosen)], logps[len(chosen) :]
-        lengths = torch.tensor([max(len(c.response_ids), 1) for c in chosen], dtype=logps.dtype)
-        loss = policy_loss(chosen_logps, rejected_logps, ref_chosen, ref_rejected, self.config.beta).mean() \
-            + self.config.nll_weight * (-chosen_logps / lengths).mean()
+        logps = self.policy(*inputs)[1]
+        lengths = batch.response_lengths[:n].clamp(min=1)
+        loss = policy_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], self.config.beta).mean() \
+            + self.config.nll_weight * (-logps[:n] / lengths).mean()
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
@@ -210,16 +205,12 @@ class Optimizer:
         (directory / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         with open(self.output_dir / "history.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        (self.output_dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
 
     def _resume(self) -> list[dict]:
         history_path = self.output_dir / "history.jsonl"
-        if not history_path.exists():
+        if not history_path.exists():  # stopped before its first checkpoint
             return []
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
-        saved = json.loads((self.output_dir / "config.json").read_text())
-        if {k: v for k, v in saved.items() if k != "iterations"} != {k: v for k, v in asdict(self.config).items() if k != "iterations"}:
-            raise UserError(f"{self.output_dir}: was run with other settings ({saved}); resume with the same ones")
         directory = self.output_dir / f"iter-{history[-1]['iteration']}"
         set_peft_model_state_dict(self.policy.backbone, load_file(directory / "adapter" / "adapter_model.safetensors"))
         self.selector.load_state(directory / "bandit_state.safetensors")

@@ -170,7 +170,7 @@ def train(
     run_config = {"data": str(data), "eval_data": [str(e) for e in eval_data], **asdict(config)}
     start_step = 0
     if resume:
-        _check_same_run(output_dir, run_config)
+        check_same_run(output_dir, run_config)
         start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -280,7 +280,7 @@ def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, 
         shutil.rmtree(old)
 
 
-def _check_same_run(output_dir: Path, run_config: dict[str, Any]) -> None:
+def check_same_run(output_dir: Path, run_config: dict[str, Any]) -> None:
     """A resumed run must use the options it was started with, or its result would be neither run."""
     path = output_dir / "config.yaml"
     if not path.exists():

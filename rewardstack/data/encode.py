@@ -84,6 +84,11 @@ def as_messages(prompt: str | Sequence[Message]) -> tuple[Message, ...]:
     return tuple(prompt)
 
 
+def prompt_key(prompt: str | Sequence[Message]) -> str:
+    """One string per distinct prompt, a plain string and its one-user-turn form alike."""
+    return repr(as_messages(prompt))
+
+
 def pad_right(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask), right-padded to the longest sequence."""
     width = max(len(s) for s in sequences)

@@ -13,8 +13,6 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..sources import RewardScores
 
 
@@ -113,12 +111,9 @@ class DynamicBatcher:
         self._record(batch, len(responses))
         start = 0
         for job in batch:
-            rows = slice(start, start + len(job.responses))
-            start = rows.stop
             if not job.future.done():  # a client that hung up cancelled its future
-                job.future.set_result(RewardScores(
-                    mean=scores.mean[rows], std=None if scores.std is None else scores.std[rows],
-                    parts={name: np.asarray(values)[rows] for name, values in scores.parts.items()}, truncated=job.truncated))
+                job.future.set_result(scores.rows(slice(start, start + len(job.responses)), job.truncated))
+            start += len(job.responses)
 
     def _record(self, batch: list[Job], rows: int) -> None:
         stats = self.stats

@@ -22,6 +22,11 @@ class RewardScores:
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     truncated: int = 0
 
+    def rows(self, rows: slice, truncated: int = 0) -> "RewardScores":
+        """The scores of some rows; `truncated` is theirs to give (a count cannot be split by rows)."""
+        return RewardScores(mean=self.mean[rows], std=None if self.std is None else self.std[rows],
+                            parts={name: np.asarray(values)[rows] for name, values in self.parts.items()}, truncated=truncated)
+
 
 class RewardSource(Protocol):
     def score(self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str], batch_size: int = 16) -> RewardScores: ...

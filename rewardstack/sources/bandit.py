@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..bandits import PercentileNormalizer, make_bandit
-from ..data.encode import as_messages
+from ..data.encode import prompt_key
 from ..errors import UserError
 from . import RewardScores
 
@@ -27,7 +27,7 @@ PER = ("instance", "batch")
 
 
 def context_id(prompt) -> str:
-    return hashlib.sha256(repr(as_messages(prompt)).encode()).hexdigest()[:12]
+    return hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:12]
 
 
 class BanditSelector:
@@ -47,13 +47,17 @@ class BanditSelector:
             self.load_state(self.state_path)
 
     def select(self, prompts: Sequence) -> tuple[np.ndarray, list[int]]:
-        """Contexts of `prompts` and one arm per prompt (per instance) or the same arm for all (per batch,
-        chosen on the mean context)."""
-        contexts = self.context.encode(prompts)
+        """Contexts of `prompts` and one arm per prompt (per instance) or the same arm for all (per batch)."""
         if self.per == "batch":
-            arm = self.bandit.select(contexts.mean(axis=0))
-            return contexts, [arm] * len(prompts)
+            context, arm = self.select_batch(prompts)
+            return np.repeat(context[None], len(prompts), axis=0), [arm] * len(prompts)
+        contexts = self.context.encode(prompts)
         return contexts, [self.bandit.select(x) for x in contexts]
+
+    def select_batch(self, prompts: Sequence) -> tuple[np.ndarray, int]:
+        """One arm for all `prompts`, chosen on their mean context; returns (that context, the arm)."""
+        context = self.context.encode(prompts).mean(axis=0)
+        return context, self.bandit.select(context)
 
     def feedback(self, context: np.ndarray, arm: int, raw: float, prompt=None) -> float:
         """Update the bandit with a raw feedback value; returns the normalised reward in [0, 1]."""
@@ -67,7 +71,7 @@ class BanditSelector:
         """Each distinct prompt's rows scored by the member the bandit picks for it; parts["arm"] = arm index."""
         by_prompt: dict[str, list[int]] = defaultdict(list)
         for i, prompt in enumerate(prompts):
-            by_prompt[repr(as_messages(prompt))].append(i)
+            by_prompt[prompt_key(prompt)].append(i)
         firsts = [prompts[rows[0]] for rows in by_prompt.values()]
         _, arms = self.select(firsts)
         arm_of_row = np.empty(len(prompts), dtype=np.int64)
