@@ -1,4 +1,5 @@
-"""Gold rewards from verifiable answers: extract a solution's final answer and compare it with the truth."""
+"""Gold rewards from verifiable answers: extract a solution's final answer and compare it with the truth
+(numbers and math expressions, or yes/no)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_YES_NO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+_TRUTH = {"yes": True, "true": True, "no": False, "false": False}
 
 
 def extract_answer(text: str) -> str | None:
@@ -43,9 +46,23 @@ def normalize_answer(answer: str) -> str:
     return f"{value:.10g}" if math.isfinite(value) else text
 
 
+def yes_no_answer(text: str) -> bool | None:
+    """The truth value a reply states: its first word when that is yes/no/true/false (case ignored),
+    else the last such word in the text; None when there is none."""
+    words = _YES_NO.findall(text)
+    if not words:
+        return None
+    first = _YES_NO.match(text.lstrip(" \t\n*\"'"))
+    return _TRUTH[(first.group(1) if first else words[-1]).lower()]
+
+
 def answer_is_correct(response: str, answer: str) -> bool:
-    """Whether the response's final answer (extract_answer) equals `answer` after normalize_answer;
-    numbers compare within 1e-6 relative."""
+    """Whether the response's final answer equals `answer`. A yes/no/true/false answer (case ignored)
+    compares with yes_no_answer(response); any other with extract_answer(response) after
+    normalize_answer, numbers within 1e-6 relative."""
+    truth = _TRUTH.get(answer.strip().lower())
+    if truth is not None:
+        return yes_no_answer(response) is truth
     found = extract_answer(response)
     if found is None:
         return False

@@ -1,14 +1,18 @@
-"""Iterative preference optimisation with a reward source chosen per batch (LASeR).
+"""Iterative preference optimisation with the reward source chosen per prompt or per batch (LASeR).
 
 For iterations m = 1 … M over the prompts (shuffled with seed + m), batch by batch:
-1. choose a source: the bandit on the batch's mean context (`bandit`), one member (`single:NAME`), a
-   uniformly random member (`random`), or the mean of all members (`ensemble`);
-2. sample n responses per prompt from the current policy (LoRA on the backbone) and score them;
+1. choose a source for each prompt: the bandit on the prompt's context (per instance) or one for the
+   batch on its mean context (per batch, the selector's `per`) (`bandit`); one member (`single:NAME`); a
+   uniformly random member, per prompt or per batch as the bandit would (`random`); or the mean of all
+   members (`ensemble`);
+2. sample n responses per prompt from the current policy (LoRA on the backbone) and score each prompt's
+   responses with its source;
 3. pairs: each prompt's best response against each of the next `pairs_per_prompt` ranked ones (strictly
    lower reward);
-4. one AdamW step on L = DPO(β) + w_nll · (−log π(y_best|x) / |y_best|), the reference being the policy
-   at the start of the iteration (previous iteration's policy);
-5. the bandit's feedback is −L (normalised by running percentiles).
+4. one AdamW step on L = mean over pairs of DPO(β) + w_nll · (−log π(y_best|x) / |y_best|), the
+   reference being the policy at the start of the iteration (previous iteration's policy);
+5. the bandit's feedback is −L of the prompt's own pairs (per instance) or of the batch (per batch),
+   normalised by running percentiles.
 After each iteration: greedy accuracy on every dev set (answers checked), a checkpoint
 (iter-m/: adapter, bandit state, metrics.json) and a line in history.jsonl; `resume` continues after
 the newest checkpoint.
@@ -89,17 +93,18 @@ def weights_of(model: torch.nn.Module, weights: dict[str, torch.Tensor]):
                 params[name].copy_(value)
 
 
-def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewards: Sequence[np.ndarray], per_prompt: int) -> list[PreferencePair]:
+def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewards: Sequence[np.ndarray], per_prompt: int) -> tuple[list[PreferencePair], list[int]]:
     """Each prompt's best response over its next `per_prompt` ranked responses with a strictly lower
-    reward and a different text."""
-    pairs = []
-    for prompt, texts, values in zip(prompts, responses, rewards):
+    reward and a different text; returns the pairs and the index of each pair's prompt."""
+    pairs, owners = [], []
+    for i, (prompt, texts, values) in enumerate(zip(prompts, responses, rewards)):
         order = np.argsort(-np.asarray(values), kind="stable")
         best = order[0]
         for other in order[1 : 1 + per_prompt]:
             if values[other] < values[best] and texts[other] != texts[best]:
                 pairs.append(PreferencePair(as_messages(prompt), texts[best], texts[other]))
-    return pairs
+                owners.append(i)
+    return pairs, owners
 
 
 def dev_accuracy(policy: RewardModel, rows: Sequence[PromptRow], max_new_tokens: int) -> float:
@@ -142,42 +147,65 @@ class Optimizer:
         reference = {name: p.detach().clone() for name, p in self.trainable.items()}
         order = np.random.default_rng(self.config.seed + iteration).permutation(len(prompts))
         batches = [order[i : i + self.config.batch_prompts] for i in range(0, len(order), self.config.batch_prompts)]
-        stats = {"batches": len(batches), "pairs": 0, "skipped_batches": 0, "arms": {}, "losses": []}
+        stats = {"batches": len(batches), "pairs": 0, "skipped_batches": 0, "arms": {}, "arms_by_group": {}, "losses": []}
         for b, batch in enumerate(batches):
             rows = [prompts[i] for i in batch]
-            arm, name, source, context = self._choose([r.prompt for r in rows])
-            stats["arms"][name] = stats["arms"].get(name, 0) + 1
+            prompts_b = [r.prompt for r in rows]
+            names, contexts, arms = self._choose(prompts_b)
+            for row, name in zip(rows, names):
+                stats["arms"][name] = stats["arms"].get(name, 0) + 1
+                by_group = stats["arms_by_group"].setdefault(row.group or "all", {})
+                by_group[name] = by_group.get(name, 0) + 1
             sampling = SamplingConfig(n=self.config.n, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens,
                                       seed=self.config.seed + 1000 * iteration + 100_000 * b)
-            responses = sample_responses(self.policy.backbone, self.policy.tokenizer, [r.prompt for r in rows], sampling).responses
-            flat = source.score([r.prompt for r, texts in zip(rows, responses) for _ in texts], [t for texts in responses for t in texts]).mean
-            rewards = [flat[i * self.config.n : (i + 1) * self.config.n] for i in range(len(rows))]
-            pairs = preference_pairs([r.prompt for r in rows], responses, rewards, self.config.pairs_per_prompt)
+            responses = sample_responses(self.policy.backbone, self.policy.tokenizer, prompts_b, sampling).responses
+            rewards = self._score(prompts_b, responses, names)
+            pairs, owners = preference_pairs(prompts_b, responses, rewards, self.config.pairs_per_prompt)
             if not pairs:
                 stats["skipped_batches"] += 1
                 continue
-            loss = self._step(pairs, reference)
+            losses = self._step(pairs, reference)
             stats["pairs"] += len(pairs)
-            stats["losses"].append(loss)
-            if arm is not None:
-                self.selector.feedback(context, arm, -loss)
+            stats["losses"].append(float(losses.mean()))
+            if arms is not None:
+                self._feedback(prompts_b, contexts, arms, losses, np.array(owners))
         stats["seconds"] = time.perf_counter() - start
         stats["mean_loss"] = float(np.mean(stats.pop("losses"))) if stats["pairs"] else None
         return stats
 
-    def _choose(self, prompts: list) -> tuple[int | None, str, object, np.ndarray | None]:
+    def _choose(self, prompts: list) -> tuple[list[str], np.ndarray | None, list[int] | None]:
+        """Source name per prompt, and for the bandit its contexts and arms (None otherwise)."""
         kind, _, member = self.config.selection.partition(":")
-        if kind == "single":
-            return None, member, self.selector.members[member], None
-        if kind == "ensemble":
-            return None, "ensemble", self.ensemble, None
+        if kind in ("single", "ensemble"):
+            return [member or "ensemble"] * len(prompts), None, None
         if kind == "random":
-            arm = int(self.rng.integers(len(self.selector.names)))
-            return None, self.selector.names[arm], self.selector.members[self.selector.names[arm]], None
-        context, arm = self.selector.select_batch(prompts)
-        return arm, self.selector.names[arm], self.selector.members[self.selector.names[arm]], context
+            count = len(prompts) if self.selector.per == "instance" else 1
+            arms = self.rng.integers(len(self.selector.names), size=count)
+            return [self.selector.names[a] for a in np.resize(arms, len(prompts))], None, None
+        contexts, arms = self.selector.select(prompts)
+        return [self.selector.names[a] for a in arms], contexts, arms
 
-    def _step(self, pairs: list[PreferencePair], reference: dict[str, torch.Tensor]) -> float:
+    def _score(self, prompts: list, responses: list[list[str]], names: list[str]) -> list[np.ndarray]:
+        """Each prompt's n rewards from its own source (all prompts of one source in one call)."""
+        rewards: list[np.ndarray] = [np.empty(0)] * len(prompts)
+        for name in dict.fromkeys(names):
+            rows = [i for i, n in enumerate(names) if n == name]
+            source = self.ensemble if name == "ensemble" else self.selector.members[name]
+            flat = source.score([prompts[i] for i in rows for _ in responses[i]], [t for i in rows for t in responses[i]]).mean
+            for k, i in enumerate(rows):
+                rewards[i] = flat[k * self.config.n : (k + 1) * self.config.n]
+        return rewards
+
+    def _feedback(self, prompts: list, contexts: np.ndarray, arms: list[int], losses: np.ndarray, owners: np.ndarray) -> None:
+        """−loss to the bandit: per prompt from its own pairs, or once per batch from all of them."""
+        if self.selector.per == "batch":
+            self.selector.feedback(contexts[0], arms[0], -float(losses.mean()))
+            return
+        for i in np.unique(owners):
+            self.selector.feedback(contexts[i], arms[i], -float(losses[owners == i].mean()), prompts[i])
+
+    def _step(self, pairs: list[PreferencePair], reference: dict[str, torch.Tensor]) -> np.ndarray:
+        """One AdamW step on the mean of the pairs' losses; returns each pair's loss."""
         batch = collate_pairs(encode_pairs(self.policy.encoder, pairs), list(range(len(pairs))), self.policy.tokenizer.pad_token_id)
         inputs = (batch.input_ids, batch.attention_mask, batch.prompt_lengths)
         n = len(pairs)
@@ -186,13 +214,13 @@ class Optimizer:
         self.policy.train()
         logps = self.policy(*inputs)[1]
         lengths = batch.response_lengths[:n].clamp(min=1)
-        loss = policy_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], self.config.beta).mean() \
-            + self.config.nll_weight * (-logps[:n] / lengths).mean()
+        losses = policy_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], self.config.beta) \
+            + self.config.nll_weight * (-logps[:n] / lengths)
         self.optimizer.zero_grad()
-        loss.backward()
+        losses.mean().backward()
         self.optimizer.step()
         self.policy.eval()
-        return float(loss.detach())
+        return losses.detach().numpy()
 
     def _evaluate(self, iteration: int, dev: dict[str, Sequence[PromptRow]], stats: dict) -> dict:
         accuracy = {name: dev_accuracy(self.policy, rows, self.config.max_new_tokens) for name, rows in dev.items()}

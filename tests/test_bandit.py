@@ -191,14 +191,17 @@ def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
             "members": [{"name": "long", "source": {"kind": "rule", "function": "rules:length"}},
                         {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]}
     (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
-    write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)])
+    write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1), "group": "ab"[i % 2]} for i in range(4)])
     out = tmp_path / "run"
     common = ["--reward", tmp_path / "bandit.yaml", "--prompts", tmp_path / "prompts.jsonl", "--dev", tmp_path / "prompts.jsonl",
               "--policy", "tiny-random", "--batch-prompts", "2", "--n", "3", "--max-new-tokens", "6", "--learning-rate", "1e-2", "--output-dir", out]
     result = cli("optimize", *common, "--iterations", "1")
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in history] == [0, 1] and history[1]["batches"] == 2
-    assert history[1]["pairs"] > 0 and sum(history[1]["arms"].values()) == 2 and sum(history[1]["bandit_counts"].values()) == 2 - history[1]["skipped_batches"]
+    # per instance (the default): every prompt gets its own source, each prompt with pairs gives feedback
+    # (one pair per prompt at most, so prompts with feedback = pairs)
+    assert history[1]["pairs"] > 0 and sum(history[1]["arms"].values()) == 4 and sum(history[1]["bandit_counts"].values()) == history[1]["pairs"]
+    assert {g: sum(c.values()) for g, c in history[1]["arms_by_group"].items()} == {"a": 2, "b": 2}
     assert "iteration 1: prompts.jsonl=" in result.stdout
     before, after = (load_file(out / f"iter-{i}" / "adapter" / "adapter_model.safetensors") for i in (0, 1))
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)  # the update moved the LoRA weights
@@ -206,3 +209,7 @@ def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
     assert [json.loads(line)["iteration"] for line in (out / "history.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert "--resume" in cli("optimize", *common, "--iterations", "2", check_rc=2).stderr
     assert "single:NAME" in cli("optimize", *common, "--selection", "single:nope", "--output-dir", tmp_path / "x", check_rc=2).stderr
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree | {"per": "batch"}))  # one choice and one feedback per batch
+    cli("optimize", *common[:-1], tmp_path / "per-batch", "--iterations", "1")
+    batch_run = json.loads((tmp_path / "per-batch" / "history.jsonl").read_text().splitlines()[1])
+    assert sum(batch_run["bandit_counts"].values()) == 2 - batch_run["skipped_batches"] and sum(batch_run["arms"].values()) == 4

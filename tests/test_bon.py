@@ -84,6 +84,18 @@ def test_answer_checking_normalises():
     assert answer_is_correct("\\boxed{2.50}", "2.5")
     assert not answer_is_correct("\\boxed{421}", "420")
     assert not answer_is_correct("I do not know", "420")
+
+
+@pytest.mark.parametrize("response, answer, correct", [
+    ("Yes, because there is no other way.", "True", True),   # a leading yes decides
+    ("**No.** It is true that ...", "false", True),
+    ("Albany has 75,000 people, so the answer is no.", "False", True),  # else the last yes/no word
+    ("The answer is yes", "no", False),
+    ("I cannot tell.", "True", False),                       # no yes/no at all
+    ("Nobody knows; yesterday it was 4", "True", False),     # whole words only
+])
+def test_yes_no_answers(response, answer, correct):
+    assert answer_is_correct(response, answer) is correct
     assert normalize_answer("\\text{ 5 cm}") == "5cm" and normalize_answer("$3.0$") == "3"
 
 

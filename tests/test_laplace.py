@@ -15,6 +15,7 @@ from rewardstack.bayes.fit import FactorSum
 from rewardstack.bayes.posterior import Block, Eigen
 from rewardstack.bayes.predict import probit_logit
 from rewardstack.bayes.taps import posterior_layers
+from rewardstack.sources import build_source
 from rewardstack.data.encode import encode_pairs, pad_right
 from rewardstack.data.load import PreferencePair
 from rewardstack.errors import UserError
@@ -240,6 +241,8 @@ def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
     rows = write_jsonl([{"prompt": "2+2?", "response": "4"}], tmp_path / "rows.jsonl")
     cli("score", "--reward", tmp_path / "model", "--input", rows, "--output", tmp_path / "out.jsonl")
     assert json.loads((tmp_path / "out.jsonl").read_text())["reward_std"] > 0
+    with_std, map_only = (build_source({"kind": "model", "path": str(tmp_path / "model"), **extra}) for extra in ({}, {"posterior": False}))
+    assert with_std.score(["2+2?"], ["4"]).std[0] > 0 and map_only.score(["2+2?"], ["4"]).std is None
     out = tmp_path / "eval.json"
     result = cli("eval", "--reward", tmp_path / "model", "--data", test, "--ood-data", ood, "--output", out)
     metrics = json.loads(out.read_text())

@@ -46,6 +46,7 @@ class PromptRow:
     key: str
     prompt: tuple[Message, ...]
     answer: str | None = None
+    group: str | None = None  # a category of the prompt (the row's `group`), for per-group reports
 
 
 def load_prompts(source: str | Path, prompt_key: str = "prompt", answer_key: str = "answer", skip_invalid: bool = False) -> tuple[list[PromptRow], LoadReport]:
@@ -61,7 +62,8 @@ def load_prompts(source: str | Path, prompt_key: str = "prompt", answer_key: str
             _skip_or_raise(err, source, row_number, skip_invalid, report)
             continue
         answer = row.get(answer_key)
-        rows.append(PromptRow(str(row.get("id", f"row {row_number}")), prompt, None if answer is None else str(answer)))
+        group = row.get("group")
+        rows.append(PromptRow(str(row.get("id", f"row {row_number}")), prompt, None if answer is None else str(answer), None if group is None else str(group)))
     report.pairs = len(rows)
     if not rows:
         raise UserError(f"{source}: no prompts ({report.rows} rows, skipped {dict(report.skipped)})")

@@ -77,7 +77,10 @@ def _build_raw(node: Any, base_dir: Path, where: str):
             raise UserError(f"{where}.path: {path} is not a model directory")
         from ..model import RewardModel
 
-        return RewardModel.from_pretrained(path)
+        model = RewardModel.from_pretrained(path)
+        if node.get("posterior", True) is False:  # MAP rewards only: about 3x faster than with std
+            model.posterior = None
+        return model
     if kind == "rule":
         if "function" in node:
             return Rule(import_function(node["function"], base_dir), node["function"])
