@@ -3,12 +3,12 @@ vs random choice, by gold correctness.
 
 Our reward model: SmolLM2-135M, LoRA r=16, Bradley–Terry, one epoch (batch 8, lr 1e-4) on pairs from
 gsm8k/example_model_solutions (first --questions questions; per question, each correct solver solution
-paired with each incorrect one, at most 2 pairs). max_length 768, so the final answer at the end of a
-MATH response is rarely cut (truncation is counted and printed). Every method is scored by the exact
+paired with each incorrect one, at most 2 pairs; micro-batches of 2 pairs, since 8 pairs of 768 tokens at
+once need more than 24 GiB). max_length 768, so the final answer at the end of a MATH response is rarely cut (truncation is counted and printed). Every method is scored by the exact
 expected correctness of best-of-n over all n-subsets of the 8 samples (majority vote: by enumerating the
 subsets, ties between answers split evenly).
 
-    python bench/bon_math.py [--questions 400] [--pools 100]
+    python bench/bon_math.py [--questions 64] [--pools 100]
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ def majority_vote_accuracy(answers: list[str], correct: np.ndarray, n: int) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--questions", type=int, default=400)
+    parser.add_argument("--questions", type=int, default=64)
     parser.add_argument("--pools", type=int, default=100)
     parser.add_argument("--out", type=Path, default=Path("bench/results/bon_math.json"))
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-bon-math-"))
     train_rows = gsm8k_solution_pairs(args.questions)
-    config = TrainConfig(model="smollm2-135m", max_length=768, lora_r=16, batch_size=8, learning_rate=1e-4,
+    config = TrainConfig(model="smollm2-135m", max_length=768, lora_r=16, batch_size=8, micro_batch_size=2, learning_rate=1e-4,
                          columns=Columns()).validate()
     summary = train(config, write_rows(train_rows, work / "train.jsonl"), work / "run")
     model = RewardModel.from_pretrained(work / "run" / "model")

@@ -14,6 +14,8 @@ rewards) and `single:NAME` for every member. Reported: greedy dev accuracy per t
 iteration, training seconds, and the bandit's arm choice per task per iteration (plus a plot).
 
     python bench/laser_optimize.py --arith-model runs/demo/run/model --harmless-model DIR [--iterations 2]
+        [--learning-rate 5e-5] [--selections bandit random ensemble single:arith ...]
+Runs resume: a selection already in OUT/results.json with all its iterations is not rerun.
 """
 
 from __future__ import annotations

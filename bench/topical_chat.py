@@ -4,7 +4,8 @@ against the human `overall` rating?
 Rows: 60 dialogues × 6 responses with human ratings. Split by dialogue: dialogues whose sha256 of the
 history starts with a byte < 256 · --train-share train the regressors, the rest are held out.
 Regressors: ridge regression on frozen SmolLM2-135M-Instruct features (mean of the last hidden states of
-the chat-rendered turn `Fact: … Conversation: …` → response), one per aspect (understandability,
+the chat-rendered turn `Fact: … Conversation: …` → response), features and ratings centred within each
+dialogue (only the ranking of one dialogue's responses matters), one per aspect (understandability,
 naturalness, coherence, engagingness, groundedness) and one for `overall` (the holistic reward); the
 ridge penalty is chosen by leave-one-dialogue-out error on the training dialogues.
 Every reward is z-scored on the training rows. Aspect selection: ALaRM's inconsistency rate against the
@@ -51,6 +52,12 @@ def features(rows: list[dict]) -> np.ndarray:
         hidden = model(input_ids=ids["input_ids"][:, -512:], output_hidden_states=True).hidden_states[-1][0]
         out.append(hidden.mean(dim=0).double().numpy())
     return np.stack(out)
+
+
+def centred(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """values minus their dialogue's mean: what differs between the responses to one dialogue."""
+    means = {g: values[groups == g].mean(axis=0) for g in np.unique(groups)}
+    return values - np.stack([means[g] for g in groups])
 
 
 def ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
@@ -129,18 +136,18 @@ def main() -> None:
     if not cache.exists():
         args.out.mkdir(parents=True, exist_ok=True)
         np.save(cache, features(rows))
-    x = np.load(cache)
-    x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-8)
+    x = centred(np.load(cache), groups)  # rankings are within a dialogue: fit on within-dialogue differences
+    x = x / (x[train].std(0) + 1e-8)
     human = {name: np.array([row["scores"][name] for row in rows]) for name in (*ASPECTS, "overall")}
     print(f"{len(rows)} rows, {len(dialogues)} dialogues: {len(np.unique(groups[train]))} train / {len(np.unique(groups[~train]))} held out; "
           f"features in {time.perf_counter() - started:.0f} s")
 
     predicted, lines = {}, []
     for name in (*ASPECTS, "overall"):
-        w, penalty = fit_regressor(x[train], human[name][train], groups[train])
+        w, penalty = fit_regressor(x[train], centred(human[name], groups)[train], groups[train])
         predicted[name] = np.hstack([x, np.ones((len(x), 1))]) @ w
-        correlation = np.corrcoef(predicted[name][~train], human[name][~train])[0, 1]
-        lines.append(f"  {name:<18} penalty {penalty:>7g}   held-out Pearson r with its own rating {correlation:.3f}")
+        correlation = np.corrcoef(predicted[name][~train], centred(human[name], groups)[~train])[0, 1]
+        lines.append(f"  {name:<18} penalty {penalty:>7g}   held-out Pearson r with its own rating (within dialogue) {correlation:.3f}")
     print("regressors:\n" + "\n".join(lines))
 
     for label, aspect_source in (("regressors", predicted), ("human aspect ratings", human)):
