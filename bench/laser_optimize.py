@@ -24,6 +24,7 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -109,7 +110,7 @@ def main() -> None:
             continue
         run_dir = args.out / selection.replace(":", "-")
         started = time.perf_counter()
-        history = Optimizer(build_source(tree), OptimizeConfig(**{**config.__dict__, "selection": selection}), run_dir).run(prompts, dev, resume=run_dir.exists())
+        history = Optimizer(build_source(tree), replace(config, selection=selection), run_dir).run(prompts, dev, resume=run_dir.exists())
         results[selection] = history
         results_path.write_text(json.dumps(results, indent=1))
         line = "  ".join(f"it{h['iteration']} " + "/".join(f"{a:.3f}" for a in h["accuracy"].values()) for h in history)

@@ -30,6 +30,7 @@ import torch
 
 from rewardstack.backbones import load_backbone
 from rewardstack.data.load import read_rows
+from rewardstack.metrics import pairwise_metrics
 from rewardstack.sources.combine import combine_hierarchy
 from rewardstack.sources.select import aspect_consistency
 
@@ -101,21 +102,21 @@ def kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
     return (concordant - discordant) / denominator if denominator else 0.0
 
 
-def rank_metrics(scores: np.ndarray, human: np.ndarray, groups: np.ndarray) -> tuple[float, float, int]:
-    """Pairwise accuracy over within-group pairs with different human ratings (model ties ½), mean τ_b."""
-    hits, taus = [], []
-    for g in np.unique(groups):
-        s, h = scores[groups == g], human[groups == g]
-        for i, j in itertools.combinations(range(len(s)), 2):
-            if h[i] != h[j]:
-                hits.append(0.5 if s[i] == s[j] else float((s[i] > s[j]) == (h[i] > h[j])))
-        taus.append(kendall_tau_b(s, h))
-    return float(np.mean(hits)), float(np.mean(taus)), len(hits)
-
-
 def within_pairs(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """(pairs, 2): every within-group pair of rows."""
     return np.array([[values[i], values[j]] for g in np.unique(groups) for i, j in itertools.combinations(np.flatnonzero(groups == g), 2)])
+
+
+def rank_metrics(scores: np.ndarray, human: np.ndarray, groups: np.ndarray) -> tuple[float, float, int]:
+    """Pairwise accuracy (model ties ½) over within-group pairs with different human ratings, mean τ_b
+    per group, and the number of pairs."""
+    s, h = within_pairs(scores, groups), within_pairs(human, groups)
+    differ = h[:, 0] != h[:, 1]
+    first_better = h[differ, 0] > h[differ, 1]
+    chosen = np.where(first_better, s[differ, 0], s[differ, 1])
+    rejected = np.where(first_better, s[differ, 1], s[differ, 0])
+    taus = [kendall_tau_b(scores[groups == g], human[groups == g]) for g in np.unique(groups)]
+    return pairwise_metrics(chosen, rejected)["accuracy"], float(np.mean(taus)), int(differ.sum())
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ from .gold import answer_is_correct
 from .losses import policy_loss
 from .model import ModelConfig, RewardModel
 from .sampling import SamplingConfig, sample_responses
-from .sources.bandit import BanditSelector
+from .sources.bandit import BanditSelector, score_assigned
 from .sources.combine import Ensemble
 from .train import check_same_run, collate_pairs
 
@@ -186,15 +186,11 @@ class Optimizer:
         return [self.selector.names[a] for a in arms], contexts, arms
 
     def _score(self, prompts: list, responses: list[list[str]], names: list[str]) -> list[np.ndarray]:
-        """Each prompt's n rewards from its own source (all prompts of one source in one call)."""
-        rewards: list[np.ndarray] = [np.empty(0)] * len(prompts)
-        for name in dict.fromkeys(names):
-            rows = [i for i, n in enumerate(names) if n == name]
-            source = self.ensemble if name == "ensemble" else self.selector.members[name]
-            flat = source.score([prompts[i] for i in rows for _ in responses[i]], [t for i in rows for t in responses[i]]).mean
-            for k, i in enumerate(rows):
-                rewards[i] = flat[k * self.config.n : (k + 1) * self.config.n]
-        return rewards
+        """Each prompt's n rewards from its own source."""
+        sources = {**self.selector.members, "ensemble": self.ensemble}
+        flat = score_assigned(sources, [name for name, texts in zip(names, responses) for _ in texts],
+                              [p for p, texts in zip(prompts, responses) for _ in texts], [t for texts in responses for t in texts]).mean
+        return [flat[i * self.config.n : (i + 1) * self.config.n] for i in range(len(prompts))]
 
     def _feedback(self, prompts: list, contexts: np.ndarray, arms: list[int], losses: np.ndarray, owners: np.ndarray) -> None:
         """−loss to the bandit: per prompt from its own pairs, or once per batch from all of them."""

@@ -30,6 +30,19 @@ def context_id(prompt) -> str:
     return hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:12]
 
 
+def score_assigned(sources: dict[str, object], assigned: Sequence[str], prompts, responses, batch_size: int = 16) -> RewardScores:
+    """Row i scored by sources[assigned[i]], all rows of one source in one call; std only when every
+    row's source gives one."""
+    mean, std, truncated = np.empty(len(prompts)), np.full(len(prompts), np.nan), 0
+    for name in dict.fromkeys(assigned):
+        rows = np.flatnonzero(np.asarray(assigned) == name)
+        scores = sources[name].score([prompts[i] for i in rows], [responses[i] for i in rows], batch_size=batch_size)
+        mean[rows], truncated = scores.mean, truncated + scores.truncated
+        if scores.std is not None:
+            std[rows] = scores.std
+    return RewardScores(mean=mean, std=None if np.isnan(std).any() else std, truncated=truncated)
+
+
 class BanditSelector:
     def __init__(self, members: dict[str, object], context, algorithm: str = "linucb", per: str = "instance",
                  seed: int = 0, state_path: str | Path | None = None, **params: float):
@@ -77,15 +90,9 @@ class BanditSelector:
         arm_of_row = np.empty(len(prompts), dtype=np.int64)
         for arm, rows in zip(arms, by_prompt.values()):
             arm_of_row[rows] = arm
-        mean, std, truncated = np.empty(len(prompts)), np.full(len(prompts), np.nan), 0
-        for arm, name in enumerate(self.names):
-            rows = np.flatnonzero(arm_of_row == arm)
-            if len(rows):
-                scores = self.members[name].score([prompts[i] for i in rows], [responses[i] for i in rows], batch_size=batch_size)
-                mean[rows], truncated = scores.mean, truncated + scores.truncated
-                if scores.std is not None:
-                    std[rows] = scores.std
-        return RewardScores(mean=mean, std=None if np.isnan(std).any() else std, parts={"arm": arm_of_row.astype(np.float64)}, truncated=truncated)
+        scores = score_assigned(self.members, [self.names[a] for a in arm_of_row], prompts, responses, batch_size)
+        scores.parts = {"arm": arm_of_row.astype(np.float64)}
+        return scores
 
     def save_state(self, path: str | Path | None = None) -> Path:
         path = Path(path or self.state_path or "bandit_state.safetensors")
