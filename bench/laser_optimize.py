@@ -11,7 +11,8 @@ Selections, each from the same initial policy (SmolLM2-135M-Instruct + fresh LoR
 settings: `bandit` (LinUCB α = --alpha per prompt, context = the policy's last hidden state of the
 prompt, projected to 16 dimensions), `random` (a member per prompt), `ensemble` (mean of the members'
 rewards) and `single:NAME` for every member. Reported: greedy dev accuracy per task after each
-iteration, training seconds, and the bandit's arm choice per task per iteration (plus a plot).
+iteration, training seconds, how often each source's preference pairs agree with the answers, and the
+bandit's arm choice per task per iteration (plus a plot).
 
     python bench/laser_optimize.py --arith-model runs/demo/run/model --harmless-model DIR [--iterations 2]
         [--learning-rate 5e-5] [--selections bandit random ensemble single:arith ...]
@@ -120,6 +121,15 @@ def main() -> None:
     for selection, history in results.items():
         cells = "".join(f"{h['accuracy'][t]:>16.3f}" for t in dev for h in history)
         print(f"{selection:<17}{cells}{sum(h['seconds'] for h in history):>9.0f}")
+    print("\npreference pairs judged by the answers (chosen right & rejected wrong / the reverse / neither), all iterations:")
+    for selection, history in results.items():
+        totals: dict[str, dict[str, int]] = {}
+        for h in history[1:]:
+            for source, counts in h["gold_pairs"].items():
+                for verdict, count in counts.items():
+                    totals.setdefault(source, {}).setdefault(verdict, 0)
+                    totals[source][verdict] += count
+        print(f"  {selection:<16}" + "; ".join(f"{source} {c['agree']}/{c['disagree']}/{c['neither']}" for source, c in sorted(totals.items())))
     print("\nbandit arm choice (prompts) per task and iteration:")
     for h in results.get("bandit", [])[1:]:
         print(f"  iteration {h['iteration']}: " + "; ".join(f"{task}: {counts}" for task, counts in sorted(h["arms_by_group"].items())))

@@ -299,7 +299,7 @@ def demo(
 @app.command()
 def optimize(
     reward: Annotated[str, typer.Option(help="A YAML tree whose root is a bandit (kind: bandit): its members are the reward sources")],
-    prompts: Annotated[str, typer.Option(help="Training prompts (prompt column; answers not needed)")],
+    prompts: Annotated[str, typer.Option(help="Training prompts (prompt column; an answer column, when present, judges the pairs: gold_pairs)")],
     output_dir: Annotated[Path, typer.Option(help="Checkpoints per iteration, history.jsonl")],
     dev: Annotated[Optional[list[str]], typer.Option(help="Dev prompts with answers: greedy accuracy after each iteration; repeatable")] = None,
     policy: Annotated[str, typer.Option(help="Policy backbone (LoRA is trained on it)")] = "smollm2-135m",
@@ -360,7 +360,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above)")] = 8.0,
     graceful_shutdown_s: Annotated[float, typer.Option(help="On SIGTERM, how long in-flight requests may take to finish")] = 30.0,
 ):
-    """Serve a reward source over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), GET /health, GET /v1/info."""
+    """Serve a reward source over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), POST /v1/feedback (bandits), GET /health, GET /v1/info."""
     from .server import ServerSettings, api_key, serve as run_server
 
     for name, value in (("batch-size", batch_size), ("max-batch-tokens", max_batch_tokens), ("max-queue", max_queue), ("max-items", max_items)):

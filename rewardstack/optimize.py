@@ -14,8 +14,8 @@ For iterations m = 1 … M over the prompts (shuffled with seed + m), batch by b
 5. the bandit's feedback is −L of the prompt's own pairs (per instance) or of the batch (per batch),
    normalised by running percentiles.
 After each iteration: greedy accuracy on every dev set (answers checked), a checkpoint
-(iter-m/: adapter, bandit state, metrics.json) and a line in history.jsonl; `resume` continues after
-the newest checkpoint.
+(iter-m/: adapter, AdamW state, bandit state, the iteration's pairs, metrics.json) and a line in history.jsonl; `resume`
+continues after the newest checkpoint as if the run had not stopped.
 """
 
 from __future__ import annotations
@@ -117,10 +117,12 @@ class Optimizer:
     def __init__(self, selector: BanditSelector, config: OptimizeConfig, output_dir: str | Path):
         self.selector, self.config = selector, config.validate(selector.names)
         self.output_dir = Path(output_dir)
+        torch.manual_seed(config.seed)  # the LoRA initialisation
         self.policy = RewardModel.create(ModelConfig(model=config.policy, max_length=config.max_length, lora_r=config.lora_r, objective="dpo", beta=config.beta))
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.learning_rate)
         self.ensemble = Ensemble(selector.members, "mean")
+        self.pair_records: list[dict] = []  # the current iteration's pairs
 
     def run(self, prompts: Sequence[PromptRow], dev: dict[str, Sequence[PromptRow]], resume: bool = False) -> list[dict]:
         run_config = {k: v for k, v in asdict(self.config).items() if k != "iterations"}  # more iterations may follow
@@ -147,7 +149,8 @@ class Optimizer:
         reference = {name: p.detach().clone() for name, p in self.trainable.items()}
         order = np.random.default_rng(self.config.seed + iteration).permutation(len(prompts))
         batches = [order[i : i + self.config.batch_prompts] for i in range(0, len(order), self.config.batch_prompts)]
-        stats = {"batches": len(batches), "pairs": 0, "skipped_batches": 0, "arms": {}, "arms_by_group": {}, "losses": []}
+        stats = {"batches": len(batches), "pairs": 0, "skipped_batches": 0, "arms": {}, "arms_by_group": {}, "gold_pairs": {}, "losses": []}
+        self.pair_records = []
         for b, batch in enumerate(batches):
             rows = [prompts[i] for i in batch]
             prompts_b = [r.prompt for r in rows]
@@ -165,6 +168,7 @@ class Optimizer:
                 stats["skipped_batches"] += 1
                 continue
             losses = self._step(pairs, reference)
+            self._record_pairs(stats, iteration, rows, names, pairs, owners, losses)
             stats["pairs"] += len(pairs)
             stats["losses"].append(float(losses.mean()))
             if arms is not None:
@@ -172,6 +176,19 @@ class Optimizer:
         stats["seconds"] = time.perf_counter() - start
         stats["mean_loss"] = float(np.mean(stats.pop("losses"))) if stats["pairs"] else None
         return stats
+
+    def _record_pairs(self, stats: dict, iteration: int, rows: list[PromptRow], names: list[str], pairs: list[PreferencePair], owners: list[int], losses: np.ndarray) -> None:
+        """Keep each pair for iter-M/pairs.jsonl; for prompts with an answer, count per source the pairs
+        whose chosen response is right and rejected wrong (`agree`), the reverse (`disagree`), or neither."""
+        for pair, owner, loss in zip(pairs, owners, losses):
+            row, record = rows[owner], {"iteration": iteration, "id": rows[owner].key, "group": rows[owner].group, "source": names[owner],
+                                        "chosen": pair.chosen, "rejected": pair.rejected, "loss": float(loss)}
+            if row.answer is not None:
+                record["chosen_correct"], record["rejected_correct"] = (answer_is_correct(text, row.answer) for text in (pair.chosen, pair.rejected))
+                verdict = "agree" if record["chosen_correct"] > record["rejected_correct"] else "disagree" if record["chosen_correct"] < record["rejected_correct"] else "neither"
+                counts = stats["gold_pairs"].setdefault(names[owner], {"agree": 0, "disagree": 0, "neither": 0})
+                counts[verdict] += 1
+            self.pair_records.append(record)
 
     def _choose(self, prompts: list) -> tuple[list[str], np.ndarray | None, list[int] | None]:
         """Source name per prompt, and for the bandit its contexts and arms (None otherwise)."""
@@ -225,6 +242,9 @@ class Optimizer:
     def _checkpoint(self, record: dict) -> None:
         directory = self.output_dir / f"iter-{record['iteration']}"
         self.policy.backbone.save_pretrained(directory / "adapter")
+        if record["iteration"] > 0:
+            (directory / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.pair_records))
+        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
         self.selector.save_state(directory / "bandit_state.safetensors")
         (directory / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
         with open(self.output_dir / "history.jsonl", "a") as handle:
@@ -237,5 +257,6 @@ class Optimizer:
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
         directory = self.output_dir / f"iter-{history[-1]['iteration']}"
         set_peft_model_state_dict(self.policy.backbone, load_file(directory / "adapter" / "adapter_model.safetensors"))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt"))
         self.selector.load_state(directory / "bandit_state.safetensors")
         return history

@@ -1,8 +1,11 @@
 """Sampling n responses per prompt from a policy (any causal LM the backbones module can load).
 
-Each prompt is run through the model once; its KV cache is then copied n times and the n samples
-continue from it, so the prompt costs one forward pass however many samples it gets. Every prompt draws
-from its own seeded generator (seed + prompt index): the samples of a prompt do not depend on the others.
+Prompts are generated in batches (left-padded, `batch_size` sequences at a time). Each prompt is run
+through the model once; its KV cache is then copied n times and the n samples continue from it, so the
+prompt costs one forward pass however many samples it gets. Next tokens come from softmax(logits / T),
+cut to the smallest set of tokens whose probability reaches top_p; T = 0 is greedy. Prompt i draws from
+its own generator seeded with seed + i, so its samples do not depend on the other prompts in its batch
+(up to float rounding from padding).
 """
 
 from __future__ import annotations
@@ -29,10 +32,11 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 256
     seed: int = 0
+    batch_size: int = 64  # sequences generated together: batch_size // n prompts (at least one)
 
     def validate(self) -> "SamplingConfig":
-        if self.n < 1 or self.max_new_tokens < 1:
-            raise UserError("sampling: n and max_new_tokens must be at least 1")
+        if min(self.n, self.max_new_tokens, self.batch_size) < 1:
+            raise UserError("sampling: n, max_new_tokens and batch_size must be at least 1")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise UserError("sampling: temperature must be ≥ 0 and top_p in (0, 1]")
         return self
@@ -51,33 +55,58 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Message]], co
     """n responses per prompt (chat template applied), decoded without special tokens."""
     config.validate()
     policy.eval()
-    device = next(policy.parameters()).device
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    per_batch = max(1, config.batch_size // config.n)
     responses, unfinished = [], 0
-    for index, prompt in enumerate(tqdm(prompts, desc="sample", disable=len(prompts) < 2)):
-        text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        cache = DynamicCache(config=policy.config)
-        if ids.shape[1] > 1:
-            policy(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
-            cache.batch_repeat_interleave(config.n)
-        generator_seed = config.seed + index
-        torch.manual_seed(generator_seed)
-        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.temperature > 0 else {"do_sample": False}
-        out = policy.generate(
-            input_ids=ids.repeat(config.n, 1),
-            attention_mask=torch.ones(config.n, ids.shape[1], dtype=torch.long, device=device),
-            past_key_values=cache if ids.shape[1] > 1 else None,
-            max_new_tokens=config.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            **sampling,
-        )
-        new = out[:, ids.shape[1] :]
-        unfinished += int((new != eos).all(dim=1).sum()) if eos is not None else len(new)
-        responses.append([tokenizer.decode(_until_eos(row, eos, pad), skip_special_tokens=True).strip() for row in new])
+    for first in tqdm(range(0, len(prompts), per_batch), desc="sample", disable=len(prompts) <= per_batch):
+        texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts[first : first + per_batch]]
+        tokens = _generate(policy, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], config, first, eos, pad)
+        unfinished += int((tokens != eos).all(dim=1).sum()) if eos is not None else len(tokens)
+        decoded = [tokenizer.decode(_until_eos(row, eos, pad), skip_special_tokens=True).strip() for row in tokens]
+        responses += [decoded[i : i + config.n] for i in range(0, len(decoded), config.n)]
     return Samples(responses, unfinished)
+
+
+def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first_index: int, eos: int | None, pad: int) -> torch.Tensor:
+    """New tokens [len(prompt_ids) · n, ≤ max_new_tokens] (rows of a prompt adjacent, `pad` after eos)
+    for left-padded prompts whose KV caches are computed once and repeated n times."""
+    device = next(policy.parameters()).device
+    width = max(len(ids) for ids in prompt_ids)
+    ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompt_ids], device=device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=device)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    cache = DynamicCache(config=policy.config)
+    logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    n = config.n
+    cache.batch_repeat_interleave(n)
+    logits, mask, position = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), positions[:, -1].repeat_interleave(n)
+    generators = [torch.Generator(device=device).manual_seed(config.seed + first_index + i) for i in range(len(prompt_ids))]
+    done = torch.zeros(len(logits), dtype=torch.bool, device=device)
+    new = []
+    for _ in range(config.max_new_tokens):
+        token = torch.where(done, pad, _next_tokens(logits.float(), config, generators))
+        new.append(token)
+        done |= token == eos
+        if done.all():
+            break
+        mask, position = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1), position + 1
+        logits = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+    return torch.stack(new, dim=1)
+
+
+def _next_tokens(logits: torch.Tensor, config: SamplingConfig, generators: list[torch.Generator]) -> torch.Tensor:
+    """Greedy at T = 0; else a draw from the top-p nucleus of softmax(logits / T), rows of prompt i
+    (n adjacent rows) from generators[i]."""
+    if config.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / config.temperature, dim=-1)
+    if config.top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= config.top_p  # mass before the token already reaches top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs.masked_fill(outside, 0))
+    rows = probs.split(config.n)
+    return torch.cat([torch.multinomial(row, 1, generator=g)[:, 0] for row, g in zip(rows, generators)])
 
 
 def sample_pools(policy_name: str, prompts: Sequence[PromptRow], config: SamplingConfig) -> tuple[list[Pool], int]:

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -132,6 +133,11 @@ def test_bandit_source_scores_each_prompt_with_one_member_and_state_round_trips(
     assert selector.log[0]["context_id"] == selector.log[1]["context_id"] != selector.log[2]["context_id"]
     with pytest.raises(UserError, match="not thompson"):
         BanditSelector({"a": a, "b": b}, Lookup(), "thompson", state_path=path)
+    sampler = BanditSelector({"a": a, "b": b}, Lookup(), "thompson")  # randomised choices go on as if never stopped
+    sampler.select(["math 1"] * 3)
+    sampler.save_state(tmp_path / "thompson.safetensors")
+    resumed = BanditSelector({"a": a, "b": b}, Lookup(), "thompson", state_path=tmp_path / "thompson.safetensors")
+    assert resumed.bandit.rng.random() == sampler.bandit.rng.random()
     batch = BanditSelector({"a": a, "b": b}, Lookup(), "linucb", per="batch")
     assert len(set(batch.select(["math 1", "chat"])[1])) == 1
 
@@ -202,11 +208,17 @@ def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
     # (one pair per prompt at most, so prompts with feedback = pairs)
     assert history[1]["pairs"] > 0 and sum(history[1]["arms"].values()) == 4 and sum(history[1]["bandit_counts"].values()) == history[1]["pairs"]
     assert {g: sum(c.values()) for g, c in history[1]["arms_by_group"].items()} == {"a": 2, "b": 2}
+    pairs = [json.loads(line) for line in (out / "iter-1" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == history[1]["pairs"] and all(p["chosen"] != p["rejected"] and p["chosen_correct"] is False for p in pairs)
+    assert sum(c["neither"] for c in history[1]["gold_pairs"].values()) == len(pairs)  # random bytes are never right
     assert "iteration 1: prompts.jsonl=" in result.stdout
     before, after = (load_file(out / f"iter-{i}" / "adapter" / "adapter_model.safetensors") for i in (0, 1))
     assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)  # the update moved the LoRA weights
     cli("optimize", *common, "--iterations", "2", "--resume")
     assert [json.loads(line)["iteration"] for line in (out / "history.jsonl").read_text().splitlines()] == [0, 1, 2]
+    cli("optimize", *common[:-1], tmp_path / "straight", "--iterations", "2")  # resuming gives what an uninterrupted run gives
+    resumed, straight = (load_file(d / "iter-2" / "adapter" / "adapter_model.safetensors") for d in (out, tmp_path / "straight"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
     assert "--resume" in cli("optimize", *common, "--iterations", "2", check_rc=2).stderr
     assert "single:NAME" in cli("optimize", *common, "--selection", "single:nope", "--output-dir", tmp_path / "x", check_rc=2).stderr
     (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree | {"per": "batch"}))  # one choice and one feedback per batch

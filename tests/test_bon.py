@@ -1,6 +1,7 @@
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -192,11 +193,14 @@ def test_samples_are_seeded_per_prompt():
     from rewardstack.sampling import SamplingConfig, sample_responses
 
     policy, tokenizer = perturbed_policy()
-    a, b = ({"role": "user", "content": "Name a colour."},), ({"role": "user", "content": "Count to three."},)
+    a, b = ({"role": "user", "content": "Name a colour."},), ({"role": "user", "content": "Count to three, slowly, and then stop counting."},)
     config = SamplingConfig(n=4, temperature=1.0, max_new_tokens=8, seed=5)
-    both = sample_responses(policy, tokenizer, [a, b], config)
+    both = sample_responses(policy, tokenizer, [a, b], config)  # one batch: a is left-padded
     assert sample_responses(policy, tokenizer, [a], config).responses[0] == both.responses[0]
+    assert sample_responses(policy, tokenizer, [a, b], replace(config, batch_size=4)) == both  # one prompt per batch
     assert len(set(both.responses[0])) > 1  # temperature 1 gives different samples
+    greedy = sample_responses(policy, tokenizer, [a, b], SamplingConfig(n=2, temperature=0, max_new_tokens=8))
+    assert sample_responses(policy, tokenizer, [a, b], SamplingConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8)) == greedy  # nucleus of one token
     assert both.unfinished <= 8
     with pytest.raises(UserError, match="temperature"):
         SamplingConfig(temperature=-1).validate()

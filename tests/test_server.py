@@ -232,3 +232,46 @@ def test_a_composite_source_serves_its_parts_and_lists_its_models(model):
     assert answer["parts"]["rm"] == pytest.approx(expected.parts["rm"].tolist(), abs=1e-5)
     assert answer["rewards"] == pytest.approx(expected.mean.tolist(), abs=1e-5)
     assert [m["base_model"] for m in info["models"]] == ["tiny-random"]
+
+
+def test_a_served_bandit_learns_from_feedback_and_keeps_its_state_across_restarts(tmp_path):
+    import yaml
+
+    from rewardstack.sources import load_source
+
+    tree = {"kind": "bandit", "algorithm": "linucb", "params": {"alpha": 0.0}, "context": {"kind": "words", "dim": 8},
+            "state": "state/bandit.safetensors",
+            "members": [{"name": "long", "source": {"kind": "rule", "builtin": "length"}},
+                        {"name": "short", "source": {"kind": "rule", "builtin": "regex", "pattern": "^.{0,3}$"}}]}
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
+    items = [{"prompt": "math one", "arm": "long", "feedback": 1.0}, {"prompt": "math one", "arm": 1, "feedback": 0.0},
+             {"prompt": [{"role": "user", "content": "chat"}], "arm": "short", "feedback": 3.0},
+             {"prompts": ["chat", "chat again"], "arm": 0, "feedback": 2.0}]
+    expected = load_source(tmp_path / "bandit.yaml")
+    for item, arm in zip(items, [0, 1, 1, 0]):
+        prompts = item.get("prompts") or [item["prompt"]]
+        expected.feedback(expected.context.encode(prompts).mean(axis=0), arm, item["feedback"])
+    with running(load_source(tmp_path / "bandit.yaml")) as (url, _):
+        status, answer, _ = call(url + "/v1/feedback", {"items": items})
+        assert status == 200 and answer["steps"] == 4 and answer["saved"] == str(tmp_path / "state" / "bandit.safetensors")
+        # running q20, q80 of the feedback so far: (2 − 0.6) / (2.4 − 0.6) for the last
+        assert answer["rewards"] == pytest.approx([0.5, 0.0, 1.0, 7 / 9])
+        assert call(url + "/v1/info")[1]["bandit"] == {"members": ["long", "short"], "steps": 4, "arm_counts": {"long": 2, "short": 2}}
+        for bad, message in (({"prompt": "p", "arm": "medium", "feedback": 1}, "no member 'medium'; members: long, short"),
+                             ({"prompt": "p", "arm": 2, "feedback": 1}, "2 is not a member index (0 to 1)")):
+            status, answer, _ = call(url + "/v1/feedback", {"items": [bad]})
+            assert status == 422 and answer["detail"] == f"items[0].arm: {message}"
+        status, answer, _ = call(url + "/v1/feedback", {"items": [{"prompt": "p", "prompts": ["p"], "arm": 0, "feedback": 1}]})
+        assert status == 422 and "either `prompt` or `prompts`" in json.dumps(answer)
+    restarted = load_source(tmp_path / "bandit.yaml")  # a new server process loads the saved state
+    assert restarted.steps == 4 and restarted.bandit.A_inv == pytest.approx(expected.bandit.A_inv)
+    assert restarted.normalizer.history.tolist() == [1.0, 0.0, 3.0, 2.0]
+    log = [json.loads(line) for line in (tmp_path / "state" / "bandit_log.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["arm"], e["feedback"]) for e in log] == [(0, "long", 1.0), (1, "short", 0.0), (2, "short", 3.0), (3, "long", 2.0)]
+    assert log[0]["context_id"] == log[1]["context_id"] != log[2]["context_id"] and log[3]["context_id"] is None  # a batch has no one prompt
+
+
+def test_feedback_needs_a_bandit(model):
+    with running(model) as (url, _):
+        status, answer, _ = call(url + "/v1/feedback", {"items": [{"prompt": "p", "arm": 0, "feedback": 1.0}]})
+    assert status == 404 and "not a bandit" in answer["detail"]

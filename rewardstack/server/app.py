@@ -4,6 +4,9 @@
                       → {"rewards", "std" (or null), "parts", "truncated"}
     POST /get_reward  OpenRLHF's remote reward protocol: {"query": [full texts], "prompts": [...]}
                       → {"rewards", "scores", "extra_logs"}
+    POST /v1/feedback a bandit source learns: {"items": [{"prompt" (or "prompts"), "arm", "feedback"}]}
+                      → {"rewards" (normalised), "steps", "saved"}; with a `state` file in the tree, the
+                      state is saved and the feedback appended to bandit_log.jsonl beside it
     GET  /health, GET /v1/info, GET /openapi.json (and /docs)
 """
 
@@ -25,6 +28,7 @@ from .. import __version__
 from ..data.encode import as_messages
 from ..errors import UserError
 from ..sources import RewardScores
+from ..sources.bandit import BanditSelector
 from ..sources.tree import read_tree, reward_models
 from .batching import DynamicBatcher
 from .conversation import ConversationSplitter
@@ -81,6 +85,31 @@ class ScoreResponse(BaseModel):
     std: list[float] | None
     parts: dict[str, list[float]]
     truncated: int = Field(description="rows cut to the model's maximum length")
+
+
+class FeedbackItem(BaseModel):
+    """Feedback on the member a bandit chose: for one prompt, or for a batch scored with one choice."""
+
+    prompt: Prompt | None = None
+    prompts: list[Prompt] | None = Field(default=None, min_length=1, description="a per-batch choice: the batch's prompts")
+    arm: int | str = Field(description="the chosen member: its index (the score's parts.arm) or its name")
+    feedback: float = Field(allow_inf_nan=False, description="raw feedback, e.g. a gold score or a user rating; higher is better")
+
+    @model_validator(mode="after")
+    def one_form(self) -> "FeedbackItem":
+        if (self.prompt is None) == (self.prompts is None):
+            raise ValueError("give either `prompt` or `prompts`")
+        return self
+
+
+class FeedbackRequest(BaseModel):
+    items: list[FeedbackItem] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    rewards: list[float] = Field(description="each feedback normalised to [0, 1], as the bandit received it")
+    steps: int = Field(description="feedback rounds the bandit has learned from, saved state included")
+    saved: str | None = Field(description="the state file written (the tree's `state`), or null when the tree names none")
 
 
 class OpenRLHFRequest(BaseModel, extra="allow"):
@@ -177,6 +206,34 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
             extra["reward_std"] = scores.std.tolist()
         return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
 
+    @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=secured)
+    async def feedback(request: FeedbackRequest) -> dict:
+        """Teach a bandit source which member suits which prompts; its state is saved after each request
+        when the tree names a `state` file, so it keeps learning across restarts."""
+        if not isinstance(source, BanditSelector):
+            raise HTTPException(404, "this server's source is not a bandit (`kind: bandit` at the top of the tree); it takes no feedback")
+        arms = []
+        for i, item in enumerate(request.items):
+            if isinstance(item.arm, str) and item.arm not in source.names:
+                raise HTTPException(422, f"items[{i}].arm: no member {item.arm!r}; members: {', '.join(source.names)}")
+            if isinstance(item.arm, int) and not 0 <= item.arm < len(source.names):
+                raise HTTPException(422, f"items[{i}].arm: {item.arm} is not a member index (0 to {len(source.names) - 1})")
+            arms.append(source.names.index(item.arm) if isinstance(item.arm, str) else item.arm)
+
+        def learn() -> dict:
+            rewards, first = [], len(source.log)
+            for item, arm in zip(request.items, arms):
+                prompts = [_plain(p) for p in (item.prompts or [item.prompt])]
+                rewards.append(source.feedback(source.context.encode(prompts).mean(axis=0), arm, item.feedback, prompts[0] if item.prompt else None))
+            saved = None
+            if source.state_path:
+                saved = str(source.save_state().resolve())
+                with open(source.state_path.parent / "bandit_log.jsonl", "a") as log:
+                    log.writelines(json.dumps(entry) + "\n" for entry in source.log[first:])
+            return {"rewards": rewards, "steps": source.steps, "saved": saved}
+
+        return await batcher.call(learn)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok"}
@@ -190,6 +247,7 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
             "models": [{"base_model": m.config.model, "objective": m.config.objective, "max_length": m.config.max_length,
                         "posterior": m.posterior is not None} for m in models],
             "posterior": any(m.posterior is not None for m in models),
+            **({"bandit": {"members": source.names, "steps": source.steps, "arm_counts": source.arm_counts()}} if isinstance(source, BanditSelector) else {}),
             "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},
             "stats": asdict(batcher.stats),
         }

@@ -54,6 +54,10 @@ class DynamicBatcher:
             await self._worker
         self._executor.shutdown(wait=True)
 
+    async def call(self, function):
+        """`function()` on the scoring thread, between batches (for state that scoring reads)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+
     async def score(self, prompts: list, responses: list, tokens: int, truncated: int = 0) -> RewardScores:
         """This request's rewards once its batch is scored; asyncio.QueueFull when the queue is full."""
         job = Job(prompts, responses, tokens, truncated, asyncio.get_running_loop().create_future())

@@ -3,7 +3,8 @@
 Only the chosen member scores a row, so a bandit over K sources costs about one source's scoring.
 Feedback (`feedback(context, arm, raw)`) is normalised by running percentiles (PercentileNormalizer) and
 updates the bandit; every choice is logged with its context id (a hash of the prompt). The state
-(bandit statistics, normaliser history, step count) saves to and loads from one safetensors file.
+(bandit statistics, normaliser history, random generator, step count) saves to and loads from one
+safetensors file.
 """
 
 from __future__ import annotations
@@ -76,9 +77,14 @@ class BanditSelector:
         """Update the bandit with a raw feedback value; returns the normalised reward in [0, 1]."""
         reward = self.normalizer(raw)
         self.bandit.update(context, arm, reward)
-        self.log.append({"step": len(self.log), "context_id": None if prompt is None else context_id(prompt),
+        self.log.append({"step": self.steps - 1, "context_id": None if prompt is None else context_id(prompt),
                          "arm": self.names[arm], "feedback": float(raw), "reward": reward})
         return reward
+
+    @property
+    def steps(self) -> int:
+        """Feedback rounds learned from, those of a loaded state included."""
+        return len(self.normalizer.history)
 
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
         """Each distinct prompt's rows scored by the member the bandit picks for it; parts["arm"] = arm index."""
@@ -99,8 +105,11 @@ class BanditSelector:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"bandit.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.bandit.state().items()}
         tensors["normalizer.history"] = torch.from_numpy(self.normalizer.history.copy())
-        meta = {"algorithm": self.algorithm, "members": json.dumps(self.names), "dim": str(self.context.dim), "steps": str(len(self.log))}
-        save_file(tensors, path, metadata=meta)
+        meta = {"algorithm": self.algorithm, "members": json.dumps(self.names), "dim": str(self.context.dim), "steps": str(self.steps),
+                "rng": json.dumps(self.bandit.rng.bit_generator.state)}  # randomised choices continue as if never stopped
+        partial = path.with_name(path.name + ".partial")  # a crash while writing leaves the old state intact
+        save_file(tensors, partial, metadata=meta)
+        partial.replace(path)
         return path
 
     def load_state(self, path: str | Path) -> None:
@@ -114,6 +123,8 @@ class BanditSelector:
         tensors = load_file(str(path))
         self.bandit.load_state({k.removeprefix("bandit."): v.numpy() for k, v in tensors.items() if k.startswith("bandit.")})
         self.normalizer.history = tensors["normalizer.history"].numpy().copy()
+        if "rng" in meta:
+            self.bandit.rng.bit_generator.state = json.loads(meta["rng"])
 
     def arm_counts(self) -> dict[str, int]:
         return {name: int(count) for name, count in zip(self.names, self.bandit.counts)}
