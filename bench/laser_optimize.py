@@ -25,6 +25,7 @@ import argparse
 import itertools
 import json
 import time
+from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,12 +124,10 @@ def main() -> None:
         print(f"{selection:<17}{cells}{sum(h['seconds'] for h in history):>9.0f}")
     print("\npreference pairs judged by the answers (chosen right & rejected wrong / the reverse / neither), all iterations:")
     for selection, history in results.items():
-        totals: dict[str, dict[str, int]] = {}
+        totals: dict[str, Counter] = defaultdict(Counter)
         for h in history[1:]:
             for source, counts in h["gold_pairs"].items():
-                for verdict, count in counts.items():
-                    totals.setdefault(source, {}).setdefault(verdict, 0)
-                    totals[source][verdict] += count
+                totals[source].update(counts)
         print(f"  {selection:<16}" + "; ".join(f"{source} {c['agree']}/{c['disagree']}/{c['neither']}" for source, c in sorted(totals.items())))
     print("\nbandit arm choice (prompts) per task and iteration:")
     for h in results.get("bandit", [])[1:]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -61,7 +62,7 @@ def main() -> None:
     for name, model in policies.items():
         ways = {
             "ours": lambda: sample_responses(model, tokenizer, prompts, config),
-            "ours 1/batch": lambda: sample_responses(model, tokenizer, prompts, SamplingConfig(**{**vars(config), "batch_size": args.n})),
+            "ours 1/batch": lambda: sample_responses(model, tokenizer, prompts, replace(config, batch_size=args.n)),
             "generate": lambda: generate(model, tokenizer, texts, args.n, args.max_new_tokens, 0.8),
             "generate 1/call": lambda: [generate(model, tokenizer, [t], args.n, args.max_new_tokens, 0.8) for t in texts],
         }

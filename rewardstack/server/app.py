@@ -221,15 +221,15 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
             arms.append(source.names.index(item.arm) if isinstance(item.arm, str) else item.arm)
 
         def learn() -> dict:
-            rewards, first = [], len(source.log)
-            for item, arm in zip(request.items, arms):
-                prompts = [_plain(p) for p in (item.prompts or [item.prompt])]
-                rewards.append(source.feedback(source.context.encode(prompts).mean(axis=0), arm, item.feedback, prompts[0] if item.prompt else None))
+            batches = [[_plain(p) for p in (item.prompts or [item.prompt])] for item in request.items]
+            rewards = [source.feedback(context, arm, item.feedback, batch[0] if item.prompt else None)
+                       for item, arm, batch, context in zip(request.items, arms, batches, source.batch_contexts(batches))]
             saved = None
             if source.state_path:
                 saved = str(source.save_state().resolve())
                 with open(source.state_path.parent / "bandit_log.jsonl", "a") as log:
-                    log.writelines(json.dumps(entry) + "\n" for entry in source.log[first:])
+                    log.writelines(json.dumps(entry) + "\n" for entry in source.log)
+            source.log.clear()  # written out (or, with no state file, nowhere to keep): a long-running server does not grow it
             return {"rewards": rewards, "steps": source.steps, "saved": saved}
 
         return await batcher.call(learn)

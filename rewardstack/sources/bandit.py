@@ -70,8 +70,15 @@ class BanditSelector:
 
     def select_batch(self, prompts: Sequence) -> tuple[np.ndarray, int]:
         """One arm for all `prompts`, chosen on their mean context; returns (that context, the arm)."""
-        context = self.context.encode(prompts).mean(axis=0)
+        context = self.batch_contexts([prompts])[0]
         return context, self.bandit.select(context)
+
+    def batch_contexts(self, batches: Sequence[Sequence]) -> np.ndarray:
+        """The mean context of each batch of prompts (a one-prompt batch: that prompt's context), all
+        prompts encoded in one call."""
+        contexts = self.context.encode([p for batch in batches for p in batch])
+        ends = np.cumsum([len(batch) for batch in batches])
+        return np.stack([part.mean(axis=0) for part in np.split(contexts, ends[:-1])])
 
     def feedback(self, context: np.ndarray, arm: int, raw: float, prompt=None) -> float:
         """Update the bandit with a raw feedback value; returns the normalised reward in [0, 1]."""
