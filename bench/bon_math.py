@@ -66,7 +66,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-bon-math-"))
     train_rows = gsm8k_solution_pairs(args.questions)
     config = TrainConfig(model="smollm2-135m", max_length=768, lora_r=16, batch_size=8, micro_batch_size=2, learning_rate=1e-4,
-                         columns=Columns()).validate()
+                         columns=Columns())
     summary = train(config, write_rows(train_rows, work / "train.jsonl"), work / "run")
     model = RewardModel.from_pretrained(work / "run" / "model")
 

@@ -86,7 +86,7 @@ def main() -> None:
                     continue
                 config = TrainConfig(model="smollm2-135m", max_length=args.max_length, lora_r=16, batch_size=8,
                                      learning_rate=1e-4, objective=objective, seed=seed, ref_cache_dir=ref_cache,
-                                     columns=Columns()).validate()
+                                     columns=Columns())
                 run = work / f"{source}-{objective}-{seed}"
                 started = time.perf_counter()
                 summary = train(config, train_files[source], run)

@@ -55,7 +55,7 @@ def main() -> None:
         "pandalm": write_rows(head_rows(DATA / "pandalm" / "test.jsonl.gz", args.test_pairs), work / "pandalm.jsonl"),
     }
     config = TrainConfig(model=args.model, max_length=args.max_length, lora_r=16, batch_size=8, learning_rate=1e-4,
-                         columns=Columns()).validate()
+                         columns=Columns())
     summary = train(config, train_file, work / "run")
     model = RewardModel.from_pretrained(work / "run" / "model")
 

@@ -80,7 +80,7 @@ def run_rewardstack(work: Path, max_length: int) -> dict:
 
     config = TrainConfig(model="smollm2-135m", max_length=max_length, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                          batch_size=BATCH, micro_batch_size=BATCH, learning_rate=LR, warmup_ratio=0.0,
-                         seed=SEED, columns=Columns()).validate()
+                         seed=SEED, columns=Columns())
     summary = train(config, str(work / "train.jsonl"), work / "rewardstack-run")
     seconds = summary["train_seconds"]  # the training loop alone, like TRL's trainer.train()
 

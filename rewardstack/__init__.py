@@ -1,6 +1,16 @@
-"""rewardstack: reward models for LLM alignment."""
+"""rewardstack: reward models for LLM alignment.
 
+Offline from the first import: models and datasets come from local caches only, unless
+REWARDSTACK_ALLOW_DOWNLOAD=1 is set before the import."""
+
+import os
+import sys
 import warnings
+
+if os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1":
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:  # imported before rewardstack: it has read the variable already
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
 
 # peft calls a transformers property deprecated in 5.x on every adapter save; nothing for users to do.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .errors import UserError
+from .files import atomic_path, write_json, write_text
 from .sources import RewardScores
 from .sources.combine import Ensemble, Normalized, combine_ensemble
 
@@ -206,12 +207,9 @@ def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, 
     """Write run_best_of_n's result: results.jsonl (one record per pool), summary.json (the curves, plus
     `info`) and best_of_n.png. Returns the summary."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / "results.jsonl", "w") as handle:
-        for record in result["pools"]:
-            handle.write(json.dumps(record) + "\n")
+    write_text(output_dir / "results.jsonl", "".join(json.dumps(record) + "\n" for record in result["pools"]))
     summary = {key: value for key, value in result.items() if key != "pools"} | {"pools": len(result["pools"])} | info
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(output_dir / "summary.json", summary)
     plot_best_of_n(summary, output_dir / "best_of_n.png", title=title)
     return summary
 
@@ -253,5 +251,6 @@ def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-
     axes[0][1].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)

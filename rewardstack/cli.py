@@ -12,7 +12,13 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # typer ships its own copy of click from 0.2x on
+    from typer._click import exceptions as click_exceptions
+except ImportError:
+    from click import exceptions as click_exceptions
+
 from .errors import UserError
+from .files import check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Reward models for LLM alignment.")
 
@@ -25,7 +31,9 @@ SubsetKey = Annotated[Optional[str], typer.Option(help="Optional column to break
 Split = Annotated[Optional[str], typer.Option(help="Split of a Hugging Face dataset name [default: train]")]
 SkipInvalid = Annotated[Optional[bool], typer.Option("--skip-invalid", help="Count and skip invalid rows instead of stopping")]
 # Options shared by the commands that score rows.
-BatchSize = Annotated[int, typer.Option(help="Sequences per forward pass")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Sequences per forward pass")]
+AllowRuleModule = Annotated[Optional[list[str]], typer.Option(
+    "--allow-rule-module", help="A module (with its submodules) that `module:function` rules may import besides those beside the tree; repeatable")]
 RowPromptKey = Annotated[str, typer.Option(help="Column of the prompt")]
 RowResponseKey = Annotated[str, typer.Option(help="Column of the response")]
 
@@ -117,19 +125,21 @@ def eval_command(
     skip_invalid: SkipInvalid = None,
     ref_cache_dir: Annotated[Optional[str], typer.Option(help="Keep reference log-probabilities (haf, dpo) on disk here")] = None,
     ood_data: Annotated[Optional[list[str]], typer.Option(help="Out-of-distribution pairs: AUROC of reward std against --data (needs a posterior; repeatable)")] = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset; with a Laplace
     posterior also the Laplace predictive's, and out-of-distribution detection by reward std."""
     from .evaluate import evaluate, format_table
     from .sources import load_source
 
+    if output:
+        check_output_file(output, "--output")
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, margin_key=margin_key,
                        subset_key=subset_key, split=split)
-    results = evaluate(load_source(reward), data, columns, bool(skip_invalid), batch_size, ref_cache_dir, ood_data or [])
+    results = evaluate(load_source(reward, allow_rule_module or ()), data, columns, bool(skip_invalid), batch_size, ref_cache_dir, ood_data or [])
     typer.echo(format_table(results))
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(output, results)
         typer.echo(f"metrics written to {output}")
 
 
@@ -140,9 +150,9 @@ def laplace(
     subset: Annotated[str, typer.Option(help="all: LoRA weights and reward head; head: the reward head alone; lora: the LoRA weights alone")] = "all",
     prior: Annotated[str, typer.Option(help="evidence: prior precision by marginal likelihood; val: by Laplace NLL on --val-data")] = "evidence",
     val_data: Annotated[Optional[str], typer.Option(help="Held-out pairs for --prior val")] = None,
-    batch_size: Annotated[int, typer.Option(help="Pairs per forward/backward pass")] = 8,
-    max_factor_size: Annotated[int, typer.Option(help="Kronecker factors with a larger side are kept as rank --factor-rank plus a diagonal")] = 1024,
-    factor_rank: Annotated[int, typer.Option(help="Eigenpairs kept of a large factor")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="Pairs per forward/backward pass")] = 8,
+    max_factor_size: Annotated[int, typer.Option(min=1, help="Kronecker factors with a larger side are kept as rank --factor-rank plus a diagonal")] = 1024,
+    factor_rank: Annotated[int, typer.Option(min=1, help="Eigenpairs kept of a large factor")] = 128,
     prompt_key: PromptKey = None,
     chosen_key: ChosenKey = None,
     rejected_key: RejectedKey = None,
@@ -156,6 +166,7 @@ def laplace(
     from .bayes import fit_laplace
     from .model import RewardModel
 
+    check_output_file(model_dir / "posterior.json", "--model-dir")
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, split=split)
     reward_model = RewardModel.from_pretrained(model_dir)
     posterior = fit_laplace(reward_model, data, subset, batch_size, max_factor_size, factor_rank, columns,
@@ -185,15 +196,17 @@ def score(
     response_key: RowResponseKey = "response",
     batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
     from .data.load import load_score_rows
+    from .files import atomic_path
     from .sources import load_source
 
+    check_output_file(output, "--output")
     rows, prompts, responses, report = load_score_rows(input, prompt_key, response_key, bool(skip_invalid))
-    scores = load_source(reward).score(prompts, responses, batch_size=batch_size)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with open(output, "w") as handle:
+    scores = load_source(reward, allow_rule_module or ()).score(prompts, responses, batch_size=batch_size)
+    with atomic_path(output) as temporary, open(temporary, "w") as handle:
         for i, row in enumerate(rows):
             extra = {"reward": float(scores.mean[i])}
             if scores.std is not None:
@@ -213,10 +226,10 @@ def bon(
     pools: Annotated[Optional[str], typer.Option(help="Candidate pools: prompt + responses (+ gold or answer), or MATH / GSM8K-solutions / alpaca_eval files")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Instead of --pools: prompts (+ optional answer) to sample --n responses each from --policy")] = None,
     policy: Annotated[str, typer.Option(help="Policy to sample from: smollm2-135m, a local path or Hugging Face id")] = "smollm2-135m",
-    n: Annotated[int, typer.Option(help="Samples per prompt")] = 8,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 = greedy")] = 0.7,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold")] = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens per sampled response at most")] = 256,
+    n: Annotated[int, typer.Option(min=1, help="Samples per prompt")] = 8,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0 = greedy")] = 0.7,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling threshold, in (0, 1]")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens per sampled response at most")] = 256,
     seed: Annotated[int, typer.Option(help="Sampling seed (prompt i uses seed + i)")] = 0,
     prompt_key: Annotated[str, typer.Option(help="Column of the prompt in --prompts")] = "prompt",
     answer_key: Annotated[str, typer.Option(help="Column of the verifiable answer in --prompts (gold = answer matches)")] = "answer",
@@ -226,6 +239,7 @@ def bon(
     feedback: Annotated[Optional[str], typer.Option(help="With a bandit reward: `gold`, the gold of the chosen response is the bandit's feedback")] = None,
     batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Best-of-n: per objective, the exact expected proxy and gold reward of best-of-n for every n up to
     the smallest pool, against n and KL; pools from a file or sampled from a policy. With a bandit
@@ -241,7 +255,8 @@ def bon(
     objectives = [Objective.parse(spec) for spec in (objective or ["mean"])]
     if len({o.name for o in objectives}) < len(objectives):
         raise UserError("bon: the same --objective is given twice")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(output_dir, "--output-dir", "bon")
+    allowed = allow_rule_module or ()
     unfinished = None
     if pools is not None:
         pool_list, report = load_pools(pools, bool(skip_invalid))
@@ -250,10 +265,11 @@ def bon(
         prompt_rows, report = load_prompts(prompts, prompt_key, answer_key, bool(skip_invalid))
         config = SamplingConfig(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         pool_list, unfinished = sample_pools(policy, prompt_rows[:max_pools], config)
+        mark_output_dir(output_dir, "bon")
         write_pools(pool_list, output_dir / "pools.jsonl")
     if gold_reward is not None:
-        set_gold_from(load_source(gold_reward), pool_list, batch_size)
-    source = load_source(reward)
+        set_gold_from(load_source(gold_reward, allowed), pool_list, batch_size)
+    source = load_source(reward, allowed)
     if feedback is not None:
         from .sources.bandit import BanditSelector
 
@@ -262,10 +278,12 @@ def bon(
         if not isinstance(source, BanditSelector):
             raise UserError(f"bon: --feedback needs a bandit reward (kind: bandit in a YAML tree); {reward} is not one")
         result = run_bandit_best_of_n(source, pool_list, batch_size)
-        source.save_state(source.state_path or output_dir / "bandit_state.safetensors")
-        (output_dir / "bandit_log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in source.log))
     else:
         result = run_best_of_n(source, pool_list, objectives, batch_size)
+    mark_output_dir(output_dir, "bon")
+    if feedback is not None:
+        source.save_state(source.state_path or output_dir / "bandit_state.safetensors")
+        write_text(output_dir / "bandit_log.jsonl", "".join(json.dumps(entry) + "\n" for entry in source.log))
     summary = write_best_of_n(result, output_dir, f"best-of-n on {Path(pools or prompts).name}", skipped=dict(report.skipped),
                               source=str(pools or prompts), reward=reward, unfinished_samples=unfinished)
     sampled = "" if unfinished is None else f", {unfinished} samples cut at --max-new-tokens"
@@ -319,6 +337,7 @@ def optimize(
     seed: Annotated[int, typer.Option(help="Random seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue after the newest checkpoint in --output-dir")] = False,
     skip_invalid: SkipInvalid = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Iterative DPO on a policy, with the reward source chosen per batch by a bandit (LASeR) or a baseline."""
     from .data.pools import load_prompts
@@ -326,12 +345,13 @@ def optimize(
     from .sources import load_source
     from .sources.bandit import BanditSelector
 
-    selector = load_source(reward)
-    if not isinstance(selector, BanditSelector):
-        raise UserError(f"optimize: --reward must be a YAML tree whose root is `kind: bandit`; {reward} is not")
     config = OptimizeConfig(policy=policy, iterations=iterations, batch_prompts=batch_prompts, n=n, pairs_per_prompt=pairs_per_prompt,
                             temperature=temperature, max_new_tokens=max_new_tokens, max_length=max_length, beta=beta, nll_weight=nll_weight,
                             learning_rate=learning_rate, lora_r=lora_r, selection=selection, seed=seed)
+    check_output_dir(output_dir, "--output-dir", "optimize", resume)
+    selector = load_source(reward, allow_rule_module or ())
+    if not isinstance(selector, BanditSelector):
+        raise UserError(f"optimize: --reward must be a YAML tree whose root is `kind: bandit`; {reward} is not")
     train_rows = load_prompts(prompts, skip_invalid=bool(skip_invalid))[0][:max_prompts]
     dev_sets = {}
     for path in dev or []:
@@ -350,7 +370,7 @@ def optimize(
 def serve(
     reward: Annotated[str, typer.Option(help="A trained model directory or a YAML reward-source tree")],
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs an API key")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port")] = 8000,
     api_key_file: Annotated[Optional[Path], typer.Option(help="File whose first line is the API key [default: $REWARDSTACK_API_KEY]")] = None,
     batch_size: BatchSize = 16,
     max_batch_tokens: Annotated[int, typer.Option(help="Dynamic batching: tokens per scoring call at most")] = 16384,
@@ -358,17 +378,18 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="Requests waiting at most; more get 503 with Retry-After")] = 256,
     max_items: Annotated[int, typer.Option(help="Rows per request at most (413 above)")] = 1024,
     max_body_mb: Annotated[float, typer.Option(help="Request body size limit in MiB (413 above)")] = 8.0,
-    graceful_shutdown_s: Annotated[float, typer.Option(help="On SIGTERM, how long in-flight requests may take to finish")] = 30.0,
+    graceful_shutdown_s: Annotated[float, typer.Option(min=0.0, help="On SIGTERM, how long in-flight requests may take to finish")] = 30.0,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Serve a reward source over HTTP: POST /v1/score, POST /get_reward (OpenRLHF), POST /v1/feedback (bandits), GET /health, GET /v1/info."""
     from .server import ServerSettings, api_key, serve as run_server
 
-    for name, value in (("batch-size", batch_size), ("max-batch-tokens", max_batch_tokens), ("max-queue", max_queue), ("max-items", max_items)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1")
+    for name, value in (("max-batch-tokens", max_batch_tokens), ("max-queue", max_queue), ("max-items", max_items), ("max-body-mb", max_body_mb)):
+        if not value > 0:
+            raise UserError(f"--{name} must be positive, got {value}")
     settings = ServerSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_size=batch_size,
                               max_items=max_items, max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key(api_key_file))
-    run_server(reward, host, port, settings, graceful_shutdown_s)
+    run_server(reward, host, port, settings, graceful_shutdown_s, allow_rule_module or ())
 
 
 compose = typer.Typer(no_args_is_help=True, help="Composite reward sources: calibrate a YAML tree, select ALaRM aspects.")
@@ -376,6 +397,7 @@ app.add_typer(compose, name="compose")
 
 
 def _check_beside(config: Path, output: Path) -> None:
+    check_output_file(output, "--output")
     if output.resolve().parent != config.resolve().parent:
         raise UserError(f"compose: write --output beside --config (in {config.parent}): the tree's paths are relative to it")
 
@@ -389,6 +411,7 @@ def calibrate(
     response_key: RowResponseKey = "response",
     batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """Fit the z-score μ, σ of every `normalize: calibrate` node (and of nodes calibrated before) on the rows."""
     import yaml
@@ -399,8 +422,8 @@ def calibrate(
 
     _check_beside(config, output)
     rows, prompts, responses, report = load_score_rows(data, prompt_key, response_key, bool(skip_invalid))
-    tree = calibrate_tree(read_tree(config), config.parent, prompts, responses, batch_size, str(data))
-    output.write_text(yaml.safe_dump(tree, sort_keys=False))
+    tree = calibrate_tree(read_tree(config), config.parent, prompts, responses, batch_size, str(data), allow_rule_module or ())
+    write_text(output, yaml.safe_dump(tree, sort_keys=False))
     typer.echo(f"calibrated on {len(rows)} rows ({sum(report.skipped.values())} skipped) -> {output}")
 
 
@@ -419,6 +442,7 @@ def select_aspects_command(
     seed: Annotated[int, typer.Option(help="Seed of the drawn pairs and of sampling")] = 0,
     batch_size: BatchSize = 16,
     skip_invalid: SkipInvalid = None,
+    allow_rule_module: AllowRuleModule = None,
 ):
     """ALaRM aspect selection: how often each aspect prefers the other response than the holistic reward
     (inconsistency rate, ties excluded) and its win rate; write a tree keeping the most consistent aspects."""
@@ -451,8 +475,9 @@ def select_aspects_command(
         first = [r[0] for r in sample_responses(model, tokenizer, prompt_list, SamplingConfig(n=1, temperature=0, max_new_tokens=max_new_tokens)).responses]
         sampled = SamplingConfig(n=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
         second = [r[0] for r in sample_responses(model, tokenizer, prompt_list, sampled).responses]
-    rows, selected = select_aspects(read_tree(config), config.parent, prompt_list, first, second, keep, max_inconsistency, batch_size)
-    output.write_text(yaml.safe_dump(selected, sort_keys=False))
+    rows, selected = select_aspects(read_tree(config), config.parent, prompt_list, first, second, keep, max_inconsistency, batch_size,
+                                    allow_rule_module or ())
+    write_text(output, yaml.safe_dump(selected, sort_keys=False))
     typer.echo(f"{len(prompt_list)} prompts, two responses each")
     typer.echo(f"{'aspect':<24}{'compared':>9}{'inconsistency':>15}{'win rate':>10}  kept")
     for row in rows:
@@ -461,14 +486,26 @@ def select_aspects_command(
 
 
 def main() -> None:
+    """Run the CLI. Every mistake a user can fix ends with one line `error: …` on stderr and exit code 2:
+    wrong options (click's usage errors), bad input (UserError) and files that cannot be read or written."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models and datasets come from local caches only
     try:
-        app()
+        code = app(standalone_mode=False)
+    except click_exceptions.UsageError as err:
+        command = err.ctx.command_path if err.ctx else "rewardstack"
+        _fail(f"{err.format_message()} (see `{command} --help`)")
     except UserError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err))
+    except OSError as err:
+        _fail(describe_os_error(err))
+    except (click_exceptions.Abort, KeyboardInterrupt):
+        _fail("interrupted", code=130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

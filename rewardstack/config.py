@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import yaml
 
 from .data.load import Columns
-from .errors import UserError
-from .losses import POLICY_LOSSES
+from .errors import UserError, require
 from .model import ModelConfig
+
+LR_SCHEDULERS = ("linear", "cosine", "constant")
 
 
 @dataclass
@@ -41,22 +43,18 @@ class TrainConfig(ModelConfig):
     skip_invalid: bool = False  # count and skip invalid rows instead of stopping at the first
     columns: Columns = field(default_factory=Columns)
 
-    def validate(self) -> "TrainConfig":
-        positive = ("epochs", "batch_size", "micro_batch_size", "max_length", "eval_batch_size", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.lr_scheduler not in ("linear", "cosine", "constant"):
-            raise UserError(f"lr_scheduler must be linear, cosine or constant, got {self.lr_scheduler!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.objective not in ("bt", "haf", "dpo"):
-            raise UserError(f"objective must be bt, haf or dpo, got {self.objective!r}")
-        if self.policy_loss not in POLICY_LOSSES:
-            raise UserError(f"policy_loss must be one of {', '.join(POLICY_LOSSES)}, got {self.policy_loss!r}")
-        if self.lora_r < 0:
-            raise UserError(f"lora_r must be 0 (full fine-tuning) or positive, got {self.lora_r}")
-        return self
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("epochs", "batch_size", "micro_batch_size", "eval_batch_size", "keep_checkpoints"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        require(self, "learning_rate", 0 < self.learning_rate < math.inf, "a positive number")
+        for name in ("weight_decay", "max_grad_norm", "center_rewards_coefficient", "reward_weight", "policy_weight"):
+            require(self, name, 0 <= getattr(self, name) < math.inf, "0 or a positive number")
+        require(self, "simpo_gamma", math.isfinite(self.simpo_gamma), "a finite number")
+        require(self, "warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)")
+        require(self, "lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}")
+        for name in ("eval_every", "save_every"):
+            require(self, name, getattr(self, name) >= 0, "0 (off) or a positive number of steps")
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None):
@@ -78,8 +76,7 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, 
             data[key] = {**data.get(key, {}), **{k: v for k, v in value.items() if v is not None}}
         elif value is not None:
             data[key] = value
-    config = from_dict(cls, data, where)
-    return config.validate() if hasattr(config, "validate") else config
+    return from_dict(cls, data, where)
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str):
@@ -97,7 +94,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str):
         else:
             value = _check_type(value, hint, f"{where}: option {key!r}")
         values[key] = value
-    return cls(**values)
+    try:
+        return cls(**values)
+    except UserError as err:  # the dataclass's own checks; say where the values came from
+        raise UserError(f"{where}: {err}") from None
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:

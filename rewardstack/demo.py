@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from .data.load import Columns
 from .data.pools import gold_pairs, load_prompts, write_pools
 from .errors import UserError
 from .evaluate import evaluate, format_table
+from .files import check_output_dir, mark_output_dir, write_json, write_text
 from .model import RewardModel
 from .sampling import SamplingConfig, sample_pools
 from .synthetic import word_problems, write_jsonl
@@ -52,6 +52,8 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     """Run the whole job (module docstring), print the report and return the summary (output_dir/summary.json)."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, "--output-dir", "demo")
+    mark_output_dir(output_dir, "demo")
     data_dir, run_dir = output_dir / "data", output_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     problems_file = write_jsonl(word_problems(config.train_prompts + config.bon_prompts, config.seed), data_dir / "problems.jsonl")
@@ -75,14 +77,14 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     train_config = TrainConfig(
         model=config.model, objective=config.objective, max_length=128, lora_r=16, epochs=1, batch_size=8,
         learning_rate=5e-4, seed=config.seed, columns=Columns(),
-    ).validate()
+    )
     train(train_config, str(train_file), run_dir)
     reward_model = RewardModel.from_pretrained(run_dir / "model")
     posterior = fit_laplace(reward_model, str(train_file), subset=config.laplace_subset)
     posterior.save(run_dir / "model")
 
     evaluation = evaluate(reward_model, [str(test_file)]) if test_pairs else {}
-    (output_dir / "eval.json").write_text(json.dumps(evaluation, indent=2) + "\n")
+    write_json(output_dir / "eval.json", evaluation)
     objectives = [Objective("mean")] + [Objective("lcb", k) for k in config.lcb]
     result = run_best_of_n(reward_model, bon_pools, objectives)
     ns = result["n"]
@@ -94,7 +96,7 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         reward_model=evaluation.get(str(test_file)), seconds=time.perf_counter() - started,
     )
     report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer")
-    (output_dir / "report.md").write_text(report)
+    write_text(output_dir / "report.md", report)
     print(report)
     return summary
 

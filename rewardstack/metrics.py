@@ -6,8 +6,9 @@ import numpy as np
 
 
 def preference_probability(r_chosen: np.ndarray, r_rejected: np.ndarray) -> np.ndarray:
-    """P(chosen ≻ rejected) = σ(r_c − r_r)."""
-    return 1.0 / (1.0 + np.exp(-(np.asarray(r_chosen) - np.asarray(r_rejected))))
+    """P(chosen ≻ rejected) = σ(r_c − r_r), as exp(−log(1 + e^{−Δ})): no overflow for any gap Δ."""
+    delta = np.asarray(r_chosen, dtype=np.float64) - np.asarray(r_rejected, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -delta))
 
 
 def expected_calibration_error(p: np.ndarray, bins: int = 10) -> float:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
@@ -26,15 +26,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from .backbones import load_backbone
 from .bayes import Posterior, reward_moments
 from .bayes.predict import evaluating
-from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
+from .data.encode import MIN_MAX_LENGTH, PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
-from .errors import UserError
-from .losses import implicit_reward
+from .errors import UserError, require
+from .files import atomic_path, explain_load_error, load_tensors, read_json
+from .losses import POLICY_LOSSES, implicit_reward
 from .sources import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
 LOGPROB_CHUNK = 512  # response positions per LM-head chunk
+OBJECTIVES = ("bt", "haf", "dpo")
 SHARE_PROMPT_MIN_RESPONSES = 4  # from this many responses to one prompt, rewards() runs the prompt once (bench/bon_scoring.py)
 
 
@@ -52,6 +54,17 @@ class ModelConfig:
     objective: str = "bt"  # bt | haf | dpo: how it was trained; a dpo model's reward is its implicit reward
     beta: float = 0.1  # β of the policy loss and of the implicit reward
     policy_loss: str = "sigmoid"  # sigmoid | ipo | hinge | simpo
+
+    def __post_init__(self) -> None:
+        require(self, "max_length", self.max_length >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens")
+        if self.max_prompt_length is not None:
+            require(self, "max_prompt_length", 0 < self.max_prompt_length < self.max_length, f"between 1 and max_length − 1 = {self.max_length - 1}")
+        require(self, "lora_r", self.lora_r >= 0, "0 (full fine-tuning) or positive")
+        require(self, "lora_alpha", self.lora_alpha > 0, "positive")
+        require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
+        require(self, "objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}")
+        require(self, "beta", self.beta > 0, "positive")
+        require(self, "policy_loss", self.policy_loss in POLICY_LOSSES, f"one of {', '.join(POLICY_LOSSES)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
@@ -243,36 +256,52 @@ class RewardModel(torch.nn.Module):
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
     def save(self, directory: str | Path) -> None:
-        """Write weights (adapter or full backbone, and head) as safetensors, tokenizer and configs."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if isinstance(self.backbone, PeftModel):
-            self.backbone.save_pretrained(directory / "adapter")
-        else:
-            self.backbone.save_pretrained(directory / "backbone")
-        save_file({"weight": self.head.weight.detach().cpu().contiguous()}, directory / "head.safetensors")
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        meta = {"format_version": FORMAT_VERSION, "model": asdict(self.config), "training": self.training_config}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if self.posterior is not None:
-            self.posterior.save(directory)
+        """Write weights (adapter or full backbone, and head) as safetensors, tokenizer and configs; the
+        folder is written whole beside its place and then renamed into it."""
+        with atomic_path(directory, directory=True) as folder:
+            if isinstance(self.backbone, PeftModel):
+                self.backbone.save_pretrained(folder / "adapter")
+            else:
+                self.backbone.save_pretrained(folder / "backbone")
+            save_file({"weight": self.head.weight.detach().cpu().contiguous()}, folder / "head.safetensors")
+            self.tokenizer.save_pretrained(folder / "tokenizer")
+            meta = {"format_version": FORMAT_VERSION, "model": asdict(self.config), "training": self.training_config}
+            (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            if self.posterior is not None:
+                self.posterior.save(folder)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RewardModel":
+        """A model saved by `save`; a missing or damaged file is a UserError naming it."""
         directory = Path(directory)
         meta_path = directory / CONFIG_FILE
         if not meta_path.exists():
             raise UserError(f"{directory}: not a reward model directory (no {CONFIG_FILE})")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
+        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+            raise UserError(f"{meta_path}: no `model` settings in it")
         config = ModelConfig.from_dict(meta["model"])
-        tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
+        except Exception as err:  # tokenizers raise plain Exceptions for damaged files
+            raise explain_load_error(directory / "tokenizer", "tokenizer", err) from None
         if (directory / "adapter").exists():
             backbone, _ = load_backbone(config.model)
-            backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=False)
+            try:
+                backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=False)
+            except Exception as err:  # peft and safetensors raise many types for damaged files
+                raise explain_load_error(directory / "adapter", "LoRA adapter", err) from None
         else:
-            backbone = AutoModelForCausalLM.from_pretrained(directory / "backbone", dtype=torch.float32, local_files_only=True, use_safetensors=True)
+            try:
+                backbone = AutoModelForCausalLM.from_pretrained(directory / "backbone", dtype=torch.float32, local_files_only=True, use_safetensors=True)
+            except Exception as err:
+                raise explain_load_error(directory / "backbone", "backbone", err) from None
         model = cls(backbone, tokenizer, config, meta.get("training"))
-        model.head.weight.data.copy_(load_file(directory / "head.safetensors")["weight"])
+        model.head.weight.data.copy_(load_tensors(directory / "head.safetensors")["weight"])
+        trained = {name: p for name, p in model.named_parameters() if name.startswith("head.") or "lora_" in name}
+        broken = next((name for name, p in trained.items() if not torch.isfinite(p).all()), None)
+        if broken:
+            raise UserError(f"{directory}: weight {broken} holds values that are not finite (a training run that diverged); train it again")
         model.posterior = Posterior.load(directory)
         return model.eval()
 
@@ -287,10 +316,10 @@ def cached_reference_logprobs(
     digest = hashlib.sha256(json.dumps([backbone, [s.ids for s in sequences]]).encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"reflogps-{digest}.safetensors"
     if path.exists():
-        return load_file(path)["logps"].numpy()
+        return load_tensors(path)["logps"].numpy()
     logps = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"logps": torch.from_numpy(logps)}, path)
+    with atomic_path(path) as temporary:
+        save_file({"logps": torch.from_numpy(logps)}, temporary)
     return logps
 
 

@@ -21,6 +21,7 @@ continues after the newest checkpoint as if the run had not stopped.
 from __future__ import annotations
 
 import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,12 +32,12 @@ import numpy as np
 import torch
 import yaml
 from peft import set_peft_model_state_dict
-from safetensors.torch import load_file
 
-from .data.encode import as_messages, encode_pairs
+from .data.encode import MIN_MAX_LENGTH, as_messages, encode_pairs
 from .data.load import PreferencePair
 from .data.pools import PromptRow
-from .errors import UserError
+from .errors import UserError, require
+from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, write_json, write_text
 from .gold import answer_is_correct
 from .losses import policy_loss
 from .model import ModelConfig, RewardModel
@@ -65,12 +66,18 @@ class OptimizeConfig:
     selection: str = "bandit"
     seed: int = 0
 
-    def validate(self, members: Sequence[str]) -> "OptimizeConfig":
-        for name in ("iterations", "batch_prompts", "n", "pairs_per_prompt", "max_new_tokens", "lora_r"):
-            if getattr(self, name) < 1:
-                raise UserError(f"optimize: {name} must be at least 1")
-        if self.n < 2:
-            raise UserError("optimize: n must be at least 2 to build preference pairs")
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_prompts", "pairs_per_prompt", "max_new_tokens", "lora_r"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        require(self, "n", self.n >= 2, "at least 2 (pairs are built from the samples)")
+        require(self, "temperature", 0 <= self.temperature < math.inf, "0 or positive")
+        require(self, "max_length", self.max_length >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH}")
+        for name in ("beta", "learning_rate"):
+            require(self, name, 0 < getattr(self, name) < math.inf, "a positive number")
+        require(self, "nll_weight", 0 <= self.nll_weight < math.inf, "0 or a positive number")
+
+    def check_selection(self, members: Sequence[str]) -> "OptimizeConfig":
+        """The config, once `selection` is known to name one of `members` where it names one."""
         kind, _, name = self.selection.partition(":")
         if kind not in ("bandit", "random", "ensemble", "single") or (kind == "single") != bool(name) or (name and name not in members):
             raise UserError(f"optimize: selection must be one of {', '.join(SELECTIONS)} (members: {', '.join(members)}), not {self.selection!r}")
@@ -115,7 +122,7 @@ def dev_accuracy(policy: RewardModel, rows: Sequence[PromptRow], max_new_tokens:
 
 class Optimizer:
     def __init__(self, selector: BanditSelector, config: OptimizeConfig, output_dir: str | Path):
-        self.selector, self.config = selector, config.validate(selector.names)
+        self.selector, self.config = selector, config.check_selection(selector.names)
         self.output_dir = Path(output_dir)
         torch.manual_seed(config.seed)  # the LoRA initialisation
         self.policy = RewardModel.create(ModelConfig(model=config.policy, max_length=config.max_length, lora_r=config.lora_r, objective="dpo", beta=config.beta))
@@ -126,14 +133,15 @@ class Optimizer:
 
     def run(self, prompts: Sequence[PromptRow], dev: dict[str, Sequence[PromptRow]], resume: bool = False) -> list[dict]:
         run_config = {k: v for k, v in asdict(self.config).items() if k != "iterations"}  # more iterations may follow
+        check_output_dir(self.output_dir, "--output-dir", "optimize", resume)
         if resume:
             check_same_run(self.output_dir, run_config)
             history = self._resume()
         else:
             if (self.output_dir / "history.jsonl").exists():
                 raise UserError(f"{self.output_dir}: has a run already; pass --resume to continue it or choose another --output-dir")
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+            mark_output_dir(self.output_dir, "optimize")
+            write_text(self.output_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
             history = []
         if not history:
             history.append(self._evaluate(0, dev, {"seconds": 0.0, "batches": 0, "pairs": 0, "skipped_batches": 0, "arms": {}}))
@@ -243,10 +251,11 @@ class Optimizer:
         directory = self.output_dir / f"iter-{record['iteration']}"
         self.policy.backbone.save_pretrained(directory / "adapter")
         if record["iteration"] > 0:
-            (directory / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.pair_records))
-        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+            write_text(directory / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in self.pair_records))
+        with atomic_path(directory / "optimizer.pt") as temporary:
+            torch.save(self.optimizer.state_dict(), temporary)
         self.selector.save_state(directory / "bandit_state.safetensors")
-        (directory / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+        write_json(directory / "metrics.json", record)
         with open(self.output_dir / "history.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -256,7 +265,7 @@ class Optimizer:
             return []
         history = [json.loads(line) for line in history_path.read_text().splitlines() if line]
         directory = self.output_dir / f"iter-{history[-1]['iteration']}"
-        set_peft_model_state_dict(self.policy.backbone, load_file(directory / "adapter" / "adapter_model.safetensors"))
-        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt"))
+        set_peft_model_state_dict(self.policy.backbone, load_tensors(directory / "adapter" / "adapter_model.safetensors"))
+        self.optimizer.load_state_dict(load_torch(directory / "optimizer.pt"))
         self.selector.load_state(directory / "bandit_state.safetensors")
         return history

@@ -10,6 +10,7 @@ its own generator seeded with seed + i, so its samples do not depend on the othe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -21,7 +22,7 @@ from transformers import DynamicCache
 from .backbones import load_backbone
 from .data.load import Message
 from .data.pools import Pool, PromptRow
-from .errors import UserError
+from .errors import require
 from .gold import answer_is_correct
 
 
@@ -34,12 +35,11 @@ class SamplingConfig:
     seed: int = 0
     batch_size: int = 64  # sequences generated together: batch_size // n prompts (at least one)
 
-    def validate(self) -> "SamplingConfig":
-        if min(self.n, self.max_new_tokens, self.batch_size) < 1:
-            raise UserError("sampling: n, max_new_tokens and batch_size must be at least 1")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise UserError("sampling: temperature must be ≥ 0 and top_p in (0, 1]")
-        return self
+    def __post_init__(self) -> None:
+        for name in ("n", "max_new_tokens", "batch_size"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        require(self, "temperature", 0 <= self.temperature < math.inf, "0 (greedy) or positive")
+        require(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
 
 
 @dataclass
@@ -53,7 +53,6 @@ class Samples:
 @torch.no_grad()
 def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Message]], config: SamplingConfig) -> Samples:
     """n responses per prompt (chat template applied), decoded without special tokens."""
-    config.validate()
     policy.eval()
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos

@@ -14,6 +14,8 @@ import json
 import random
 from pathlib import Path
 
+from .files import write_text
+
 TEMPLATES = [
     ("{name} has {a} {item}s and gets {b} more. How many {item}s does {name} have now?", "+"),
     ("{name} had {a} {item}s and gave away {b}. How many {item}s are left?", "-"),
@@ -81,7 +83,5 @@ def word_problems(count: int, seed: int = 0) -> list[dict]:
 
 
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+    return Path(path)

@@ -22,7 +22,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .data.encode import EncodedPairs, encode_pairs, pad_right
 from .data.load import load_preferences
 from .errors import UserError
+from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, read_json, write_json, write_text
 from .evaluate import evaluate_encoded
 from .losses import bradley_terry_loss, policy_loss
 from .model import RewardModel, cached_reference_logprobs
@@ -136,6 +137,7 @@ def train(
     """Train a reward model on `data`, evaluating on `eval_data`; write the run directory:
     config.yaml, metrics.jsonl, checkpoints/, model/ and summary.json. Returns the summary."""
     output_dir = Path(output_dir)
+    check_output_dir(output_dir, "--output-dir", "train", resume)
     if not resume and (output_dir / "metrics.jsonl").exists():
         raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
     # Without cpu=True accelerate ignores a multi-process launch on a machine with no accelerator.
@@ -173,8 +175,8 @@ def train(
         check_same_run(output_dir, run_config)
         start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler)
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        mark_output_dir(output_dir, "train")
+        write_text(output_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
         _trim_metrics(output_dir / "metrics.jsonl", start_step)
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=main)
 
@@ -190,6 +192,7 @@ def train(
     bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not main, dynamic_ncols=True)
     for step in range(start_step, total_steps):
         global_batch = batches[step]
+        rng_before = torch.get_rng_state()
         step_loss = torch.zeros((), dtype=torch.float64)
         parts = micro_batches(global_batch, rank, world, config.micro_batch_size)
         for i, (indices, weight) in enumerate(parts):
@@ -201,12 +204,19 @@ def train(
                 accelerator.backward(loss)
             step_loss += loss.detach().double().cpu() / world
             tokens += int(weight) * sum(train_set.tokens(j) for j in indices)
+        step_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum").item()
+        if not math.isfinite(step_loss):  # stop before the update: the weights are still those after `step` steps
+            if main and not (output_dir / "checkpoints" / f"step-{step}").exists():
+                save_checkpoint(output_dir, step, unwrapped, optimizer, scheduler, config.keep_checkpoints, rng_before)
+            accelerator.wait_for_everyone()
+            raise UserError(f"training loss is {step_loss} at step {step + 1} (pairs {', '.join(map(str, global_batch[:8]))}"
+                            f"{', …' if len(global_batch) > 8 else ''} of {data}): stopped before updating the model; the model after "
+                            f"step {step} is checkpoint {output_dir / 'checkpoints' / f'step-{step}'}: continue with --resume once the cause is fixed")
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        step_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum").item()
         log.write({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -226,7 +236,7 @@ def train(
     summary: dict[str, Any] = {}
     if main:
         final_eval = run_eval(total_steps)
-        unwrapped.save(output_dir / "model")
+        _save_final(unwrapped, output_dir)
         summary = {
             "steps": total_steps,
             "resumed_from_step": start_step,
@@ -237,7 +247,7 @@ def train(
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
             "processes": world,
         }
-        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(output_dir / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
@@ -261,21 +271,26 @@ def _trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, scheduler, keep: int) -> None:
-    """Trainable weights (safetensors), optimizer, scheduler and RNG state; older checkpoints pruned."""
-    root = output_dir / "checkpoints"
-    tmp = root / f".step-{step}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    weights = {name: p.detach().cpu().contiguous() for name, p in model.trainable_parameters().items()}
-    save_file(weights, tmp / "trainable.safetensors")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "state.pt",
-    )
-    (tmp / "step.json").write_text(json.dumps({"step": step}))
-    final = root / f"step-{step}"
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+def _save_final(model: RewardModel, output_dir: Path) -> None:
+    """Save the trained model; when that fails (a full disk), say how to get the run back."""
+    try:
+        model.save(output_dir / "model")
+    except OSError as err:
+        found = _checkpoints(output_dir)
+        start = f"its checkpoint {found[-1].name}" if found else "the start (no checkpoint was kept: --save-every 0)"
+        raise UserError(f"{output_dir / 'model'}: the trained model could not be saved ({err.strerror or err}); "
+                        f"nothing was left half-written: free space and rerun with --resume to continue from {start}") from None
+
+
+def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, scheduler, keep: int, rng_state: torch.Tensor | None = None) -> None:
+    """Trainable weights (safetensors), optimizer, scheduler and RNG state (default: the current one),
+    written whole or not at all; older checkpoints pruned once the new one is in place."""
+    with atomic_path(output_dir / "checkpoints" / f"step-{step}", directory=True) as tmp:
+        weights = {name: p.detach().cpu().contiguous() for name, p in model.trainable_parameters().items()}
+        save_file(weights, tmp / "trainable.safetensors")
+        torch_rng = torch.get_rng_state() if rng_state is None else rng_state
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch_rng}, tmp / "state.pt")
+        (tmp / "step.json").write_text(json.dumps({"step": step}))
     for old in _checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
 
@@ -298,19 +313,29 @@ def _checkpoints(output_dir: Path) -> list[Path]:
 
 
 def _load_latest_checkpoint(output_dir: Path, model: RewardModel, optimizer, scheduler) -> int:
+    """The step of the newest checkpoint, loaded into model, optimizer and scheduler; 0 (start over) when
+    an unfinished run kept none."""
     found = _checkpoints(output_dir)
+    if not found and (output_dir / "model").exists():
+        raise UserError(f"{output_dir}: no checkpoint to resume from: the run has finished (its model is in {output_dir / 'model'})")
     if not found:
-        raise UserError(f"{output_dir}: no checkpoint to resume from (train with --save-every N)")
+        print(f"{output_dir}: no checkpoint was kept (--save-every 0): training again from the start")
+        return 0
     latest = found[-1]
-    weights = load_file(latest / "trainable.safetensors")
+    try:
+        weights = load_tensors(latest / "trainable.safetensors")
+        state = load_torch(latest / "state.pt")
+        step = read_json(latest / "step.json")["step"]
+    except UserError as err:
+        earlier = f"delete it to resume from {found[-2].name}" if len(found) > 1 else "delete it to train again from the start"
+        raise UserError(f"checkpoint {latest.name} is damaged: {err}; {earlier}") from None
     params = model.trainable_parameters()
     if set(weights) != set(params):
         raise UserError(f"{latest}: checkpoint does not match this configuration (different trainable weights)")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    state = torch.load(latest / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
-    return json.loads((latest / "step.json").read_text())["step"]
+    return step

@@ -203,7 +203,7 @@ def test_samples_are_seeded_per_prompt():
     assert sample_responses(policy, tokenizer, [a, b], SamplingConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8)) == greedy  # nucleus of one token
     assert both.unfinished <= 8
     with pytest.raises(UserError, match="temperature"):
-        SamplingConfig(temperature=-1).validate()
+        SamplingConfig(temperature=-1)
 
 
 def test_cli_bon_samples_from_a_policy_and_uses_a_gold_model(tmp_path):

@@ -35,7 +35,7 @@ def test_policy_losses_by_hand():
 def config(**overrides) -> TrainConfig:
     values = dict(model="tiny-random", max_length=256, lora_r=4, objective="haf", batch_size=4, micro_batch_size=4,
                   learning_rate=5e-3, warmup_ratio=0.0, seed=3, eval_batch_size=4, columns=Columns())
-    return TrainConfig(**{**values, **overrides}).validate()
+    return TrainConfig(**{**values, **overrides})
 
 
 def perturbed_model(cfg: TrainConfig) -> RewardModel:

@@ -60,3 +60,32 @@ def test_probit_logit_shrinks_by_the_variance():
     # σ(μ / √(1 + π·Var/8)): Var = 8/π halves the squared logit
     assert probit_logit(np.array([2.0]), np.array([8 / math.pi]))[0] == pytest.approx(math.sqrt(2))
     assert probit_logit(np.array([-1.5]), np.array([0.0]))[0] == -1.5
+
+
+def test_preference_probability_is_stable_for_any_gap():
+    import warnings
+
+    from rewardstack.metrics import preference_probability
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow in exp would be a RuntimeWarning
+        p = preference_probability(np.array([1000.0, -1000.0, 0.0, 2.0, -745.0]), 0.0)
+        metrics = pairwise_metrics(np.array([800.0, -800.0]), np.zeros(2))
+    assert p[:3].tolist() == [1.0, 0.0, 0.5] and p[3] == pytest.approx(sig(2.0), rel=1e-15)
+    assert p[4] == pytest.approx(math.exp(-745.0), rel=1e-6)
+    assert metrics["nll"] == pytest.approx(400.0) and metrics["brier"] == 0.5 and metrics["accuracy"] == 0.5
+
+
+def test_every_torch_load_refuses_code():
+    """torch.load unpickles arbitrary objects unless told weights_only=True: every call in the package says so."""
+    import ast
+    from pathlib import Path
+
+    import rewardstack
+
+    calls = []
+    for path in Path(rewardstack.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}.get("weights_only")))
+    assert calls and all(flag == "True" for _, flag in calls), calls

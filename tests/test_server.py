@@ -34,11 +34,12 @@ def model(tmp_path_factory):
 
 
 @contextmanager
-def running(source, **settings):
+def running(source, description=None, **settings):
     """A uvicorn server for `source` in a thread; yields (base URL, uvicorn.Server)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(source, ServerSettings(**settings)), log_level="warning", timeout_graceful_shutdown=10))
+    app = create_app(source, ServerSettings(**settings), description)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
@@ -211,7 +212,7 @@ def test_serve_command_end_to_end(model, tmp_path):
                 time.sleep(0.1)
         status, answer, _ = call(url + "/v1/score", {"prompt": PROMPTS[0], "responses": RESPONSES})
         assert status == 200 and answer["rewards"] == pytest.approx(model.score([PROMPTS[0]] * 3, RESPONSES).mean.tolist(), abs=1e-5)
-        assert call(url + "/v1/info")[1]["tree"] == {"kind": "model", "path": str(directory)}
+        assert call(url + "/v1/info")[1]["tree"] == {"kind": "model", "path": directory.name}  # no absolute paths shown to clients
     finally:
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=30)[0]

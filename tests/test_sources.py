@@ -83,7 +83,7 @@ def test_rules_builtin_and_imported(tmp_path):
             {"name": "words", "source": {"kind": "rule", "function": "test_sources:word_count"}},
         ],
     }
-    source = build_source(tree, tmp_path)
+    source = build_source(tree, tmp_path, allowed_modules=["test_sources"])
     scores = source.score(["What is 2 + 3?", [{"role": "user", "content": "What is 2 + 3?"}]], ["The answer is 5.", "It is 6"])
     assert scores.parts["answer"].tolist() == [1.0, 0.0]
     assert scores.parts["length"].tolist() == [4.0, 3.0]
@@ -92,8 +92,8 @@ def test_rules_builtin_and_imported(tmp_path):
     with pytest.raises(UserError, match="no reference answer"):
         source.score(["What is 1 + 1?"], ["2"])
     with pytest.raises(UserError, match="cannot load it"):
-        build_source({"kind": "rule", "function": "test_sources:missing"})
-    with pytest.raises(UserError, match="row 0 gave 'x', not a finite number"):
+        build_source({"kind": "rule", "function": "test_sources:missing"}, allowed_modules=["test_sources"])
+    with pytest.raises(UserError, match="row 1 gave 'x', not a finite number"):
         Rule(lambda p, r: "x", "bad").score(["p"], ["r"])
 
 
@@ -264,3 +264,18 @@ def test_best_of_n_with_ensemble_objectives(tmp_path):
     single.write_text(yaml.safe_dump({"kind": "rule", "builtin": "length"}))
     bad = cli("bon", "--reward", single, "--pools", pools, "--output-dir", out, "--objective", "min", check_rc=2)
     assert "needs an ensemble reward source" in bad.stderr
+
+
+def test_rule_modules_load_from_beside_the_tree_or_an_allow_list(tmp_path):
+    """A tree may name a module beside it, or one the caller allows; anything else importable is refused,
+    and a file beside the tree never loses to an already imported module of the same name."""
+    (tmp_path / "myrules.py").write_text("def shout(prompt, response):\n    return float(response.count('!'))\n")
+    (tmp_path / "json.py").write_text("def loads(prompt, response):\n    return 1.0\n")
+    assert build_source({"kind": "rule", "function": "myrules:shout"}, tmp_path).score(["p", "p"], ["hi!!", "hi"]).mean.tolist() == [2.0, 0.0]
+    with pytest.raises(UserError, match=r"source: rule 'shutil:copyfile': module 'shutil' is neither a file beside the tree nor allowed; allow it with --allow-rule-module shutil"):
+        build_source({"kind": "rule", "function": "shutil:copyfile"}, tmp_path)
+    with pytest.raises(UserError, match="'json' is already imported from .*, not from .*json.py"):
+        build_source({"kind": "rule", "function": "json:loads"}, tmp_path)
+    allowed = build_source({"kind": "rule", "function": "os.path:getsize"}, tmp_path, allowed_modules=["os"])
+    with pytest.raises(UserError, match=r"source \(rule os.path:getsize\): row 1 raised TypeError"):
+        allowed.score(["p"], ["r"])

@@ -19,7 +19,7 @@ from rewardstack.train import micro_batches, plan_batches, train
 def tiny_config(**overrides) -> TrainConfig:
     values = dict(model="tiny-random", max_length=256, lora_r=4, batch_size=8, micro_batch_size=8,
                   learning_rate=5e-3, warmup_ratio=0.0, seed=3, columns=Columns())
-    return TrainConfig(**{**values, **overrides}).validate()
+    return TrainConfig(**{**values, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,79 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     np.testing.assert_allclose(final_rewards(tmp_path / "two"), final_rewards(tmp_path / "one"), atol=1e-4)
+
+
+def test_non_finite_loss_stops_with_the_step_and_a_resumable_checkpoint(tmp_path, data, monkeypatch):
+    """A loss that turns NaN at step 3 stops the run before the model is updated, names the step, and leaves
+    checkpoint step-2; resuming once the cause is gone gives the same model as a run that never failed."""
+    train_file, _ = data
+    config = tiny_config(epochs=1, batch_size=8)  # 5 steps
+    calls = {"n": 0}
+    original = train_module.objective_losses
+
+    def poisoned(*args):
+        calls["n"] += 1
+        losses = original(*args)
+        return losses * float("nan") if calls["n"] == 3 else losses
+
+    monkeypatch.setattr(train_module, "objective_losses", poisoned)
+    with pytest.raises(UserError, match=r"training loss is nan at step 3 .*checkpoint .*step-2: continue with --resume"):
+        train(config, train_file, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-2"]
+    assert not (tmp_path / "run" / "model").exists()
+    monkeypatch.setattr(train_module, "objective_losses", original)
+    train(config, train_file, tmp_path / "run", resume=True)
+    train(config, train_file, tmp_path / "straight")
+    np.testing.assert_allclose(final_rewards(tmp_path / "run"), final_rewards(tmp_path / "straight"), atol=1e-6)
+
+
+def test_full_disk_at_the_final_save_loses_nothing_and_resumes(tmp_path, data, monkeypatch):
+    """The final save fails with ENOSPC: no half-written model folder, a message that says how to recover,
+    and a rerun with --resume finishes from the last checkpoint (metrics.jsonl does not block it)."""
+    import errno
+
+    train_file, _ = data
+    config = tiny_config(epochs=1, save_every=2)
+    original = RewardModel.save
+
+    def full_disk(self, directory):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+
+    monkeypatch.setattr(RewardModel, "save", full_disk)
+    with pytest.raises(UserError, match=r"could not be saved \(No space left on device\).*free space and rerun with --resume to continue from its checkpoint step-4"):
+        train(config, train_file, tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists() and not list((tmp_path / "run").glob(".model*"))
+    monkeypatch.setattr(RewardModel, "save", original)
+    summary = train(config, train_file, tmp_path / "run", resume=True)
+    assert summary["resumed_from_step"] == 4 and (tmp_path / "run" / "model" / "rewardstack.json").exists()
+
+
+def test_an_interrupted_save_leaves_the_old_model_in_place(tmp_path):
+    """RewardModel.save writes beside the folder and renames: a failure half-way keeps the saved model whole."""
+    from rewardstack.model import ModelConfig
+
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2))
+    model.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    model.tokenizer.save_pretrained = lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+    with pytest.raises(OSError):
+        model.save(tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_configs_are_checked_when_built_from_python():
+    from rewardstack.model import ModelConfig
+    from rewardstack.sampling import SamplingConfig
+
+    with pytest.raises(UserError, match=r"lora_dropout must be in \[0, 1\), got 1.0 \(option --lora-dropout\)"):
+        ModelConfig(lora_dropout=1.0)
+    with pytest.raises(UserError, match="learning_rate must be a positive number, got -0.1"):
+        tiny_config(learning_rate=-0.1)
+    with pytest.raises(UserError, match=r"max_prompt_length must be between 1 and max_length − 1 = 63"):
+        tiny_config(max_length=64, max_prompt_length=64)
+    with pytest.raises(UserError, match="save_every must be 0 \\(off\\) or a positive number of steps, got -1"):
+        tiny_config(save_every=-1)
+    with pytest.raises(UserError, match=r"top_p must be in \(0, 1\], got 0.0"):
+        SamplingConfig(top_p=0.0)
+    assert tiny_config(max_length=64, max_prompt_length=63, lora_dropout=0.0, save_every=0).max_prompt_length == 63

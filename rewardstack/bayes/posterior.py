@@ -11,16 +11,16 @@ eigenvalues, `rest`, on the orthogonal complement of U; its trace is kept exactl
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..files import atomic_path, load_tensors, read_json, write_json
 
 POSTERIOR_FILE = "posterior.safetensors"
 POSTERIOR_META = "posterior.json"
@@ -158,12 +158,13 @@ class Posterior:
                 tensors[f"{i}.{side}.vectors"] = eigen.vectors.contiguous()
                 tensors[f"{i}.{side}.values"] = eigen.values.contiguous()
             blocks.append({"name": block.name, "out_rest": block.out.rest, "in_rest": block.inp.rest})
-        save_file(tensors, directory / POSTERIOR_FILE)
+        with atomic_path(directory / POSTERIOR_FILE) as temporary:
+            save_file(tensors, temporary)
         meta = {
             "format_version": FORMAT_VERSION, "subset": self.subset, "prior_precision": self.prior_precision,
             "log_likelihood": self.log_likelihood, "mean_sq_norm": self.mean_sq_norm, "blocks": blocks, "info": self.info,
         }
-        (directory / POSTERIOR_META).write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(directory / POSTERIOR_META, meta)
 
     @classmethod
     def load(cls, directory: str | Path) -> "Posterior | None":
@@ -171,10 +172,10 @@ class Posterior:
         directory = Path(directory)
         if not (directory / POSTERIOR_META).exists():
             return None
-        meta = json.loads((directory / POSTERIOR_META).read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{directory / POSTERIOR_META}: unknown posterior format {meta.get('format_version')!r}")
-        tensors = load_file(directory / POSTERIOR_FILE)
+        meta = read_json(directory / POSTERIOR_META)
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{directory / POSTERIOR_META}: unknown posterior format")
+        tensors = load_tensors(directory / POSTERIOR_FILE)
         blocks = [
             Block(
                 b["name"],

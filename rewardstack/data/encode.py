@@ -7,8 +7,10 @@ from typing import Sequence
 
 import torch
 
-from .load import Message
+from ..errors import UserError
+from .load import ROLES, Message
 
+MIN_MAX_LENGTH = 8  # tokens: room for a chat template's markers around a prompt and a response
 PROGRESS_MIN_BATCHES = 20  # scoring shows a progress bar from this many batches on
 
 
@@ -46,8 +48,8 @@ class Encoder:
     so the boundary between them is exact (the prompt is shared by all responses to it)."""
 
     def __init__(self, tokenizer, max_length: int, max_prompt_length: int | None = None):
-        if max_length < 8:
-            raise ValueError("max_length must be at least 8 tokens")
+        if max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH} tokens")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length if max_prompt_length is not None else max_length // 2
@@ -78,9 +80,14 @@ class Encoder:
 
 
 def as_messages(prompt: str | Sequence[Message]) -> tuple[Message, ...]:
-    """A prompt given as a plain string is one user turn."""
+    """A prompt given as a plain string is one user turn; a message list must use the chat roles."""
     if isinstance(prompt, str):
         return ({"role": "user", "content": prompt},)
+    if not prompt:
+        raise UserError("prompt: an empty list of messages")
+    for i, message in enumerate(prompt):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise UserError(f"prompt message {i}: expected {{'role': one of {', '.join(ROLES)}, 'content': text}}, got {str(message)[:80]}")
     return tuple(prompt)
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import re
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any, Iterator
 from ..errors import UserError
 
 Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -109,43 +112,86 @@ def _skip_or_raise(err: RowError, source, row_number: int, skip_invalid: bool, r
 
 def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[int, Any]]:
     """Yield (1-based row number, row) from jsonl[.gz], json, parquet, csv or a Hugging Face dataset.
-    A line that is not valid JSON is yielded as a `RowError` so the caller decides what to do."""
+    A line that is not valid JSON or UTF-8 is yielded as a `RowError` so the caller decides what to do;
+    a file that cannot be read at all is a `UserError` naming it."""
     path = Path(source)
     name = path.name.lower()
     if not path.exists():
         yield from _read_hub_dataset(str(source), split)
         return
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        yield from _read_jsonl(path)
+    elif name.endswith(".json"):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
+        if not isinstance(data, list):
+            raise UserError(f"{path}: a .json data file must hold a list of rows")
+        yield from enumerate(data, 1)
+    elif name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+        yield from enumerate(table.to_pylist(), 1)
+    elif name.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            for number, row in enumerate(csv.DictReader(handle), 1):
+                bad = next((key for key, value in row.items() if isinstance(value, str) and _has_surrogates(value)), None)
+                yield number, RowError("invalid UTF-8", bad, "invalid UTF-8") if bad else row
+    else:
+        raise UserError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """Rows of a .jsonl or .jsonl.gz file; a gzip stream that is not one, truncated or corrupt stops
+    with an error naming the file and the last row read."""
+    gzipped = path.name.lower().endswith(".gz")
+    number = 0
+    try:
+        with (gzip.open if gzipped else open)(path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield number, RowError("invalid UTF-8", None, f"invalid UTF-8 at byte {exc.start}")
+                    continue
                 if not line.strip():
                     continue
                 try:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as exc:
                     yield number, RowError("invalid JSON", None, f"invalid JSON ({exc.msg} at column {exc.colno})")
-    elif name.endswith(".json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(data, list):
-            raise UserError(f"{path}: a .json data file must hold a list of rows")
-        yield from enumerate(data, 1)
-    elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+    except EOFError:
+        raise UserError(f"{path}: truncated gzip file: it ends inside row {number + 1}") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        if "Not a gzipped file" in str(exc):
+            raise UserError(f"{path}: not a gzip file (rename it to .jsonl if it is plain text)") from None
+        raise UserError(f"{path}: corrupt gzip data after row {number} ({exc})") from None
 
-        yield from enumerate(pq.read_table(path).to_pylist(), 1)
-    elif name.endswith(".csv"):
-        with open(path, newline="", encoding="utf-8") as handle:
-            yield from enumerate(csv.DictReader(handle), 1)
-    else:
-        raise UserError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+DATA_SUFFIXES = (".jsonl", ".gz", ".json", ".parquet", ".csv", ".txt", ".tsv", ".arrow")
 
 
 def _read_hub_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
-    if "/" not in name or name.startswith((".", "/")):
+    """Rows of a Hugging Face dataset `owner/name` (from the local cache unless downloads are on); a name
+    that looks like a file path is a missing file and never sent to the hub."""
+    if not HUB_ID.fullmatch(name) or name.lower().endswith(DATA_SUFFIXES) or Path(name).parent.is_dir():
         raise UserError(f"{name}: no such file")
     import datasets
 
@@ -154,7 +200,7 @@ def _read_hub_dataset(name: str, split: str) -> Iterator[tuple[int, Any]]:
     except Exception as exc:  # datasets raises many types for missing/offline datasets
         raise UserError(
             f"{name}: no such file, and no such Hugging Face dataset in the local cache ({type(exc).__name__}); "
-            "the CLI downloads only with REWARDSTACK_ALLOW_DOWNLOAD=1"
+            "downloads happen only with REWARDSTACK_ALLOW_DOWNLOAD=1"
         ) from None
     yield from enumerate(dataset, 1)
 
@@ -228,9 +274,12 @@ def _margin(row: dict, key: str) -> float | None:
     if isinstance(value, bool):
         raise RowError("wrong type", key, "expected a number, got bool")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise RowError("wrong type", key, f"expected a number, got {value!r:.40}") from None
+    if not math.isfinite(number):
+        raise RowError("not finite", key, f"expected a finite number, got {value!r:.40}")
+    return number
 
 
 def _subset(row: dict, key: str) -> str | None:
@@ -244,6 +293,8 @@ def _messages(value: Any, key: str) -> list[Message]:
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
             raise RowError("wrong type", key, f"message {i} must be an object with string 'role' and 'content'")
+        if message["role"] not in ROLES:
+            raise RowError("unknown role", key, f"message {i} has role {message['role']!r}, not one of {', '.join(ROLES)}")
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 

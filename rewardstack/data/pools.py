@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..files import write_text
 from ..gold import answer_is_correct
 from .encode import as_messages
 from .load import LoadReport, Message, RowError, _check_row, _prompt_messages, _required, _skip_or_raise, _string, read_rows
@@ -95,14 +96,15 @@ def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Poo
 
 def write_pools(pools: Sequence[Pool], path: str | Path) -> None:
     """Pools as generic rows (id, prompt, responses, gold and group when known), readable by load_pools."""
-    with open(path, "w") as handle:
-        for pool in pools:
-            row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
-            if pool.gold is not None:
-                row["gold"] = pool.gold.tolist()
-            if pool.group is not None:
-                row["group"] = pool.group
-            handle.write(json.dumps(row) + "\n")
+    lines = []
+    for pool in pools:
+        row = {"id": pool.key, "prompt": list(pool.prompt), "responses": pool.responses}
+        if pool.gold is not None:
+            row["gold"] = pool.gold.tolist()
+        if pool.group is not None:
+            row["group"] = pool.group
+        lines.append(json.dumps(row) + "\n")
+    write_text(path, "".join(lines))
 
 
 def gold_pairs(pools: Sequence[Pool], per_pool: int, seed: int = 0, min_gap: float = 0.5) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import UserError
 from .app import ServerSettings, create_app, describe
@@ -36,13 +37,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(reward: str, host: str, port: int, settings: ServerSettings, graceful_shutdown_s: float = 30.0) -> None:
-    """Load the source and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests finish first)."""
+def serve(reward: str, host: str, port: int, settings: ServerSettings, graceful_shutdown_s: float = 30.0, allowed_modules: Sequence[str] = ()) -> None:
+    """Load the source and serve it with uvicorn until SIGINT/SIGTERM (in-flight requests finish first).
+    Rules in the tree may import only modules beside it and `allowed_modules` (rules.import_function)."""
     import uvicorn
 
     from ..sources import load_source
 
     if not is_loopback(host) and settings.api_key is None:
         raise UserError(f"serving on {host} (not loopback) needs an API key: set {API_KEY_ENV} or pass --api-key-file")
-    app = create_app(load_source(reward), settings, describe(reward))
+    app = create_app(load_source(reward, allowed_modules), settings, describe(reward))
     uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_shutdown_s, log_level="info")

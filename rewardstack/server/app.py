@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
 
@@ -29,6 +32,7 @@ from ..data.encode import as_messages
 from ..errors import UserError
 from ..sources import RewardScores
 from ..sources.bandit import BanditSelector
+from ..sources.remote import redact_url
 from ..sources.tree import read_tree, reward_models
 from .batching import DynamicBatcher
 from .conversation import ConversationSplitter
@@ -53,7 +57,7 @@ class ChatMessage(BaseModel):
     content: str
 
 
-Prompt = str | list[ChatMessage]
+Prompt = str | Annotated[list[ChatMessage], Field(min_length=1)]
 
 
 class ScoreItem(BaseModel):
@@ -150,6 +154,8 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
 
     app = FastAPI(title="rewardstack reward server", version=__version__, lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    tree_dir = Path((description or {}).get("folder", "."))
     secured = [Depends(require_key)]
 
     def size_of(prompts: list, responses: list[str]) -> tuple[int, int]:
@@ -165,13 +171,19 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         return tokens, cut
 
     async def scored(prompts: list, responses: list[str]) -> RewardScores:
-        tokens, cut = size_of(prompts, responses)
+        """The rows' scores. The request is sized (and so checked) on a worker thread before it joins a
+        batch; a failure is this request's alone (see DynamicBatcher) and its message shows no paths or secrets."""
         try:
-            return await batcher.score(prompts, responses, tokens, cut)
+            tokens, cut = await asyncio.to_thread(size_of, prompts, responses)
+            scores = await batcher.score(prompts, responses, tokens, cut)
         except asyncio.QueueFull:
             raise HTTPException(503, "the server is busy: too many requests waiting", headers={"Retry-After": str(settings.retry_after_s)}) from None
         except UserError as err:
-            raise HTTPException(422, str(err)) from None
+            raise HTTPException(422, public_text(str(err), tree_dir)) from None
+        bad = np.flatnonzero(~np.isfinite(scores.mean))
+        if len(bad):
+            raise HTTPException(500, f"the reward source gave a non-finite reward ({scores.mean[bad[0]]}) for row {bad[0]}: it is broken")
+        return scores
 
     @app.post("/v1/score", response_model=ScoreResponse, dependencies=secured)
     async def score(request: ScoreRequest) -> dict:
@@ -186,6 +198,14 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         chat template (or at its entry in `prompts`)."""
         if request.prompts is not None and len(request.prompts) != len(request.query):
             raise HTTPException(422, f"`prompts` has {len(request.prompts)} entries but `query` has {len(request.query)}")
+        scores = await scored(*await asyncio.to_thread(split_queries, request))
+        extra = {name: values.tolist() for name, values in scores.parts.items()}
+        if scores.std is not None:
+            extra["reward_std"] = scores.std.tolist()
+        return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
+
+    def split_queries(request: OpenRLHFRequest) -> tuple[list, list[str]]:
+        """Prompts and responses of OpenRLHF's full texts (on a worker thread: it tokenises)."""
         prompts, responses = [], []
         for i, query in enumerate(request.query):
             hint = request.prompts[i] if request.prompts else None
@@ -200,11 +220,7 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
                     raise HTTPException(422, f"query[{i}]: {err}") from None
             prompts.append(messages)
             responses.append(response)
-        scores = await scored(prompts, responses)
-        extra = {name: values.tolist() for name, values in scores.parts.items()}
-        if scores.std is not None:
-            extra["reward_std"] = scores.std.tolist()
-        return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
+        return prompts, responses
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=secured)
     async def feedback(request: FeedbackRequest) -> dict:
@@ -226,7 +242,7 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
                        for item, arm, batch, context in zip(request.items, arms, batches, source.batch_contexts(batches))]
             saved = None
             if source.state_path:
-                saved = str(source.save_state().resolve())
+                saved = public_text(str(source.save_state().resolve()), tree_dir)
                 with open(source.state_path.parent / "bandit_log.jsonl", "a") as log:
                     log.writelines(json.dumps(entry) + "\n" for entry in source.log)
             source.log.clear()  # written out (or, with no state file, nowhere to keep): a long-running server does not grow it
@@ -243,8 +259,8 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         """The served source, its models, whether any has a posterior, limits and counters."""
         return {
             "version": __version__,
-            **(description or {}),
-            "models": [{"base_model": m.config.model, "objective": m.config.objective, "max_length": m.config.max_length,
+            **{key: value for key, value in (description or {}).items() if key != "folder"},
+            "models": [{"base_model": _shown_model(m.config.model), "objective": m.config.objective, "max_length": m.config.max_length,
                         "posterior": m.posterior is not None} for m in models],
             "posterior": any(m.posterior is not None for m in models),
             **({"bandit": {"members": source.names, "steps": source.steps, "arm_counts": source.arm_counts()}} if isinstance(source, BanditSelector) else {}),
@@ -298,7 +314,53 @@ def _replay(messages: list[dict], then=None):
     return receive
 
 
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field and why, without echoing the values (they may be huge, private, or NaN,
+    which JSON cannot carry)."""
+    detail = [{"loc": list(error.get("loc", ())), "msg": error.get("msg", ""), "type": error.get("type", "")} for error in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
+PATH_KEYS = ("path", "answers", "state")
+
+
+def public_text(text: str, tree_dir: Path) -> str:
+    """`text` fit for clients: URLs redacted (credentials, secret query values) and paths inside the
+    served tree's folder shown relative to it."""
+    text = URL.sub(lambda match: redact_url(match.group(0)), text)
+    for folder in {str(tree_dir.resolve()), str(tree_dir)} - {"."}:
+        text = text.replace(folder.rstrip("/") + "/", "")
+    return text
+
+
+def _shown_model(name: str) -> str:
+    """A base model as clients see it: a Hub id or preset as is, a local folder by its name alone."""
+    return Path(name).name if Path(name).is_absolute() else name
+
+
+def _public_tree(node, tree_dir: Path):
+    """The tree for /v1/info: remote URLs redacted, absolute paths inside its folder made relative, others
+    by their name alone."""
+    if isinstance(node, list):
+        return [_public_tree(child, tree_dir) for child in node]
+    if not isinstance(node, dict):
+        return node if isinstance(node, (str, int, float, bool)) or node is None else str(node)
+    shown = {}
+    for key, value in node.items():
+        if key == "url" and isinstance(value, str):
+            value = redact_url(value)
+        elif key in PATH_KEYS and isinstance(value, str) and Path(value).is_absolute():
+            inside = Path(value).resolve().is_relative_to(tree_dir.resolve())
+            value = str(Path(value).resolve().relative_to(tree_dir.resolve())) if inside else Path(value).name
+        shown[key] = _public_tree(value, tree_dir)
+    return shown
+
+
 def describe(spec: str) -> dict:
-    """/v1/info's view of a served source: its path and, for a YAML tree, the tree itself."""
+    """/v1/info's view of a served source: its name and, for a YAML tree, the tree itself (see
+    _public_tree); `folder` (where the tree's paths start) is kept for messages, not shown."""
     path = Path(spec)
-    return {"reward": str(path), "tree": {"kind": "model", "path": str(path)} if path.is_dir() else json.loads(json.dumps(read_tree(path), default=str))}
+    if path.is_dir():
+        return {"reward": path.name, "tree": {"kind": "model", "path": path.name}, "folder": str(path.parent)}
+    return {"reward": path.name, "tree": _public_tree(read_tree(path), path.parent), "folder": str(path.parent)}

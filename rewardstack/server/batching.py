@@ -102,15 +102,20 @@ class DynamicBatcher:
             await self._score([carried])
 
     async def _score(self, batch: list[Job]) -> None:
+        """Score the batch in one call; if that fails, score each request alone, so only the requests that
+        fail themselves get an error (and no request sees another's rows in an error message)."""
+        self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(batch))
         prompts = [p for job in batch for p in job.prompts]
         responses = [r for job in batch for r in job.responses]
         try:
             scores = await asyncio.get_running_loop().run_in_executor(
                 self._executor, lambda: self.source.score(prompts, responses, batch_size=self.batch_size))
-        except Exception as err:  # every request of the batch learns what went wrong
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(err)
+        except Exception as err:
+            if len(batch) > 1:
+                for job in batch:
+                    await self._score([job])
+            elif not batch[0].future.done():
+                batch[0].future.set_exception(err)
             return
         self._record(batch, len(responses))
         start = 0
@@ -125,4 +130,3 @@ class DynamicBatcher:
         stats.rows += rows
         stats.batches += 1
         stats.truncated += sum(job.truncated for job in batch)
-        stats.largest_batch_requests = max(stats.largest_batch_requests, len(batch))

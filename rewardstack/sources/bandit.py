@@ -17,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..bandits import PercentileNormalizer, make_bandit
 from ..data.encode import prompt_key
 from ..errors import UserError
+from ..files import atomic_path, load_tensors
 from . import RewardScores
 
 PER = ("instance", "batch")
@@ -109,25 +110,26 @@ class BanditSelector:
 
     def save_state(self, path: str | Path | None = None) -> Path:
         path = Path(path or self.state_path or "bandit_state.safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"bandit.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.bandit.state().items()}
         tensors["normalizer.history"] = torch.from_numpy(self.normalizer.history.copy())
         meta = {"algorithm": self.algorithm, "members": json.dumps(self.names), "dim": str(self.context.dim), "steps": str(self.steps),
                 "rng": json.dumps(self.bandit.rng.bit_generator.state)}  # randomised choices continue as if never stopped
-        partial = path.with_name(path.name + ".partial")  # a crash while writing leaves the old state intact
-        save_file(tensors, partial, metadata=meta)
-        partial.replace(path)
+        with atomic_path(path) as temporary:  # a crash while writing leaves the old state intact
+            save_file(tensors, temporary, metadata=meta)
         return path
 
     def load_state(self, path: str | Path) -> None:
         from safetensors import safe_open
 
-        with safe_open(str(path), "pt") as handle:
-            meta = handle.metadata() or {}
+        try:
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
+        except Exception as err:  # a truncated or corrupt file
+            raise UserError(f"{path}: not a readable bandit state ({err}); delete it to start the bandit afresh") from None
         if meta.get("algorithm") != self.algorithm or json.loads(meta.get("members", "[]")) != self.names:
             raise UserError(f"{path}: bandit state of {meta.get('algorithm')} over {meta.get('members')}, "
                             f"not {self.algorithm} over {self.names}")
-        tensors = load_file(str(path))
+        tensors = load_tensors(path)
         self.bandit.load_state({k.removeprefix("bandit."): v.numpy() for k, v in tensors.items() if k.startswith("bandit.")})
         self.normalizer.history = tensors["normalizer.history"].numpy().copy()
         if "rng" in meta:

@@ -11,7 +11,9 @@ Protocols:
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -21,18 +23,30 @@ from . import RewardScores
 from .rules import prompt_text
 
 PROTOCOLS = ("rewardstack", "openrlhf")
+SECRET_QUERY = re.compile(r"(key|token|secret|password|passwd|auth|signature|sig)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` safe to show: user:password@ and the values of secret-looking query parameters replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rsplit("@", 1)[1]
+    query = "&".join(f"{k}=***" if SECRET_QUERY.search(k) else f"{k}={v}" for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class Remote:
-    def __init__(self, url: str, protocol: str = "rewardstack", timeout: float = 60.0, batch_size: int = 64):
+    """A reward server; `api_key` is sent as `Authorization: Bearer KEY`. Messages show the URL redacted."""
+
+    def __init__(self, url: str, protocol: str = "rewardstack", timeout: float = 60.0, batch_size: int = 64, api_key: str | None = None):
         if protocol not in PROTOCOLS:
             raise UserError(f"remote: protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-        self.url, self.protocol, self.timeout, self.batch_size = url.rstrip("/"), protocol, timeout, batch_size
+        self.url, self.protocol, self.timeout, self.batch_size, self.api_key = url.rstrip("/"), protocol, timeout, batch_size, api_key
+        self.shown = redact_url(self.url)
 
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
         """Rows sent in requests of self.batch_size rows."""
         if len(prompts) != len(responses):
-            raise UserError(f"remote {self.url}: {len(prompts)} prompts but {len(responses)} responses")
+            raise UserError(f"remote {self.shown}: {len(prompts)} prompts but {len(responses)} responses")
         chunks = [self._request(prompts[i : i + self.batch_size], responses[i : i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
         if not chunks:
             return RewardScores(mean=np.empty(0))
@@ -48,19 +62,23 @@ class Remote:
         else:
             texts = [prompt_text(p) + "\n" for p in prompts]
             path, body = "/get_reward", {"query": [t + r for t, r in zip(texts, responses)], "prompts": texts}
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers=headers)
+        shown = self.shown + path
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 data = json.loads(answer.read())
         except urllib.error.HTTPError as err:
-            raise UserError(f"remote {self.url + path}: HTTP {err.code}: {err.read()[:200].decode(errors='replace')}") from None
+            raise UserError(f"remote {shown}: HTTP {err.code}: {err.read()[:200].decode(errors='replace')}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            raise UserError(f"remote {self.url + path}: cannot reach the server ({getattr(err, 'reason', err)})") from None
+            raise UserError(f"remote {shown}: cannot reach the server ({getattr(err, 'reason', err)})") from None
         except json.JSONDecodeError:
-            raise UserError(f"remote {self.url + path}: the answer is not JSON") from None
+            raise UserError(f"remote {shown}: the answer is not JSON") from None
         rewards = data.get("rewards") if isinstance(data, dict) else None
         if not isinstance(rewards, list) or len(rewards) != len(responses):
-            raise UserError(f"remote {self.url + path}: expected 'rewards' with {len(responses)} numbers")
+            raise UserError(f"remote {shown}: expected 'rewards' with {len(responses)} numbers")
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and np.isfinite(r) for r in rewards):
+            raise UserError(f"remote {shown}: the answer holds rewards that are not finite numbers")
         stds = data.get("std")
         parts = {name: np.asarray(values, dtype=np.float64) for name, values in (data.get("parts") or {}).items()}
         return RewardScores(mean=np.asarray(rewards, dtype=np.float64), std=None if stds is None else np.asarray(stds, dtype=np.float64),

@@ -31,42 +31,69 @@ def prompt_text(prompt: str | Sequence[Message]) -> str:
 
 
 class Rule:
-    """A reward source from a function f(prompt_text, response) -> float; a non-finite or non-numeric result
-    is an error naming the row."""
+    """A reward source from a function f(prompt_text, response) -> float. An exception, or a result that is
+    not a finite number, is a UserError naming the rule, its node in the tree (`where`) and the row (1-based)."""
 
-    def __init__(self, function: RuleFunction, name: str):
-        self.function, self.name = function, name
+    def __init__(self, function: RuleFunction, name: str, where: str = "rule"):
+        self.function, self.name, self.where = function, name, where
 
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
+        label = f"{self.where} (rule {self.name})"
         if len(prompts) != len(responses):
-            raise UserError(f"rule {self.name}: {len(prompts)} prompts but {len(responses)} responses")
+            raise UserError(f"{label}: {len(prompts)} prompts but {len(responses)} responses")
         values = np.empty(len(responses))
-        for row, (prompt, response) in enumerate(zip(prompts, responses)):
-            value = self.function(prompt_text(prompt), response)
+        for row, (prompt, response) in enumerate(zip(prompts, responses), 1):
+            try:
+                value = self.function(prompt_text(prompt), response)
+            except UserError:
+                raise
+            except Exception as err:  # the user's code: report it, with the row, as their error
+                raise UserError(f"{label}: row {row} raised {type(err).__name__}: {err}") from None
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(f"rule {self.name}: row {row} gave {value!r}, not a finite number")
-            values[row] = value
+                raise UserError(f"{label}: row {row} gave {value!r}, not a finite number")
+            values[row - 1] = value
         return RewardScores(mean=values)
 
 
-def import_function(spec: str, search_dir: str | Path | None = None) -> RuleFunction:
-    """The function named by 'package.module:function'; the module is looked for in `search_dir` (the
-    YAML tree's folder) first, then on the Python path."""
+def import_function(spec: str, search_dir: str | Path | None = None, allowed_modules: Sequence[str] = ()) -> RuleFunction:
+    """The function named by 'package.module:function'. The module must be a file beside the YAML tree
+    (in `search_dir`), or be in `allowed_modules` (a name there allows its submodules too): a tree cannot
+    make rewardstack import, and call, anything else that is importable."""
     module_name, _, function_name = spec.partition(":")
     if not module_name or not function_name:
         raise UserError(f"rule {spec!r}: give it as module:function")
-    if search_dir is not None:
+    allowed = any(module_name == name or module_name.startswith(name + ".") for name in allowed_modules)
+    beside = _module_beside(module_name, search_dir)
+    if not allowed and beside is None:
+        raise UserError(f"rule {spec!r}: module {module_name!r} is neither a file beside the tree nor allowed; "
+                        f"allow it with --allow-rule-module {module_name.split('.')[0]} if you trust it")
+    if beside is not None:
         sys.path.insert(0, str(search_dir))
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as err:
-        raise UserError(f"rule {spec!r}: cannot load it ({err})") from None
+        module = importlib.import_module(module_name)
+        function = getattr(module, function_name)
+    except Exception as err:  # the module's own import-time errors included
+        raise UserError(f"rule {spec!r}: cannot load it ({type(err).__name__}: {err})") from None
     finally:
-        if search_dir is not None:
+        if beside is not None:
             sys.path.remove(str(search_dir))
+    if beside is not None and not allowed and Path(getattr(module, "__file__", "") or "").resolve() != beside:
+        raise UserError(f"rule {spec!r}: {module_name!r} is already imported from {getattr(module, '__file__', None)}, not from {beside}; "
+                        "rename the file beside the tree")
     if not callable(function):
         raise UserError(f"rule {spec!r}: not a function")
     return function
+
+
+def _module_beside(module_name: str, search_dir: str | Path | None) -> Path | None:
+    """The file of `module_name` in `search_dir` (module.py or package/__init__.py), or None."""
+    if search_dir is None:
+        return None
+    base = Path(search_dir).joinpath(*module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
 
 
 def length_rule(unit: str = "words") -> RuleFunction:

@@ -32,7 +32,7 @@ def aspect_consistency(holistic: np.ndarray, aspect: np.ndarray) -> dict[str, fl
 
 def select_aspects(
     tree: dict[str, Any], base_dir, prompts: Sequence, first: Sequence[str], second: Sequence[str],
-    keep: int | None = None, max_inconsistency: float = 0.5, batch_size: int = 16,
+    keep: int | None = None, max_inconsistency: float = 0.5, batch_size: int = 16, allowed_modules: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Score both responses of every prompt with the hierarchical `tree`'s holistic source and each of its
     aspects. Returns (one row per aspect: name, compared, inconsistency, win_rate, kept; sorted from the
@@ -44,7 +44,7 @@ def select_aspects(
         raise UserError("select-aspects: needs two responses for each of at least one prompt")
 
     def both(node) -> np.ndarray:
-        scores = build_source(node, base_dir).score(list(prompts) * 2, list(first) + list(second), batch_size=batch_size).mean
+        scores = build_source(node, base_dir, allowed_modules=allowed_modules).score(list(prompts) * 2, list(first) + list(second), batch_size=batch_size).mean
         return np.stack([scores[: len(prompts)], scores[len(prompts) :]], axis=1)
 
     holistic = both(tree["holistic"])

@@ -2,9 +2,9 @@
 
 Nodes (paths are relative to the YAML file):
     {kind: model, path: DIR}
-    {kind: rule, function: "module:function"} (module beside the YAML file or importable)  or  {kind: rule, builtin: answer, answers: FILE}
+    {kind: rule, function: "module:function"} (a module beside the YAML file, or one the caller allows)  or  {kind: rule, builtin: answer, answers: FILE}
         | {kind: rule, builtin: length, unit: words|characters} | {kind: rule, builtin: regex, pattern: P, ignore_case: false}
-    {kind: remote, url: URL, protocol: rewardstack|openrlhf, timeout: 60, batch_size: 64}
+    {kind: remote, url: URL, protocol: rewardstack|openrlhf, timeout: 60, batch_size: 64, api_key_env: NAME}
     {kind: ensemble, combine: mean|min|uwo:λ|weighted, weights: [...], members: [{name: N, source: NODE}, ...]}
     {kind: hierarchical, mode: hierarchical|holistic|aspects|weighted_sum, threshold: τ, holistic_weight: w_h,
      holistic: NODE, aspects: [{name: N, weight: w, source: NODE}, ...]}
@@ -17,6 +17,7 @@ Any node may carry `normalize: {mean: μ, std: σ}` (fixed) or `normalize: calib
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,14 +32,15 @@ from .rules import Rule, answer_rule, import_function, length_rule, regex_rule
 KINDS = ("model", "rule", "remote", "ensemble", "hierarchical", "bandit")
 
 
-def load_source(spec: str | Path):
-    """A reward source from a trained model directory or a YAML file describing a source tree."""
+def load_source(spec: str | Path, allowed_modules: Sequence[str] = ()):
+    """A reward source from a trained model directory or a YAML file describing a source tree; rules may
+    import modules beside the file and those in `allowed_modules` (see rules.import_function)."""
     path = Path(spec)
     if path.is_dir():
         from ..model import RewardModel
 
         return RewardModel.from_pretrained(path)
-    return build_source(read_tree(path), path.parent, str(path))
+    return build_source(read_tree(path), path.parent, "source", allowed_modules)
 
 
 def read_tree(path: str | Path) -> dict[str, Any]:
@@ -51,12 +53,25 @@ def read_tree(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(node, dict):
         raise UserError(f"{path}: a source tree is a mapping with a `kind`")
+    _check_acyclic(node, "source", set(), path)
     return node
 
 
-def build_source(node: Any, base_dir: str | Path = ".", where: str = "source"):
-    """The source a tree node describes (module docstring); errors name the node's place in the tree."""
-    source = _build_raw(node, Path(base_dir), where)
+def _check_acyclic(value: Any, where: str, above: set[int], path: Path) -> None:
+    """A YAML alias may repeat a node, but not one that contains it (the tree would never end)."""
+    if not isinstance(value, (dict, list)):
+        return
+    if id(value) in above:
+        raise UserError(f"{path}: {where} refers to a node that contains it (a YAML alias to itself)")
+    inside = above | {id(value)}
+    for key, child in (value.items() if isinstance(value, dict) else enumerate(value)):
+        _check_acyclic(child, f"{where}.{key}" if isinstance(value, dict) else f"{where}[{key}]", inside, path)
+
+
+def build_source(node: Any, base_dir: str | Path = ".", where: str = "source", allowed_modules: Sequence[str] = ()):
+    """The source a tree node describes (module docstring); errors name the node's place in the tree.
+    Rules may import modules beside `base_dir` and those in `allowed_modules`."""
+    source = _build_raw(node, Path(base_dir), where, tuple(allowed_modules))
     normalize = node.get("normalize")
     if normalize is None:
         return source
@@ -67,7 +82,7 @@ def build_source(node: Any, base_dir: str | Path = ".", where: str = "source"):
     return Normalized(source, _number(normalize, "mean", f"{where}.normalize"), _number(normalize, "std", f"{where}.normalize"))
 
 
-def _build_raw(node: Any, base_dir: Path, where: str):
+def _build_raw(node: Any, base_dir: Path, where: str, allowed: tuple[str, ...]):
     if not isinstance(node, dict) or node.get("kind") not in KINDS:
         raise UserError(f"{where}: a node needs `kind`, one of {', '.join(KINDS)}")
     kind = node["kind"]
@@ -83,19 +98,23 @@ def _build_raw(node: Any, base_dir: Path, where: str):
         return model
     if kind == "rule":
         if "function" in node:
-            return Rule(import_function(node["function"], base_dir), node["function"])
+            try:
+                return Rule(import_function(str(node["function"]), base_dir, allowed), str(node["function"]), where)
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
         builtin = _field(node, "builtin", where)
         if builtin == "length":
-            return Rule(length_rule(node.get("unit", "words")), "length")
+            return Rule(length_rule(node.get("unit", "words")), "length", where)
         if builtin == "regex":
-            return Rule(regex_rule(_field(node, "pattern", where), bool(node.get("ignore_case", False))), "regex")
+            return Rule(regex_rule(_field(node, "pattern", where), bool(node.get("ignore_case", False))), "regex", where)
         if builtin == "answer":
-            return Rule(answer_rule(base_dir / _field(node, "answers", where), node.get("prompt_key", "prompt"), node.get("answer_key", "answer")), "answer")
+            return Rule(answer_rule(base_dir / _field(node, "answers", where), node.get("prompt_key", "prompt"), node.get("answer_key", "answer")), "answer", where)
         raise UserError(f"{where}.builtin: {builtin!r} is not one of answer, length, regex")
     if kind == "remote":
-        return Remote(_field(node, "url", where), node.get("protocol", "rewardstack"), float(node.get("timeout", 60)), int(node.get("batch_size", 64)))
+        return Remote(_field(node, "url", where), node.get("protocol", "rewardstack"), float(node.get("timeout", 60)), int(node.get("batch_size", 64)),
+                      _api_key(node, where))
     if kind == "ensemble":
-        return Ensemble(_members(node, base_dir, where), str(node.get("combine", "mean")), node.get("weights"))
+        return Ensemble(_members(node, base_dir, where, allowed), str(node.get("combine", "mean")), node.get("weights"))
     if kind == "bandit":
         from ..context import ContextEncoder
         from .bandit import BanditSelector
@@ -107,7 +126,7 @@ def _build_raw(node: Any, base_dir: Path, where: str):
         encoder = ContextEncoder(str(context.get("kind", "policy")), str(context.get("model", "smollm2-135m")),
                                  context.get("dim", 64), int(node.get("seed", 0)))
         state = base_dir / node["state"] if node.get("state") else None
-        return BanditSelector(_members(node, base_dir, where), encoder, str(node.get("algorithm", "linucb")), str(node.get("per", "instance")),
+        return BanditSelector(_members(node, base_dir, where, allowed), encoder, str(node.get("algorithm", "linucb")), str(node.get("per", "instance")),
                               int(node.get("seed", 0)), state, **{k: _number(params, k, f"{where}.params") for k in params})
     holistic = _field(node, "holistic", where)
     _require_normalized(holistic, f"{where}.holistic")
@@ -116,20 +135,32 @@ def _build_raw(node: Any, base_dir: Path, where: str):
         place = f"{where}.aspects[{i}]"
         name = str(_field(aspect, "name", place))
         _require_normalized(_field(aspect, "source", place), f"{place}.source")
-        aspects[name] = (build_source(aspect["source"], base_dir, f"{place}.source"), _number(aspect, "weight", place, default=1.0))
+        aspects[name] = (build_source(aspect["source"], base_dir, f"{place}.source", allowed), _number(aspect, "weight", place, default=1.0))
     return Hierarchical(
-        build_source(holistic, base_dir, f"{where}.holistic"), aspects, str(node.get("mode", "hierarchical")),
+        build_source(holistic, base_dir, f"{where}.holistic", allowed), aspects, str(node.get("mode", "hierarchical")),
         _number(node, "threshold", where, default=0.0), _number(node, "holistic_weight", where, default=1.0),
     )
 
 
-def _members(node: dict, base_dir: Path, where: str) -> dict:
+def _api_key(node: dict, where: str) -> str | None:
+    """A remote node's API key, from the environment variable its `api_key_env` names (never the YAML)."""
+    if "api_key" in node:
+        raise UserError(f"{where}: do not write an API key into the tree; put it in an environment variable and name that with `api_key_env`")
+    name = node.get("api_key_env")
+    if name is None:
+        return None
+    if not os.environ.get(str(name)):
+        raise UserError(f"{where}.api_key_env: the environment variable {name} is not set")
+    return os.environ[str(name)]
+
+
+def _members(node: dict, base_dir: Path, where: str, allowed: tuple[str, ...]) -> dict:
     members = {}
     for i, member in enumerate(_list(node, "members", where)):
         name = str(member.get("name", f"member{i}")) if isinstance(member, dict) else f"member{i}"
         if name in members:
             raise UserError(f"{where}.members[{i}]: the name {name!r} is used twice")
-        members[name] = build_source(_field(member, "source", f"{where}.members[{i}]"), base_dir, f"{where}.members[{i}].source")
+        members[name] = build_source(_field(member, "source", f"{where}.members[{i}]"), base_dir, f"{where}.members[{i}].source", allowed)
     return members
 
 
@@ -149,7 +180,8 @@ def reward_models(source) -> list:
     return []
 
 
-def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, data_name: str = "") -> dict:
+def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, responses: Sequence[str], batch_size: int = 16, data_name: str = "",
+                   allowed_modules: Sequence[str] = ()) -> dict:
     """A copy of the tree in which every `normalize: calibrate` node (and every node calibrated before)
     gets μ, σ (population std) of its rewards on the given rows; children first, so a parent sees its
     children normalised."""
@@ -162,7 +194,7 @@ def calibrate_tree(node: dict, base_dir: str | Path, prompts: Sequence, response
             visit(child, key)
         normalize = current.get("normalize")
         if normalize == "calibrate" or (isinstance(normalize, dict) and "calibrated_on" in normalize):
-            rewards = build_source({k: v for k, v in current.items() if k != "normalize"}, base_dir, where).score(prompts, responses, batch_size=batch_size).mean
+            rewards = build_source({k: v for k, v in current.items() if k != "normalize"}, base_dir, where, allowed_modules).score(prompts, responses, batch_size=batch_size).mean
             std = float(np.std(rewards))
             if std == 0:
                 raise UserError(f"{where}: its rewards are all equal on the calibration rows, so they cannot be normalised")
