@@ -149,3 +149,56 @@ def _load_hf(name: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
+
+
+def resolve_model_name(name: str) -> str:
+    """A backbone name that resolves from anywhere: a local folder becomes its absolute path; presets and
+    Hugging Face ids stay as they are."""
+    local = Path(name).expanduser()
+    return str(local.resolve()) if name not in (EMBEDDED, TINY) and local.is_dir() else name
+
+
+def config_digest(name: str) -> str | None:
+    """sha256 (first 16 hex digits) of a local backbone folder's config.json; None for presets and ids."""
+    import hashlib
+
+    config = Path(name) / "config.json"
+    return hashlib.sha256(config.read_bytes()).hexdigest()[:16] if Path(name).is_absolute() and config.is_file() else None
+
+
+def model_files(name: str) -> Path | None:
+    """The local folder of a backbone given by path or Hub id (the cached snapshot), or None for presets."""
+    if name in (EMBEDDED, TINY):
+        return None
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1"))
+    except Exception:  # not cached, or not an id: the backbone loader reports that
+        return None
+
+
+def score_head(name: str) -> tuple[torch.Tensor | None, bool]:
+    """For a sequence-classification checkpoint: its `score` weight (1 × hidden) and whether it also holds
+    an LM head; (None, True) for any other backbone."""
+    from safetensors import safe_open
+
+    from .sources.hf import is_sequence_classifier
+
+    folder = model_files(name)
+    if folder is None or not is_sequence_classifier(folder):
+        return None, True
+    score, lm_head = None, False
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for key in handle.keys():
+                if key.split(".")[-2:] == ["score", "weight"]:
+                    score = handle.get_tensor(key).float()
+                lm_head = lm_head or key.endswith("lm_head.weight")
+    if score is None:
+        raise UserError(f"{name}: a sequence classifier without a `score` weight in its safetensors files")
+    if score.shape[0] != 1:
+        raise UserError(f"{name}: training starts from a reward model with one output; this one has {score.shape[0]}")
+    return score, lm_head

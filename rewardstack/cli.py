@@ -145,7 +145,8 @@ def eval_command(
 
 @app.command()
 def laplace(
-    model_dir: Annotated[Path, typer.Option(help="A trained model directory; the posterior is saved into it")],
+    model_dir: Annotated[str, typer.Option(help="A trained model directory (the posterior is saved into it), or a Hugging Face "
+                                                "sequence-classification reward model, folder or id (with --output)")],
     data: Annotated[str, typer.Option(help="The pairs the model was trained on (or a sample of them)")],
     subset: Annotated[str, typer.Option(help="all: LoRA weights and reward head; head: the reward head alone; lora: the LoRA weights alone")] = "all",
     prior: Annotated[str, typer.Option(help="evidence: prior precision by marginal likelihood; val: by Laplace NLL on --val-data")] = "evidence",
@@ -153,6 +154,8 @@ def laplace(
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per forward/backward pass")] = 8,
     max_factor_size: Annotated[int, typer.Option(min=1, help="Kronecker factors with a larger side are kept as rank --factor-rank plus a diagonal")] = 1024,
     factor_rank: Annotated[int, typer.Option(min=1, help="Eigenpairs kept of a large factor")] = 128,
+    output: Annotated[Optional[Path], typer.Option(help="Write the model with its posterior here instead of into --model-dir; "
+                                                        "needed for a Hugging Face model, whose folder is never changed")] = None,
     prompt_key: PromptKey = None,
     chosen_key: ChosenKey = None,
     rejected_key: RejectedKey = None,
@@ -166,14 +169,26 @@ def laplace(
     from .bayes import fit_laplace
     from .model import RewardModel
 
-    check_output_file(model_dir / "posterior.json", "--model-dir")
+    from .model import CONFIG_FILE
+
+    ours = (Path(model_dir) / CONFIG_FILE).is_file()
+    if not ours and output is None:
+        raise UserError(f"--model-dir {model_dir} is not a rewardstack model: give --output, a new folder for the model with its posterior")
+    if output is not None:
+        check_output_dir(output, "--output", "laplace")
+    else:
+        check_output_file(Path(model_dir) / "posterior.json", "--model-dir")
     columns = _columns(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key, split=split)
-    reward_model = RewardModel.from_pretrained(model_dir)
+    reward_model = RewardModel.from_pretrained(model_dir) if ours else RewardModel.from_sequence_classifier(model_dir)
     posterior = fit_laplace(reward_model, data, subset, batch_size, max_factor_size, factor_rank, columns,
                             bool(skip_invalid), prior, val_data)
     if not PartialState().is_main_process:
         return
-    posterior.save(model_dir)
+    if output is not None:
+        reward_model.save(output)
+        mark_output_dir(output, "laplace")
+    else:
+        posterior.save(model_dir)
     info = posterior.info
     typer.echo(
         f"fitted on {info['pairs']} pairs ({info['truncated']} truncated, {sum(info.get('skipped', {}).values())} skipped) "
@@ -184,7 +199,7 @@ def laplace(
         typer.echo(f"  {delta:10.4g}  {value:14.2f}")
     if "val_nll_curve" in info:
         typer.echo("validation NLL by prior precision: " + ", ".join(f"{d:.3g}: {v:.4f}" for d, v in info["val_nll_curve"][::4]))
-    typer.echo(f"posterior saved in {model_dir}")
+    typer.echo(f"posterior saved in {output or model_dir}")
 
 
 @app.command()
@@ -390,6 +405,20 @@ def serve(
     settings = ServerSettings(max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, batch_size=batch_size,
                               max_items=max_items, max_body_bytes=int(max_body_mb * 1024 * 1024), api_key=api_key(api_key_file))
     run_server(reward, host, port, settings, graceful_shutdown_s, allow_rule_module or ())
+
+
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Option(help="A trained model directory")],
+    output: Annotated[Path, typer.Option(help="New folder: a standard Transformers sequence classifier (a causal LM for dpo models)")],
+):
+    """Export a trained model as a standard Transformers folder (LoRA merged, our head as the `score` layer,
+    tokenizer and chat template, safetensors, a model card) for TRL, OpenRLHF, vLLM and reward-bench."""
+    from .export import export_model
+
+    model = export_model(model_dir, output)
+    kind = "causal LM" if model.config.objective == "dpo" else "AutoModelForSequenceClassification"
+    typer.echo(f"exported {model_dir} as a {kind} to {output}")
 
 
 compose = typer.Typer(no_args_is_help=True, help="Composite reward sources: calibrate a YAML tree, select ALaRM aspects.")

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from .backbones import load_backbone
+from .backbones import config_digest, load_backbone, model_files, resolve_model_name, score_head
 from .bayes import Posterior, reward_moments
 from .bayes.predict import evaluating
 from .data.encode import MIN_MAX_LENGTH, PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
@@ -82,11 +82,19 @@ class RewardModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.weight)
         self.encoder = Encoder(tokenizer, config.max_length, config.max_prompt_length)
         self.posterior = None  # a bayes.Posterior once fitted: score() then gives each reward a std
+        self.backbone_is_base = False  # True: the backbone is config.model untouched, so save() does not copy it
         self._cache: dict[str, Any] = {}  # lazily loaded helpers (the reference model), not saved
 
     @classmethod
     def create(cls, config: ModelConfig) -> "RewardModel":
-        """A fresh reward model: the backbone with LoRA adapters (or all weights trainable) and a zero head."""
+        """A fresh reward model: the backbone with LoRA adapters (or all weights trainable) and a head that
+        is zero, or, for a sequence-classification reward model, its trained `score` head. A local backbone
+        folder is recorded by its absolute path."""
+        config = replace(config, model=resolve_model_name(config.model))
+        score, has_lm_head = score_head(config.model)
+        if config.objective != "bt" and not has_lm_head and not _tied_embeddings(config.model):
+            raise UserError(f"{config.model}: a sequence classifier without an LM head cannot train the {config.objective} objective (it needs "
+                            "log-probabilities): use --objective bt")
         backbone, tokenizer = load_backbone(config.model)
         if config.lora_r > 0:
             targets = config.lora_target_modules
@@ -98,7 +106,24 @@ class RewardModel(torch.nn.Module):
             )
             backbone = get_peft_model(backbone, lora)
         model = cls(backbone, tokenizer, config)
+        if score is not None:
+            model.head.weight.data.copy_(score)
         model.head.requires_grad_(config.objective != "dpo")  # dpo rewards come from the LM head alone
+        return model
+
+    @classmethod
+    def from_sequence_classifier(cls, name: str, max_length: int | None = None) -> "RewardModel":
+        """A Hugging Face sequence-classification reward model (folder or Hub id) as a RewardModel with its
+        own weights untouched and its `score` as the head, e.g. to give it a head posterior; saving it
+        writes the head and a reference to `name`, not a copy of the weights."""
+        from transformers import AutoConfig
+
+        folder = model_files(name)
+        if folder is None:
+            raise UserError(f"{name}: not a local folder or cached Hugging Face model")
+        limit = getattr(AutoConfig.from_pretrained(folder).get_text_config(), "max_position_embeddings", None) or 4096
+        model = cls.create(ModelConfig(model=name, max_length=max_length or min(limit, 4096), lora_r=0))
+        model.backbone_is_base = True
         return model
 
     @property
@@ -252,6 +277,11 @@ class RewardModel(torch.nn.Module):
             return RewardScores(mean=mean, std=np.sqrt(var), truncated=truncated)
         return RewardScores(mean=self.rewards(sequences, batch_size), truncated=truncated)
 
+    def info(self) -> dict[str, Any]:
+        """What a served model is, for clients: a local base model by its folder name alone."""
+        base = Path(self.config.model).name if Path(self.config.model).is_absolute() else self.config.model
+        return {"base_model": base, "objective": self.config.objective, "max_length": self.config.max_length, "posterior": self.posterior is not None}
+
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
         return {name: p for name, p in self.named_parameters() if p.requires_grad}
 
@@ -261,14 +291,39 @@ class RewardModel(torch.nn.Module):
         with atomic_path(directory, directory=True) as folder:
             if isinstance(self.backbone, PeftModel):
                 self.backbone.save_pretrained(folder / "adapter")
-            else:
+            elif not self.backbone_is_base:
                 self.backbone.save_pretrained(folder / "backbone")
             save_file({"weight": self.head.weight.detach().cpu().contiguous()}, folder / "head.safetensors")
             self.tokenizer.save_pretrained(folder / "tokenizer")
-            meta = {"format_version": FORMAT_VERSION, "model": asdict(self.config), "training": self.training_config}
+            meta = {"format_version": FORMAT_VERSION, "model": asdict(self.config), "base_model_config": config_digest(self.config.model),
+                    "backbone": "base" if self.backbone_is_base else "saved", "training": self.training_config}
             (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             if self.posterior is not None:
                 self.posterior.save(folder)
+
+    def export(self, directory: str | Path, card: str = "") -> None:
+        """A standard Transformers folder other tools load: LoRA merged into the weights; for bt and haf
+        models a sequence classifier (`AutoModelForSequenceClassification`, num_labels = 1, our head as its
+        `score`), for a dpo model the causal LM (its implicit reward needs its reference, named in `card`);
+        the tokenizer with its chat template, safetensors weights, and `card` as README.md."""
+        from transformers import AutoModelForSequenceClassification
+
+        lm = copy.deepcopy(self.backbone)
+        lm = lm.merge_and_unload() if isinstance(lm, PeftModel) else lm
+        if self.config.objective == "dpo":
+            exported = lm
+        else:
+            config = copy.deepcopy(lm.config)
+            config.num_labels, config.id2label, config.label2id = 1, {0: "reward"}, {"reward": 0}
+            config.pad_token_id = self.tokenizer.pad_token_id
+            exported = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+            getattr(exported, exported.base_model_prefix).load_state_dict(lm.get_decoder().state_dict())
+            exported.score.weight.data.copy_(self.head.weight.data)
+            exported.config.architectures = [type(exported).__name__]
+        with atomic_path(directory, directory=True) as folder:
+            exported.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            (folder / "README.md").write_text(card)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RewardModel":
@@ -281,11 +336,14 @@ class RewardModel(torch.nn.Module):
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             raise UserError(f"{meta_path}: no `model` settings in it")
         config = ModelConfig.from_dict(meta["model"])
+        _check_base_model(config.model, meta.get("base_model_config"), meta_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
         except Exception as err:  # tokenizers raise plain Exceptions for damaged files
             raise explain_load_error(directory / "tokenizer", "tokenizer", err) from None
-        if (directory / "adapter").exists():
+        if meta.get("backbone") == "base":  # the base model's own weights, with our head (from_sequence_classifier)
+            backbone, _ = load_backbone(config.model)
+        elif (directory / "adapter").exists():
             backbone, _ = load_backbone(config.model)
             try:
                 backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=False)
@@ -297,6 +355,7 @@ class RewardModel(torch.nn.Module):
             except Exception as err:
                 raise explain_load_error(directory / "backbone", "backbone", err) from None
         model = cls(backbone, tokenizer, config, meta.get("training"))
+        model.backbone_is_base = meta.get("backbone") == "base"
         model.head.weight.data.copy_(load_tensors(directory / "head.safetensors")["weight"])
         trained = {name: p for name, p in model.named_parameters() if name.startswith("head.") or "lora_" in name}
         broken = next((name for name, p in trained.items() if not torch.isfinite(p).all()), None)
@@ -304,6 +363,23 @@ class RewardModel(torch.nn.Module):
             raise UserError(f"{directory}: weight {broken} holds values that are not finite (a training run that diverged); train it again")
         model.posterior = Posterior.load(directory)
         return model.eval()
+
+
+def _check_base_model(name: str, digest: str | None, meta_path: Path) -> None:
+    """A local base model must still be where it was, with the config it had when the model was trained."""
+    if not Path(name).is_absolute():
+        return
+    if not Path(name).is_dir():
+        raise UserError(f"{meta_path}: its base model {name} is not there any more (moved or deleted?); put it back, or edit `model` in this file")
+    if digest is not None and config_digest(name) != digest:
+        raise UserError(f"{meta_path}: the base model in {name} has changed since training (its config.json differs)")
+
+
+def _tied_embeddings(name: str) -> bool:
+    from transformers import AutoConfig
+
+    folder = model_files(name)
+    return folder is not None and bool(getattr(AutoConfig.from_pretrained(folder).get_text_config(), "tie_word_embeddings", False))
 
 
 def cached_reference_logprobs(

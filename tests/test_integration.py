@@ -85,3 +85,32 @@ def test_smollm2_demo_end_to_end_small(tmp_path):
     held_out_accuracy = sum(sum(p["gold"]) for p in pools[4:]) / 8
     assert summary["curves"]["mean"]["gold"][0] == pytest.approx(held_out_accuracy)
     assert summary["train_pairs"] > 0 and (tmp_path / "run" / "model" / "posterior.safetensors").exists()
+
+
+def test_smollm2_reward_model_exports_to_plain_transformers(tmp_path):
+    """A LoRA reward model on the real backbone, exported, gives the same rewards from
+    AutoModelForSequenceClassification, read at the last token as Transformers pools it."""
+    require_smollm2()
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rewardstack.data.encode import as_messages
+    from rewardstack.export import export_model
+    from rewardstack.model import ModelConfig
+
+    model = RewardModel.create(ModelConfig(model="smollm2-135m", max_length=128, lora_r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.trainable_parameters().items():  # a head and LoRA update of realistic size
+            parameter.add_(torch.randn_like(parameter) * (0.05 if name.startswith("head") else 0.01))
+    model.save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "exported")
+    prompts = ["What is 2 + 2?", "Name a colour.", "Write a haiku about rain."]
+    responses = ["4", "Blue.", "Soft rain on the roof, / the garden drinks it slowly, / puddles hold the sky."]
+    ours = RewardModel.from_pretrained(tmp_path / "model").score(prompts, responses).mean
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "exported").eval()
+    with torch.no_grad():
+        theirs = [exported(input_ids=torch.tensor([model.encoder.encode(as_messages(p), [r])[0][0].ids])).logits[0, 0].item()
+                  for p, r in zip(prompts, responses)]
+    assert max(abs(ours)) > 0.1
+    assert theirs == pytest.approx(ours.tolist(), abs=1e-4)

@@ -260,8 +260,7 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         return {
             "version": __version__,
             **{key: value for key, value in (description or {}).items() if key != "folder"},
-            "models": [{"base_model": _shown_model(m.config.model), "objective": m.config.objective, "max_length": m.config.max_length,
-                        "posterior": m.posterior is not None} for m in models],
+            "models": [m.info() for m in models],
             "posterior": any(m.posterior is not None for m in models),
             **({"bandit": {"members": source.names, "steps": source.steps, "arm_counts": source.arm_counts()}} if isinstance(source, BanditSelector) else {}),
             "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},
@@ -332,11 +331,6 @@ def public_text(text: str, tree_dir: Path) -> str:
     for folder in {str(tree_dir.resolve()), str(tree_dir)} - {"."}:
         text = text.replace(folder.rstrip("/") + "/", "")
     return text
-
-
-def _shown_model(name: str) -> str:
-    """A base model as clients see it: a Hub id or preset as is, a local folder by its name alone."""
-    return Path(name).name if Path(name).is_absolute() else name
 
 
 def _public_tree(node, tree_dir: Path):

@@ -1,7 +1,7 @@
 """A reward source from a model directory or a YAML tree, and z-score calibration of the tree's nodes.
 
 Nodes (paths are relative to the YAML file):
-    {kind: model, path: DIR}
+    {kind: model, path: DIR_OR_HUB_ID, posterior: true, max_length: N, reduce: {index: K} | {weights: [...]}}
     {kind: rule, function: "module:function"} (a module beside the YAML file, or one the caller allows)  or  {kind: rule, builtin: answer, answers: FILE}
         | {kind: rule, builtin: length, unit: words|characters} | {kind: rule, builtin: regex, pattern: P, ignore_case: false}
     {kind: remote, url: URL, protocol: rewardstack|openrlhf, timeout: 60, batch_size: 64, api_key_env: NAME}
@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ..data.load import HUB_ID
 from ..errors import UserError
 from .combine import Ensemble, Hierarchical, Normalized
 from .remote import Remote
@@ -36,11 +37,27 @@ def load_source(spec: str | Path, allowed_modules: Sequence[str] = ()):
     """A reward source from a trained model directory or a YAML file describing a source tree; rules may
     import modules beside the file and those in `allowed_modules` (see rules.import_function)."""
     path = Path(spec)
-    if path.is_dir():
-        from ..model import RewardModel
-
-        return RewardModel.from_pretrained(path)
+    if path.is_dir() or (not path.exists() and HUB_ID.fullmatch(str(spec)) and path.suffix not in (".yaml", ".yml")):
+        return load_model(spec)
     return build_source(read_tree(path), path.parent, "source", allowed_modules)
+
+
+def load_model(spec: str | Path, where: str | None = None, **options):
+    """A reward model from a folder (rewardstack's own, or a Transformers sequence classifier) or a Hugging
+    Face Hub id of a sequence classifier (from the local cache unless downloads are on). `options` go to
+    the sequence classifier (max_length, reduce)."""
+    from ..model import CONFIG_FILE, RewardModel
+    from .hf import HFRewardModel, is_sequence_classifier
+
+    path = Path(spec)
+    label = f"{where}.path: " if where else ""
+    if (path / CONFIG_FILE).is_file():
+        return RewardModel.from_pretrained(path)
+    if path.is_dir() and not is_sequence_classifier(path):
+        raise UserError(f"{label}{path}: not a reward model folder (no {CONFIG_FILE}, and no config.json of a sequence classifier)")
+    if not path.is_dir() and not HUB_ID.fullmatch(str(spec)):
+        raise UserError(f"{label}{spec}: no such model folder (nor a Hugging Face id owner/name)")
+    return HFRewardModel.from_pretrained(spec, **options)
 
 
 def read_tree(path: str | Path) -> dict[str, Any]:
@@ -87,12 +104,10 @@ def _build_raw(node: Any, base_dir: Path, where: str, allowed: tuple[str, ...]):
         raise UserError(f"{where}: a node needs `kind`, one of {', '.join(KINDS)}")
     kind = node["kind"]
     if kind == "model":
-        path = base_dir / _field(node, "path", where)
-        if not path.is_dir():
-            raise UserError(f"{where}.path: {path} is not a model directory")
-        from ..model import RewardModel
-
-        model = RewardModel.from_pretrained(path)
+        spec = str(_field(node, "path", where))
+        local = base_dir / spec
+        options = {key: node[key] for key in ("max_length", "reduce") if key in node}
+        model = load_model(local if local.exists() or not HUB_ID.fullmatch(spec) else spec, where, **options)
         if node.get("posterior", True) is False:  # MAP rewards only: about 3x faster than with std
             model.posterior = None
         return model
@@ -165,11 +180,13 @@ def _members(node: dict, base_dir: Path, where: str, allowed: tuple[str, ...]) -
 
 
 def reward_models(source) -> list:
-    """The RewardModel objects in a source tree, depth first (holistic before aspects, members in order)."""
+    """The reward models (RewardModel and HFRewardModel) in a source tree, depth first (holistic before
+    aspects, members in order)."""
     from ..model import RewardModel
     from .bandit import BanditSelector
+    from .hf import HFRewardModel
 
-    if isinstance(source, RewardModel):
+    if isinstance(source, (RewardModel, HFRewardModel)):
         return [source]
     if isinstance(source, Normalized):
         return reward_models(source.source)
