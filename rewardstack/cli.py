@@ -411,12 +411,13 @@ def serve(
 def export(
     model_dir: Annotated[Path, typer.Option(help="A trained model directory")],
     output: Annotated[Path, typer.Option(help="New folder: a standard Transformers sequence classifier (a causal LM for dpo models)")],
+    keep_posterior: Annotated[bool, typer.Option("--keep-posterior", help="Also keep the model's head posterior, so rewardstack loads the folder with a std")] = False,
 ):
     """Export a trained model as a standard Transformers folder (LoRA merged, our head as the `score` layer,
     tokenizer and chat template, safetensors, a model card) for TRL, OpenRLHF, vLLM and reward-bench."""
     from .export import export_model
 
-    model = export_model(model_dir, output)
+    model = export_model(model_dir, output, keep_posterior)
     kind = "causal LM" if model.config.objective == "dpo" else "AutoModelForSequenceClassification"
     typer.echo(f"exported {model_dir} as a {kind} to {output}")
 

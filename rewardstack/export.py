@@ -9,13 +9,13 @@ from .files import check_output_dir, mark_output_dir
 from .model import RewardModel
 
 
-def export_model(model_dir: str | Path, output: str | Path) -> RewardModel:
+def export_model(model_dir: str | Path, output: str | Path, keep_posterior: bool = False) -> RewardModel:
     """Write `model_dir`'s model to `output` (RewardModel.export) with a card naming its base model,
     objective, training options and, when the run's summary.json is beside the model, its data and metrics."""
     model_dir, output = Path(model_dir), Path(output)
     check_output_dir(output, "--output", "export")
     model = RewardModel.from_pretrained(model_dir)
-    model.export(output, model_card(model, model_dir))
+    model.export(output, model_card(model, model_dir), keep_posterior)
     mark_output_dir(output, "export")
     return model
 

@@ -65,6 +65,7 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         temporary = Path(name)
     try:
         yield temporary
+        os.chmod(temporary, (0o777 if directory else 0o666) & ~_umask())  # as a plain mkdir or open would have made it
         if directory and path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -72,12 +73,16 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
             temporary.rename(path)
             shutil.rmtree(old)
         else:
-            if not directory:
-                os.chmod(temporary, 0o644)
             temporary.replace(path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

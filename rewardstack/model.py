@@ -301,12 +301,18 @@ class RewardModel(torch.nn.Module):
             if self.posterior is not None:
                 self.posterior.save(folder)
 
-    def export(self, directory: str | Path, card: str = "") -> None:
+    def export(self, directory: str | Path, card: str = "", keep_posterior: bool = False) -> None:
         """A standard Transformers folder other tools load: LoRA merged into the weights; for bt and haf
         models a sequence classifier (`AutoModelForSequenceClassification`, num_labels = 1, our head as its
         `score`), for a dpo model the causal LM (its implicit reward needs its reference, named in `card`);
-        the tokenizer with its chat template, safetensors weights, and `card` as README.md."""
+        the tokenizer with its chat template, safetensors weights, and `card` as README.md. With
+        `keep_posterior`, a head posterior (the one kind that merging leaves valid) and the files that let
+        RewardModel.from_pretrained load the folder with it go beside."""
         from transformers import AutoModelForSequenceClassification
+
+        if keep_posterior and (self.posterior is None or self.posterior.subset != "head" or self.config.objective == "dpo"):
+            raise UserError("export --keep-posterior: needs a head posterior (rewardstack laplace --subset head); a posterior over LoRA "
+                            "weights does not survive merging them")
 
         lm = copy.deepcopy(self.backbone)
         lm = lm.merge_and_unload() if isinstance(lm, PeftModel) else lm
@@ -323,7 +329,14 @@ class RewardModel(torch.nn.Module):
         with atomic_path(directory, directory=True) as folder:
             exported.save_pretrained(folder)
             self.tokenizer.save_pretrained(folder)
+            _readable_by_transformers_4(folder, self.tokenizer.chat_template)
             (folder / "README.md").write_text(card)
+            if keep_posterior:
+                self.posterior.save(folder)
+                self.tokenizer.save_pretrained(folder / "tokenizer")
+                save_file({"weight": self.head.weight.detach().cpu().contiguous()}, folder / "head.safetensors")
+                meta = {"format_version": FORMAT_VERSION, "model": {**asdict(self.config), "lora_r": 0}, "backbone": "self", "training": self.training_config}
+                (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "RewardModel":
@@ -336,13 +349,14 @@ class RewardModel(torch.nn.Module):
         if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
             raise UserError(f"{meta_path}: no `model` settings in it")
         config = ModelConfig.from_dict(meta["model"])
-        _check_base_model(config.model, meta.get("base_model_config"), meta_path)
+        if meta.get("backbone") != "self":
+            _check_base_model(config.model, meta.get("base_model_config"), meta_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer", local_files_only=True)
         except Exception as err:  # tokenizers raise plain Exceptions for damaged files
             raise explain_load_error(directory / "tokenizer", "tokenizer", err) from None
-        if meta.get("backbone") == "base":  # the base model's own weights, with our head (from_sequence_classifier)
-            backbone, _ = load_backbone(config.model)
+        if meta.get("backbone") in ("base", "self"):  # a model's own weights with our head: the base (from_sequence_classifier) or this folder (export)
+            backbone, _ = load_backbone(config.model if meta["backbone"] == "base" else str(directory))
         elif (directory / "adapter").exists():
             backbone, _ = load_backbone(config.model)
             try:
@@ -363,6 +377,28 @@ class RewardModel(torch.nn.Module):
             raise UserError(f"{directory}: weight {broken} holds values that are not finite (a training run that diverged); train it again")
         model.posterior = Posterior.load(directory)
         return model.eval()
+
+
+def _readable_by_transformers_4(folder: Path, chat_template: str | None) -> None:
+    """Transformers 4 (still used by reward-bench and many RL stacks) misreads what Transformers 5 writes:
+    it ignores `rope_parameters` (and would use the default RoPE base), cannot load a tokenizer named
+    `TokenizersBackend`, adds token_type_ids that decoder models refuse, and may not read
+    chat_template.jinja. Write the older fields beside the new ones; Transformers 5 reads either."""
+    config = read_json(folder / "config.json")
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        config.setdefault("rope_theta", rope["rope_theta"])
+        if rope.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    config.setdefault("torch_dtype", config.get("dtype", "float32"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    tokenizer = read_json(folder / "tokenizer_config.json")
+    if tokenizer.get("tokenizer_class") == "TokenizersBackend":
+        tokenizer["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tokenizer.setdefault("model_input_names", ["input_ids", "attention_mask"])
+    if chat_template:
+        tokenizer.setdefault("chat_template", chat_template)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2) + "\n")
 
 
 def _check_base_model(name: str, digest: str | None, meta_path: Path) -> None:

@@ -38,6 +38,19 @@ from .model import RewardModel, cached_reference_logprobs
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 
 
+def float32_accelerator() -> Accelerator:
+    """An Accelerator computing in float32 (the CPU default). Without cpu=True accelerate ignores a
+    multi-process launch on a machine with no accelerator. A process whose accelerate state another
+    trainer set to another precision (TRL's GRPOConfig defaults to bf16) cannot change it: say so."""
+    try:
+        return Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision="no")
+    except ValueError as err:
+        if "already been initialized" not in str(err):
+            raise
+        raise UserError("accelerate was already set up in this process with another precision (by another trainer, e.g. TRL's "
+                        "bf16 default); rewardstack computes in float32: run it in its own process, or set that trainer's bf16=False") from None
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
     """Global batches for all epochs: per epoch a seeded shuffle, sorted by length within chunks of
     LENGTH_GROUP batches (little padding), then the batches shuffled. Every pair is used once per epoch."""
@@ -140,8 +153,7 @@ def train(
     check_output_dir(output_dir, "--output-dir", "train", resume)
     if not resume and (output_dir / "metrics.jsonl").exists():
         raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
-    # Without cpu=True accelerate ignores a multi-process launch on a machine with no accelerator.
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    accelerator = float32_accelerator()
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     set_seed(config.seed)

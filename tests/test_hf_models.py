@@ -220,6 +220,11 @@ def test_export_loads_in_transformers_with_our_rewards(tmp_path, lora_r):
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= files and not any(f.endswith((".bin", ".pt")) for f in files)
     config = json.loads((tmp_path / "exported" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and config["id2label"] == {"0": "reward"} and config["pad_token_id"] == model.tokenizer.pad_token_id
+    # what Transformers 4 (reward-bench's pin) reads: without rope_theta it silently used another RoPE base
+    assert config["rope_theta"] == config["rope_parameters"]["rope_theta"] and config["torch_dtype"] == "float32"
+    tokenizer_config = json.loads((tmp_path / "exported" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast" and tokenizer_config["model_input_names"] == ["input_ids", "attention_mask"]
+    assert tokenizer_config["chat_template"] == model.tokenizer.chat_template
 
 
 def test_a_local_base_model_is_recorded_so_it_loads_from_anywhere(folders, tmp_path, monkeypatch):
@@ -276,8 +281,27 @@ def test_trl_grpo_takes_an_exported_model_as_its_reward(tmp_path, monkeypatch):
     export_model("rm", "rm-hf")
     prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(4)])
     args = trl.GRPOConfig(output_dir="out", max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=8,
-                          report_to=[], logging_steps=1, use_cpu=True, save_strategy="no")
+                          report_to=[], logging_steps=1, use_cpu=True, bf16=False, save_strategy="no")
     trainer = trl.GRPOTrainer(model="policy", reward_funcs="rm-hf", args=args, train_dataset=prompts)
     trainer.train()
     logged = trainer.state.log_history[0]
     assert logged["step"] == 1 and np.isfinite(logged["rewards/rm-hf/mean"]) and logged["rewards/rm-hf/std"] > 0
+
+
+def test_export_keeps_a_head_posterior_when_asked(tmp_path):
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=128, lora_r=2))
+    torch.manual_seed(8)
+    torch.nn.init.normal_(model.head.weight, std=1.0)
+    model.save(tmp_path / "model")
+    data = write_rows(tmp_path / "pairs.jsonl", arithmetic_pairs(12, seed=4))
+    cli("laplace", "--model-dir", tmp_path / "model", "--data", data, "--subset", "all")
+    refused = cli("export", "--model-dir", tmp_path / "model", "--output", tmp_path / "e1", "--keep-posterior", check_rc=2)
+    assert "needs a head posterior" in refused.stderr
+    cli("laplace", "--model-dir", tmp_path / "model", "--data", data, "--subset", "head")
+    cli("export", "--model-dir", tmp_path / "model", "--output", tmp_path / "e2", "--keep-posterior")
+    (tmp_path / "e2").rename(tmp_path / "moved")  # the folder carries its own weights
+    expected = RewardModel.from_pretrained(tmp_path / "model").score(PROMPTS, RESPONSES)
+    restored = RewardModel.from_pretrained(tmp_path / "moved").score(PROMPTS, RESPONSES)
+    np.testing.assert_allclose(restored.mean, expected.mean, atol=1e-5)
+    np.testing.assert_allclose(restored.std, expected.std, rtol=1e-4)
+    assert HFRewardModel.from_pretrained(tmp_path / "moved").score(PROMPTS, RESPONSES).mean == pytest.approx(expected.mean.tolist(), abs=1e-5)

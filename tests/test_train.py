@@ -174,6 +174,9 @@ def test_an_interrupted_save_leaves_the_old_model_in_place(tmp_path):
 
     model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2))
     model.save(tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not mkdtemp's 0o700
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
     model.tokenizer.save_pretrained = lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device"))
     with pytest.raises(OSError):
@@ -197,3 +200,17 @@ def test_configs_are_checked_when_built_from_python():
     with pytest.raises(UserError, match=r"top_p must be in \(0, 1\], got 0.0"):
         SamplingConfig(top_p=0.0)
     assert tiny_config(max_length=64, max_prompt_length=63, lora_dropout=0.0, save_every=0).max_prompt_length == 63
+
+
+def test_training_in_a_process_set_to_bf16_by_another_trainer_says_so(tmp_path, data):
+    """accelerate's precision is fixed per process: after another trainer chose bf16, training refuses
+    with the reason instead of running in bf16 unasked (a fresh process, as the state is global)."""
+    code = (
+        "import sys; from accelerate import Accelerator; Accelerator(cpu=True, mixed_precision='bf16')\n"
+        "from rewardstack.config import TrainConfig; from rewardstack.train import train; from rewardstack.errors import UserError\n"
+        "try:\n    train(TrainConfig(model='tiny-random', max_length=64, lora_r=2), sys.argv[1], sys.argv[2])\n"
+        "except UserError as err:\n    print(err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, data[0], str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert "accelerate was already set up in this process with another precision" in result.stdout, result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()

@@ -161,7 +161,9 @@ def fit_laplace(
         raise UserError(f"laplace: prior must be 'evidence' or 'val', not {prior!r}")
     if prior == "val" and val_data is None:
         raise UserError("laplace: --prior val needs --val-data")
-    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    from ..train import float32_accelerator
+
+    accelerator = float32_accelerator()
     layers = posterior_layers(model, subset)
     pairs, info = _encoded(model, data, columns, skip_invalid)
     if len(pairs) == 0:
