@@ -19,11 +19,13 @@ from .bayes import Posterior, fit_laplace  # noqa: E402
 from .data.load import Columns, PreferencePair, load_preferences  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
+from .export import export_model  # noqa: E402
 from .model import ModelConfig, RewardModel  # noqa: E402
 from .sources import Ensemble, Hierarchical, RewardScores, Rule, load_source  # noqa: E402
+from .sources.hf import HFRewardModel  # noqa: E402
 
 __all__ = [
-    "Columns", "Ensemble", "Hierarchical", "ModelConfig", "Posterior", "PreferencePair", "RewardModel", "RewardScores",
-    "Rule", "UserError", "evaluate", "fit_laplace", "load_preferences", "load_source",
+    "Columns", "Ensemble", "HFRewardModel", "Hierarchical", "ModelConfig", "Posterior", "PreferencePair", "RewardModel", "RewardScores",
+    "Rule", "UserError", "evaluate", "export_model", "fit_laplace", "load_preferences", "load_source",
 ]
 __version__ = "0.1.0"

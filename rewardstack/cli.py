@@ -167,9 +167,7 @@ def laplace(
     from accelerate import PartialState
 
     from .bayes import fit_laplace
-    from .model import RewardModel
-
-    from .model import CONFIG_FILE
+    from .model import CONFIG_FILE, RewardModel
 
     ours = (Path(model_dir) / CONFIG_FILE).is_file()
     if not ours and output is None:

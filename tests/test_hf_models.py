@@ -305,3 +305,22 @@ def test_export_keeps_a_head_posterior_when_asked(tmp_path):
     np.testing.assert_allclose(restored.mean, expected.mean, atol=1e-5)
     np.testing.assert_allclose(restored.std, expected.std, rtol=1e-4)
     assert HFRewardModel.from_pretrained(tmp_path / "moved").score(PROMPTS, RESPONSES).mean == pytest.approx(expected.mean.tolist(), abs=1e-5)
+
+
+def test_a_dpo_model_exports_as_its_causal_lm(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=128, lora_r=2, objective="dpo", beta=0.2))
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for parameter in model.trainable_parameters().values():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    model.save(tmp_path / "model")
+    cli("export", "--model-dir", tmp_path / "model", "--output", tmp_path / "lm")
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    ids = torch.tensor([model.encoder.encode(({"role": "user", "content": "Hi"},), ["Hello there."])[0][0].ids])
+    with torch.no_grad():
+        expected = model.backbone(input_ids=ids).logits
+        np.testing.assert_allclose(exported(input_ids=ids).logits.numpy(), expected.numpy(), atol=1e-5)
+    card = (tmp_path / "lm" / "README.md").read_text()
+    assert "β·(log π − log π_ref), with β = 0.2 and the reference tiny-random" in card
