@@ -458,6 +458,7 @@ def test_info_and_errors_show_no_secrets_or_absolute_paths(tmp_path, base):
         info = call(url + "/v1/info")[1]
         status, answer, _ = call(url + "/v1/score", {"prompt": "p", "responses": ["r"]})
     assert info["reward"] == "tree.yaml" and "folder" not in info
+    assert describe("owner/some-rm")["tree"] == {"kind": "model", "path": "owner/some-rm"}  # a Hub id is shown as it is
     assert info["tree"]["members"][0]["source"]["path"] == "m"
     assert info["tree"]["members"][1]["source"]["url"] == "http://***@127.0.0.1:9/rm?token=***&v=2"
     assert status == 422 and answer["detail"].startswith("remote http://***@127.0.0.1:9/rm?token=***&v=2/v1/score: cannot reach")

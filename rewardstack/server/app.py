@@ -355,6 +355,7 @@ def describe(spec: str) -> dict:
     """/v1/info's view of a served source: its name and, for a YAML tree, the tree itself (see
     _public_tree); `folder` (where the tree's paths start) is kept for messages, not shown."""
     path = Path(spec)
-    if path.is_dir():
-        return {"reward": path.name, "tree": {"kind": "model", "path": path.name}, "folder": str(path.parent)}
-    return {"reward": path.name, "tree": _public_tree(read_tree(path), path.parent), "folder": str(path.parent)}
+    if path.is_file():
+        return {"reward": path.name, "tree": _public_tree(read_tree(path), path.parent), "folder": str(path.parent)}
+    shown = path.name if path.is_dir() else str(spec)  # a model folder by its name; a Hub id as it is
+    return {"reward": shown, "tree": {"kind": "model", "path": shown}, "folder": str(path.parent)}
