@@ -75,7 +75,10 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         else:
             temporary.replace(path)
     except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True) if temporary.is_dir() else temporary.unlink(missing_ok=True)
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        else:
+            temporary.unlink(missing_ok=True)
         raise
 
 
@@ -116,8 +119,8 @@ def check_output_dir(path: str | Path, option: str, command: str, resume: bool =
     if not entries:
         _check_creatable(path, option, path)
         return
-    marker = path / RUN_MARKER
-    owner = read_json(marker).get("command") if marker.exists() else None
+    marker = read_json(path / RUN_MARKER) if (path / RUN_MARKER).exists() else None
+    owner = marker.get("command") if isinstance(marker, dict) else None
     if owner is None and not resume:
         raise UserError(f"{option} {path}: holds files that are not a rewardstack {command} run ({', '.join(entries[:3])}"
                         f"{', …' if len(entries) > 3 else ''}); choose an empty or new folder")

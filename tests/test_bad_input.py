@@ -489,3 +489,16 @@ def test_a_model_with_non_finite_weights_is_refused(tmp_path, base, capfd):
     assert _invoke(main, ["score", "--reward", tmp_path / "m", "--input", base / "s.jsonl", "--output", tmp_path / "o.jsonl"]) == 2
     assert "weight head.weight holds values that are not finite" in capfd.readouterr().err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_commands_own_output_folder_is_reused_and_others_refused(base, tmp_path, monkeypatch, capfd):
+    """bon may write again into its own earlier output (marked .rewardstack-run); train into bon's may not."""
+    from rewardstack.cli import main
+
+    monkeypatch.chdir(base)
+    for _ in range(2):
+        assert _invoke(main, ["bon", "--reward", "m", "--pools", "p.jsonl", "--output-dir", tmp_path / "bon"]) == 0
+    assert json.loads((tmp_path / "bon" / ".rewardstack-run").read_text()) == {"command": "bon"}
+    capfd.readouterr()
+    assert _invoke(main, ["train", "--data", "t.jsonl", "--output-dir", tmp_path / "bon", *MODEL_OPTIONS]) == 2
+    assert "holds a rewardstack bon run, not a train run" in capfd.readouterr().err

@@ -132,6 +132,9 @@ def test_multi_output_models_give_named_parts_and_reduce_as_told(folders):
     tree.write_text(yaml.safe_dump({"kind": "model", "path": "multi", "reduce": {"index": 3}}))
     with pytest.raises(UserError, match="reduce.index must be an output index from 0 to 2, got 3"):
         load_source(tree)
+    tree.write_text(yaml.safe_dump({"kind": "model", "path": "multi", "reduce": {"index": 0}, "max_length": "long"}))
+    with pytest.raises(UserError, match="max_length must be a whole number of tokens, at least 8, got 'long'"):
+        load_source(tree)
 
 
 def test_a_tree_mixes_models_with_different_tokenizers_and_a_rule(folders, tmp_path):

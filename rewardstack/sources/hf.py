@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data.encode import Encoder, as_messages, length_batches, pad_right, truncate
+from ..data.encode import MIN_MAX_LENGTH, Encoder, as_messages, length_batches, pad_right, truncate
 from ..errors import UserError
 from . import RewardScores
 
@@ -45,8 +45,10 @@ class HFRewardModel:
 
     def __init__(self, model: torch.nn.Module, tokenizer, name: str, max_length: int | None = None, reduce: dict | None = None):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < MIN_MAX_LENGTH):
+            raise UserError(f"{name}: max_length must be a whole number of tokens, at least {MIN_MAX_LENGTH}, got {max_length!r}")
         limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH
-        self.max_length = int(max_length or min(limit, DEFAULT_MAX_LENGTH))
+        self.max_length = max_length or min(limit, DEFAULT_MAX_LENGTH)
         self.encoder = Encoder(tokenizer, self.max_length)  # renders and counts tokens (the server sizes requests with it)
         self.num_labels = int(model.config.num_labels)
         id2label = getattr(model.config, "id2label", None) or {}
