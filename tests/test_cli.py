@@ -1,7 +1,9 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from rewardstack.config import TrainConfig, load_config
@@ -16,7 +18,10 @@ from conftest import cli, write_rows
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("m") / "model"
-    RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=4)).save(directory)
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=4))
+    torch.manual_seed(1)
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # rewards that differ per row
+    model.save(directory)
     return directory
 
 
@@ -54,7 +59,12 @@ def test_eval_writes_json_with_subsets_and_counts(tmp_path, model_dir):
     metrics = json.loads((tmp_path / "m.json").read_text())[str(data)]
     assert metrics["pairs"] == 6 and metrics["rows"] == 7
     assert metrics["skipped"] == {"chosen equals rejected": 1}
-    assert metrics["accuracy"] == 0.5  # a fresh head scores every response 0: all ties
+    model = RewardModel.from_pretrained(model_dir)
+    pairs = arithmetic_pairs(6, seed=2)
+    chosen = model.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs]).mean
+    rejected = model.score([p["prompt"] for p in pairs], [p["rejected"] for p in pairs]).mean
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(chosen > rejected)))
+    assert metrics["mean_margin"] == pytest.approx(float(np.mean(chosen - rejected)), abs=1e-6) and abs(metrics["mean_margin"]) > 1e-3
     assert sum(s["pairs"] for s in metrics["subsets"].values()) == 6
     assert "acc" in result.stdout.splitlines()[0]
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 
 from rewardstack.data.encode import as_messages
@@ -29,7 +30,10 @@ RESPONSES = ["4", "Blue, the colour of the sky on a clear day.", "Hello there!"]
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("served") / "model"
-    RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=2)).save(directory)
+    created = RewardModel.create(ModelConfig(model="tiny-random", max_length=256, lora_r=2))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(created.head.weight, std=1.0)  # rewards that differ per row: routing and order can be checked
+    created.save(directory)
     return RewardModel.from_pretrained(directory)
 
 
@@ -76,6 +80,7 @@ class Slow:
 
 def test_scores_equal_the_model_in_both_request_forms(model):
     expected = model.score(PROMPTS, RESPONSES).mean
+    assert np.ptp(expected) > 0.1
     with running(model) as (url, _):
         status, answer, _ = call(url + "/v1/score", {"items": [{"prompt": p, "response": r} for p, r in zip(PROMPTS, RESPONSES)]})
         assert status == 200 and answer["std"] is None and answer["parts"] == {} and answer["truncated"] == 0
