@@ -74,6 +74,8 @@ def test_alpha_zero_is_exactly_bt_and_lambda_zero_is_exactly_dpo():
     data = encode_pairs(model.encoder, pairs_of(4))
     reference = reference_logprobs(model, data, cfg) - 0.3  # any reference will do for the identities
     batch = collate_pairs(data, [0, 1, 2, 3], model.tokenizer.pad_token_id)
+    batch.margin = torch.tensor([0.5, -0.2, 1.0, 0.0])  # identities checked away from the defaults: margins and centring on
+    extra = dict(center_rewards_coefficient=0.3, beta=0.3)
 
     def loss_and_grads(c):
         model.zero_grad()
@@ -82,17 +84,22 @@ def test_alpha_zero_is_exactly_bt_and_lambda_zero_is_exactly_dpo():
         return loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.parameters()]
 
     # (the head's gradient under dpo is None, under λ = 0 exactly zero: both compare as zeros)
-    for mixed, pure in ((config(policy_weight=0.0), config(objective="bt")),
-                        (config(reward_weight=0.0, policy_weight=1.0), config(objective="dpo"))):
+    for mixed, pure in ((config(policy_weight=0.0, **extra), config(objective="bt", **extra)),
+                        (config(reward_weight=0.0, policy_weight=1.0, **extra), config(objective="dpo", **extra))):
         loss_a, grads_a = loss_and_grads(mixed)
         loss_b, grads_b = loss_and_grads(pure)
         assert torch.equal(loss_a, loss_b)
         for a, b in zip(grads_a, grads_b):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # haf = λ·BT + α·policy with the defaults λ = 1, α = 0.2
+    # haf = λ·BT(margin, centring) + α·policy(β), with every coefficient away from its default
     rewards, logps = model(batch.input_ids, batch.attention_mask, batch.prompt_lengths)
-    expected = bradley_terry_loss(rewards[:4], rewards[4:]) + 0.2 * policy_loss(logps[:4], logps[4:], reference[:, 0], reference[:, 1], 0.1)
-    torch.testing.assert_close(objective_losses(model, batch, cfg, reference), expected)
+    mixed = config(reward_weight=0.7, policy_weight=0.4, **extra)
+    expected = 0.7 * bradley_terry_loss(rewards[:4], rewards[4:], batch.margin, 0.3) + 0.4 * policy_loss(
+        logps[:4], logps[4:], reference[:, 0], reference[:, 1], 0.3)
+    torch.testing.assert_close(objective_losses(model, batch, mixed, reference), expected)
+    without_margin = 0.7 * bradley_terry_loss(rewards[:4], rewards[4:], torch.zeros(4), 0.3) + 0.4 * policy_loss(
+        logps[:4], logps[4:], reference[:, 0], reference[:, 1], 0.3)
+    assert (expected - without_margin).abs().max() > 1e-3  # the margin changes the loss, so dropping it would be seen
 
 
 def test_cached_reference_equals_on_the_fly_and_the_adapter_disabled_model(tmp_path):
