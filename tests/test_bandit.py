@@ -225,3 +225,41 @@ def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
     cli("optimize", *common[:-1], tmp_path / "per-batch", "--iterations", "1")
     batch_run = json.loads((tmp_path / "per-batch" / "history.jsonl").read_text().splitlines()[1])
     assert sum(batch_run["bandit_counts"].values()) == 2 - batch_run["skipped_batches"] and sum(batch_run["arms"].values()) == 4
+
+
+def test_exp3_update_is_the_importance_weighted_one_by_hand():
+    """w_a ← w_a · exp(γ r / (K p_a)) with p = (1 − γ) w/Σw + γ/K, two updates of arm 1 checked exactly."""
+    import math
+
+    bandit = Exp3(3, gamma=0.3)
+    bandit.update(None, 1, 0.6)  # p_1 = 1/3: log w_1 = 0.3 · 0.6 / (3 · 1/3) = 0.18
+    assert bandit.log_w.tolist() == pytest.approx([0.0, 0.18, 0.0], abs=1e-15)
+    p1 = 0.7 * math.exp(0.18) / (2 + math.exp(0.18)) + 0.1
+    assert bandit.probabilities()[1] == pytest.approx(p1, rel=1e-12)
+    bandit.update(None, 1, 1.0)
+    assert bandit.log_w[1] == pytest.approx(0.18 + 0.3 / (3 * p1), rel=1e-12)
+    bandit.update(None, 2, 0.0)  # no reward: no change, but counted
+    assert bandit.log_w[2] == 0.0 and bandit.counts.tolist() == [0, 2, 1]
+
+
+def test_thompson_samples_from_the_posterior_with_covariance_scale_squared():
+    """θ̃_k ~ N(A_k⁻¹ b_k, v² A_k⁻¹): the mean and covariance handed to the sampler, checked exactly."""
+    bandit = LinearThompson(2, 2, scale=0.5, ridge=2.0, seed=0)
+    x = np.array([1.0, -0.5])
+    bandit.update(x, 0, 0.8)
+    calls = []
+
+    class Recorder:  # the bandit's generator, noting what it is asked to sample from
+        def __init__(self, rng):
+            self.rng = rng
+
+        def multivariate_normal(self, mean, cov, **kwargs):
+            calls.append((mean.copy(), cov.copy()))
+            return self.rng.multivariate_normal(mean, cov, **kwargs)
+
+    bandit.rng = Recorder(bandit.rng)
+    bandit.select(x)
+    A0 = 2.0 * np.eye(2) + np.outer(x, x)
+    np.testing.assert_allclose(calls[0][0], np.linalg.solve(A0, 0.8 * x), atol=1e-12)
+    np.testing.assert_allclose(calls[0][1], 0.25 * np.linalg.inv(A0), atol=1e-12)
+    np.testing.assert_allclose(calls[1][1], 0.25 * np.eye(2) / 2.0, atol=1e-12)  # the untouched arm: v² / λ · I

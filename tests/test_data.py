@@ -166,3 +166,16 @@ def test_generated_arithmetic_pairs_are_verifiable():
         assert int(rest.split(".")[0]) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
         assert a in row["prompt"] and b in row["prompt"]
         assert row["chosen"] != row["rejected"]
+
+
+def test_implicit_prompts_back_off_to_a_word_boundary_and_need_every_earlier_turn_equal(tmp_path):
+    """The shared prefix 'The answer is fo' is cut back to 'The answer is ' (no half word in the prompt);
+    dialogues that differ in an earlier turn share no prompt."""
+    rows = [{"chosen": "The answer is forty", "rejected": "The answer is four"}]
+    (pair,), _ = load_preferences(write_rows(tmp_path / "w.jsonl", rows))
+    assert pair == PreferencePair(({"role": "user", "content": "The answer is "},), "forty", "four")
+    turns = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hey."}, {"role": "user", "content": "Help me."}]
+    other = [turns[0], {"role": "assistant", "content": "Hello."}, turns[2]]
+    row = {"chosen": turns + [{"role": "assistant", "content": "Sure."}], "rejected": other + [{"role": "assistant", "content": "No."}]}
+    with pytest.raises(UserError, match="row 1: field 'rejected': chosen and rejected must share every turn but the last"):
+        load_preferences(write_rows(tmp_path / "d.jsonl", [row]))

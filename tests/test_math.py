@@ -89,3 +89,14 @@ def test_every_torch_load_refuses_code():
             if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
                 calls.append((path.name, {k.arg: ast.unparse(k.value) for k in node.keywords}.get("weights_only")))
     assert calls and all(flag == "True" for _, flag in calls), calls
+
+
+def test_ece_with_certain_predictions_and_simpo_reward_by_value():
+    """p = 1 and p = 0 for two pairs: both orientations land in the end bins, half right each: ECE = 0.5.
+    simpo's implicit reward is β·log π/|y|."""
+    from rewardstack.losses import implicit_reward
+
+    assert expected_calibration_error(np.array([1.0, 0.0])) == 0.5
+    assert expected_calibration_error(np.array([1.0, 1.0])) == 0.0
+    rewards = implicit_reward(torch.tensor([-6.0, -2.0]), None, 0.5, torch.tensor([3.0, 4.0]))
+    assert rewards.tolist() == [-1.0, -0.25]
