@@ -247,7 +247,18 @@ def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
     result = cli("eval", "--reward", tmp_path / "model", "--data", test, "--ood-data", ood, "--output", out)
     metrics = json.loads(out.read_text())
     assert set(metrics[str(test)]["laplace"]) >= {"nll", "ece", "brier", "mean_std"}
-    assert 0.0 <= metrics[str(ood)]["ood_auroc"] <= 1.0
+    from rewardstack.data.load import load_preferences
+    from rewardstack.evaluate import response_stds, score_pairs
+    from rewardstack.metrics import auroc
+
+    fitted = RewardModel.from_pretrained(tmp_path / "model")
+
+    def stds(path):  # each response's std as evaluation computes it: pairs encoded (and truncated) together
+        return response_stds(score_pairs(fitted, encode_pairs(fitted.encoder, load_preferences(path)[0])))
+
+    expected = auroc(stds(test), stds(ood))  # the odd responses' std against the test responses'
+    assert expected != 0.5
+    assert metrics[str(ood)]["ood_auroc"] == pytest.approx(expected, abs=1e-9)
     assert "laplace predictive" in result.stdout and "out-of-distribution AUROC" in result.stdout
 
 

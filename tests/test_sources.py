@@ -242,7 +242,12 @@ def test_model_in_a_tree_through_eval_and_calibrate_cli(tmp_path):
     assert tree["members"][1]["source"]["normalize"]["rows"] == 12
     cli("eval", "--reward", config, "--data", pairs, "--output", tmp_path / "m.json")
     metrics = json.loads((tmp_path / "m.json").read_text())[str(pairs)]
-    assert metrics["pairs"] == 6 and 0 <= metrics["accuracy"] <= 1 and "subsets" in metrics
+    source, written = load_source(config), arithmetic_pairs(6, seed=2)
+    chosen = source.score([r["prompt"] for r in written], [r["chosen"] for r in written]).mean
+    rejected = source.score([r["prompt"] for r in written], [r["rejected"] for r in written]).mean
+    assert metrics["pairs"] == 6 and "subsets" in metrics
+    assert metrics["accuracy"] == pytest.approx(float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected))))
+    assert metrics["mean_margin"] == pytest.approx(float(np.mean(chosen - rejected)), abs=1e-6)
 
 
 def test_best_of_n_with_ensemble_objectives(tmp_path):
