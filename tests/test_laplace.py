@@ -284,3 +284,29 @@ def test_two_processes_sum_the_same_factors_as_one(tmp_path):
             torch.testing.assert_close(eb.values, ea.values, rtol=1e-4, atol=1e-6)  # sketches (side 32 > 16) too
             assert eb.rest == pytest.approx(ea.rest, rel=1e-4, abs=1e-9)
     assert two.prior_precision == pytest.approx(one.prior_precision, rel=1e-3)
+
+
+def test_kfac_statistics_count_a_shared_prompt_once_by_hand():
+    """One pair: chosen 4 tokens, rejected 3, sharing a 2-token prefix. The input factor sums a aᵀ over the
+    chosen's tokens and the rejected's own tokens only (the prefix once); the output factor sums g gᵀ with
+    the prefix positions' gradients of both responses added (one token, two uses); 5 positions in all.
+    The head's exact block sums j = Σ_t g_t a_t over both sequences."""
+    from rewardstack.bayes.fit import _KfacStatistics
+
+    torch.manual_seed(3)
+    layers = {"w": torch.nn.Linear(3, 2, bias=False), "head": torch.nn.Linear(3, 1, bias=False)}
+    stats = _KfacStatistics(layers, max_factor_size=16, factor_rank=2, device="cpu")
+    stats.start_batch(torch.tensor([2]), torch.tensor([4, 3]))
+    a, g = torch.randn(2, 4, 3), torch.randn(2, 4, 2)
+    stats.on_gradient("w", a, g)
+    expected_in = sum(torch.outer(a[0, t], a[0, t]) for t in range(4)) + torch.outer(a[1, 2], a[1, 2])
+    combined = [g[0, t] + (g[1, t] if t < 2 else 0) for t in range(4)]
+    expected_out = sum(torch.outer(c, c) for c in combined) + torch.outer(g[1, 2], g[1, 2])
+    torch.testing.assert_close(stats.inputs["w"].sum, expected_in)
+    torch.testing.assert_close(stats.outputs["w"].sum, expected_out)
+    assert float(stats.positions["w"]) == 5
+    head_g = torch.randn(2, 1, 1)
+    head_a = torch.randn(2, 1, 3)
+    stats.on_gradient("head", head_a, head_g)
+    j = head_g[0, 0, 0] * head_a[0, 0] + head_g[1, 0, 0] * head_a[1, 0]
+    torch.testing.assert_close(stats.inputs["head"].sum, torch.outer(j, j))
