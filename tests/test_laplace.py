@@ -310,3 +310,17 @@ def test_kfac_statistics_count_a_shared_prompt_once_by_hand():
     stats.on_gradient("head", head_a, head_g)
     j = head_g[0, 0, 0] * head_a[0, 0] + head_g[1, 0, 0] * head_a[1, 0]
     torch.testing.assert_close(stats.inputs["head"].sum, torch.outer(j, j))
+
+
+@pytest.mark.parametrize("eigenvalue, mean_sq_norm", [(50.0, 0.3), (0.01, 1000.0)])
+def test_prior_precision_search_finds_an_interior_optimum_on_either_side(eigenvalue, mean_sq_norm):
+    """With P equal GGN eigenvalues λ the evidence −½δm + (P/2) log δ − (P/2) log(λ + δ) peaks where
+    δ² + λδ − Pλ/m = 0: δ* ≈ 15.3 and ≈ 0.0042, both inside the grid and off its points."""
+    from rewardstack.bayes.posterior import Posterior
+
+    block = Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), Eigen(torch.eye(6), torch.full((6,), eigenvalue)))
+    posterior = Posterior("head", [block], log_likelihood=-3.0, mean_sq_norm=mean_sq_norm)
+    optimum = (-eigenvalue + math.sqrt(eigenvalue**2 + 4 * 6 * eigenvalue / mean_sq_norm)) / 2
+    found, curve = posterior.optimize_prior_precision()
+    assert found == pytest.approx(optimum, rel=1e-6)
+    assert min(d for d, _ in curve) < optimum < max(d for d, _ in curve) and all(abs(d / optimum - 1) > 0.01 for d, _ in curve)
