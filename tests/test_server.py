@@ -281,3 +281,21 @@ def test_feedback_needs_a_bandit(model):
     with running(model) as (url, _):
         status, answer, _ = call(url + "/v1/feedback", {"items": [{"prompt": "p", "arm": 0, "feedback": 1.0}]})
     assert status == 404 and "not a bandit" in answer["detail"]
+
+
+def test_vllm_classify_shape_as_verl_sends_it(model):
+    """verl's reward loop posts conversations rendered with the chat template to /classify with
+    "activation": false and reads data[i].probs[0]: the reward; with activation on, σ(reward)."""
+    rendered = [model.encoder.render(as_messages(p), r) for p, r in zip(PROMPTS, RESPONSES)]
+    texts = [prompt + response for prompt, response in rendered]
+    expected = model.score(PROMPTS, RESPONSES).mean
+    with running(model) as (url, _):
+        body = {"model": "rm", "input": texts, "activation": False, "add_special_tokens": False}
+        status, answer, _ = call(url + "/classify", body)
+        assert status == 200 and answer["object"] == "list" and answer["model"] == "rm"
+        assert [d["index"] for d in answer["data"]] == [0, 1, 2] and {d["num_classes"] for d in answer["data"]} == {1}
+        assert [d["probs"][0] for d in answer["data"]] == pytest.approx(expected.tolist(), abs=1e-5)
+        single = call(url + "/classify", {"input": texts[1]})[1]["data"]
+        assert len(single) == 1 and single[0]["probs"][0] == pytest.approx(1 / (1 + np.exp(-expected[1])), abs=1e-6)
+        status, answer, _ = call(url + "/classify", {"input": ["no template here"]})
+        assert status == 422 and answer["detail"].startswith("input[0]:")

@@ -4,6 +4,8 @@
                       → {"rewards", "std" (or null), "parts", "truncated"}
     POST /get_reward  OpenRLHF's remote reward protocol: {"query": [full texts], "prompts": [...]}
                       → {"rewards", "scores", "extra_logs"}
+    POST /classify    vLLM's classify API (verl's reward loop): {"input": [full texts], "activation": false}
+                      → {"data": [{"index", "probs": [reward]}], ...}
     POST /v1/feedback a bandit source learns: {"items": [{"prompt" (or "prompts"), "arm", "feedback"}]}
                       → {"rewards" (normalised), "steps", "saved"}; with a `state` file in the tree, the
                       state is saved and the feedback appended to bandit_log.jsonl beside it
@@ -16,6 +18,8 @@ import asyncio
 import hmac
 import json
 import re
+import time
+import uuid
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from pydantic import BaseModel, Field, model_validator
 from .. import __version__
 from ..data.encode import as_messages
 from ..errors import UserError
+from ..metrics import preference_probability
 from ..sources import RewardScores
 from ..sources.bandit import BanditSelector
 from ..sources.remote import redact_url
@@ -121,6 +126,27 @@ class OpenRLHFRequest(BaseModel, extra="allow"):
     prompts: list[str] | None = Field(default=None, description="the prompt part of each query, when known")
 
 
+class ClassifyRequest(BaseModel, extra="allow"):
+    input: str | list[str] = Field(min_length=1, description="conversations rendered with the chat template: prompt, then response")
+    model: str | None = None
+    activation: bool | None = Field(default=None, description="false: the raw reward; otherwise σ(reward), as vLLM's classify gives for one output")
+
+
+class ClassifyItem(BaseModel):
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    object: str
+    created: int
+    model: str
+    data: list[ClassifyItem]
+
+
 class OpenRLHFResponse(BaseModel):
     rewards: list[float]
     scores: list[float]
@@ -156,6 +182,7 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, invalid_request)
     tree_dir = Path((description or {}).get("folder", "."))
+    served_name = str((description or {}).get("reward", "rewardstack"))
     secured = [Depends(require_key)]
 
     def size_of(prompts: list, responses: list[str]) -> tuple[int, int]:
@@ -198,29 +225,41 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         chat template (or at its entry in `prompts`)."""
         if request.prompts is not None and len(request.prompts) != len(request.query):
             raise HTTPException(422, f"`prompts` has {len(request.prompts)} entries but `query` has {len(request.query)}")
-        scores = await scored(*await asyncio.to_thread(split_queries, request))
+        scores = await scored(*await asyncio.to_thread(split_texts, request.query, request.prompts, "query"))
         extra = {name: values.tolist() for name, values in scores.parts.items()}
         if scores.std is not None:
             extra["reward_std"] = scores.std.tolist()
         return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
 
-    def split_queries(request: OpenRLHFRequest) -> tuple[list, list[str]]:
-        """Prompts and responses of OpenRLHF's full texts (on a worker thread: it tokenises)."""
+    def split_texts(texts: list[str], hints: list[str] | None, field: str) -> tuple[list, list[str]]:
+        """Prompts and responses of full texts rendered with the chat template, cut by the served model's
+        template or at their prompt `hints` (on a worker thread: it tokenises)."""
         prompts, responses = [], []
-        for i, query in enumerate(request.query):
-            hint = request.prompts[i] if request.prompts else None
+        for i, text in enumerate(texts):
+            hint = hints[i] if hints else None
             if splitter is None:
-                if not (hint and query.startswith(hint)):
-                    raise HTTPException(422, f"query[{i}]: this source has no model whose chat template could split the text; send `prompts` that each query starts with")
-                messages, response = [{"role": "user", "content": hint.strip()}], query[len(hint) :]
+                if not (hint and text.startswith(hint)):
+                    raise HTTPException(422, f"{field}[{i}]: this source has no model whose chat template could split the text; send `prompts` that each text starts with")
+                messages, response = [{"role": "user", "content": hint.strip()}], text[len(hint) :]
             else:
                 try:
-                    messages, response = splitter.split(query, hint)
+                    messages, response = splitter.split(text, hint)
                 except ValueError as err:
-                    raise HTTPException(422, f"query[{i}]: {err}") from None
+                    raise HTTPException(422, f"{field}[{i}]: {err}") from None
             prompts.append(messages)
             responses.append(response)
         return prompts, responses
+
+    @app.post("/classify", response_model=ClassifyResponse, dependencies=secured)
+    async def classify(request: ClassifyRequest) -> dict:
+        """vLLM's classify API, as verl's reward loop calls a discriminative reward model: each input is a
+        conversation rendered with the chat template; `probs` holds σ(reward), or the reward itself with
+        `"activation": false`."""
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        scores = await scored(*await asyncio.to_thread(split_texts, texts, None, "input"))
+        values = scores.mean if request.activation is False else preference_probability(scores.mean, 0.0)
+        return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": request.model or served_name,
+                "data": [{"index": i, "label": "reward", "probs": [float(v)], "num_classes": 1} for i, v in enumerate(values)]}
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=secured)
     async def feedback(request: FeedbackRequest) -> dict:
