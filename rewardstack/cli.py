@@ -18,7 +18,7 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from .errors import UserError
-from .files import check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
+from .files import atomic_path, check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Reward models for LLM alignment.")
 
@@ -213,7 +213,6 @@ def score(
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
     from .data.load import load_score_rows
-    from .files import atomic_path
     from .sources import load_source
 
     check_output_file(output, "--output")

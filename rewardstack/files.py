@@ -16,6 +16,8 @@ from typing import Any, Iterator
 from .errors import UserError
 
 RUN_MARKER = ".rewardstack-run"  # in every output folder a command made: {"command": ...}
+UMASK = os.umask(0)  # read once at import (reading it sets it, which is not thread-safe), then restored
+os.umask(UMASK)
 
 
 def read_json(path: str | Path) -> Any:
@@ -65,7 +67,7 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         temporary = Path(name)
     try:
         yield temporary
-        os.chmod(temporary, (0o777 if directory else 0o666) & ~_umask())  # as a plain mkdir or open would have made it
+        os.chmod(temporary, (0o777 if directory else 0o666) & ~UMASK)  # as a plain mkdir or open would have made it
         if directory and path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -80,12 +82,6 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         else:
             temporary.unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -46,28 +46,29 @@ def inst_tokenizer():
     return fast
 
 
+SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+
+
 def save_llama(directory, num_labels=1, seed=0):
     tokenizer = tiny_random_tokenizer()
     labels = {0: "helpful", 1: "honest", 2: "harmless"} if num_labels == 3 else None
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, num_labels=num_labels,
+    config = LlamaConfig(vocab_size=len(tokenizer), **SIZES, tie_word_embeddings=True, num_labels=num_labels,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
                          **({"id2label": labels, "label2id": {v: k for k, v in labels.items()}} if labels else {}))
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(config)
-    torch.nn.init.normal_(model.score.weight, std=1.0)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_classifier(LlamaForSequenceClassification, config, tokenizer, directory, seed)
 
 
 def save_qwen(directory, seed=1):
     tokenizer = inst_tokenizer()
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, pad_token_id=None, num_labels=1,
+    config = Qwen2Config(vocab_size=len(tokenizer), **SIZES, tie_word_embeddings=False, pad_token_id=None, num_labels=1,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return save_classifier(Qwen2ForSequenceClassification, config, tokenizer, directory, seed)
+
+
+def save_classifier(cls, config, tokenizer, directory, seed):
+    """A classifier of `cls` initialised from `seed`, its score head drawn at std 1 (rewards that differ per row), saved."""
     torch.manual_seed(seed)
-    model = Qwen2ForSequenceClassification(config)
+    model = cls(config)
     torch.nn.init.normal_(model.score.weight, std=1.0)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
