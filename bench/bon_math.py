@@ -28,7 +28,7 @@ from rewardstack.config import TrainConfig
 from rewardstack.data.load import Columns, read_rows
 from rewardstack.data.pools import load_pools
 from rewardstack.model import RewardModel
-from rewardstack.train import train
+from rewardstack.training import train
 
 from common import DATA, write_rows
 
@@ -67,7 +67,7 @@ def main() -> None:
     train_rows = gsm8k_solution_pairs(args.questions)
     config = TrainConfig(model="smollm2-135m", max_length=768, lora_r=16, batch_size=8, micro_batch_size=2, learning_rate=1e-4,
                          columns=Columns())
-    summary = train(config, write_rows(train_rows, work / "train.jsonl"), work / "run")
+    _, summary = train(config, write_rows(train_rows, work / "train.jsonl"), output_dir=work / "run")
     model = RewardModel.from_pretrained(work / "run" / "model")
 
     pools, _ = load_pools(DATA / "math" / "math_cot_100.jsonl.gz")

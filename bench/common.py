@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from transformers import BatchEncoding
 
-from rewardstack.bayes import fit_laplace
+from rewardstack.bayes import Laplace
 from rewardstack.bayes.predict import reward_moments
 from rewardstack.data.encode import Encoded, EncodedPairs, encode_pairs
 from rewardstack.data.load import load_preferences
@@ -113,7 +113,7 @@ def rewardstack_lora_laplace(args: argparse.Namespace) -> LoraLaplaceRun:
     sequences = test.chosen + test.rejected
     print(f"{len(pairs)} fitting pairs, {len(sequences)} held-out responses, LoRA rank {model.config.lora_r}")
     started = time.perf_counter()
-    posterior = fit_laplace(model, pairs, subset="lora", batch_size=args.batch_size)
+    posterior = Laplace(model, subset="lora", batch_size=args.batch_size).fit(pairs).posterior
     fit_seconds = time.perf_counter() - started
     started = time.perf_counter()
     _, variances = reward_moments(model, sequences, batch_size=args.batch_size)

@@ -29,9 +29,9 @@ import numpy as np
 from rewardstack.config import TrainConfig
 from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import Columns, load_preferences
-from rewardstack.evaluate import evaluate_encoded
+from rewardstack.evaluation import evaluate_encoded
 from rewardstack.model import RewardModel
-from rewardstack.train import train
+from rewardstack.training import train
 
 from common import DATA, alpaca_pairs, head_rows, write_rows
 
@@ -89,7 +89,7 @@ def main() -> None:
                                      columns=Columns())
                 run = work / f"{source}-{objective}-{seed}"
                 started = time.perf_counter()
-                summary = train(config, train_files[source], run)
+                _, summary = train(config, train_files[source], output_dir=run)
                 wall = time.perf_counter() - started
                 model = RewardModel.from_pretrained(run / "model")
                 record = {**settings, "source": source, "objective": objective, "seed": seed,

@@ -29,7 +29,7 @@ from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import Columns, load_preferences
 from rewardstack.metrics import auroc, logit_metrics
 from rewardstack.model import RewardModel
-from rewardstack.train import train
+from rewardstack.training import train
 
 from common import DATA, alpaca_pairs, head_rows, write_rows
 
@@ -56,7 +56,7 @@ def main() -> None:
     }
     config = TrainConfig(model=args.model, max_length=args.max_length, lora_r=16, batch_size=8, learning_rate=1e-4,
                          columns=Columns())
-    summary = train(config, train_file, work / "run")
+    _, summary = train(config, train_file, output_dir=work / "run")
     model = RewardModel.from_pretrained(work / "run" / "model")
 
     posterior = fit_laplace(model, train_file)

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from rewardstack.data.load import read_rows  # noqa: E402
 from rewardstack.data.pools import load_prompts  # noqa: E402
-from rewardstack.optimize import OptimizeConfig, Optimizer  # noqa: E402
+from rewardstack.laser.optimize import OptimizeConfig, Optimizer  # noqa: E402
 from rewardstack.sources import build_source  # noqa: E402
 from rewardstack.synthetic import word_problems  # noqa: E402
 

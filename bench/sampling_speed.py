@@ -62,7 +62,7 @@ def main() -> None:
     for name, model in policies.items():
         ways = {
             "ours": lambda: sample_responses(model, tokenizer, prompts, config),
-            "ours 1/batch": lambda: sample_responses(model, tokenizer, prompts, replace(config, batch_size=args.n)),
+            "ours 1/batch": lambda: sample_responses(model, tokenizer, prompts, replace(config, generation_batch_size=args.n)),
             "generate": lambda: generate(model, tokenizer, texts, args.n, args.max_new_tokens, 0.8),
             "generate 1/call": lambda: [generate(model, tokenizer, [t], args.n, args.max_new_tokens, 0.8) for t in texts],
         }

@@ -76,12 +76,12 @@ def run_rewardstack(work: Path, max_length: int) -> dict:
     from rewardstack.config import TrainConfig
     from rewardstack.data.load import Columns
     from rewardstack.model import RewardModel
-    from rewardstack.train import train
+    from rewardstack.training import train
 
     config = TrainConfig(model="smollm2-135m", max_length=max_length, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                          batch_size=BATCH, micro_batch_size=BATCH, learning_rate=LR, warmup_ratio=0.0,
                          seed=SEED, columns=Columns())
-    summary = train(config, str(work / "train.jsonl"), work / "rewardstack-run")
+    _, summary = train(config, str(work / "train.jsonl"), output_dir=work / "rewardstack-run")
     seconds = summary["train_seconds"]  # the training loop alone, like TRL's trainer.train()
 
     model = RewardModel.from_pretrained(work / "rewardstack-run" / "model")

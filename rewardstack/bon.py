@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .files import atomic_path, write_json, write_text
-from .sources import RewardScores
-from .sources.combine import Ensemble, Normalized, combine_ensemble
+from .errors import UserError, require
+from .files import atomic_path, mark_output_dir, write_json, write_text
+from .options import option
+from .sampling import SamplingConfig
+from .scores import RewardScores
+from .sources.combine import Ensemble, Normalized, combine_ensemble, parse_spec
 
 if TYPE_CHECKING:
     from .data.pools import Pool
@@ -45,19 +47,9 @@ class Objective:
 
     @classmethod
     def parse(cls, spec: str) -> "Objective":
-        kind, _, value = spec.strip().partition(":")
-        if kind in ("mean", "min") and not value:
-            return cls(kind)
-        if kind in ("lcb", "var", "uwo"):
-            try:
-                k = float(value)
-            except ValueError:
-                raise UserError(f"objective {spec!r}: {kind} needs a number, as in {kind}:1.0") from None
-            if not math.isfinite(k) or k < 0:
-                raise UserError(f"objective {spec!r}: k must be a finite number ≥ 0")
-            return cls(kind, k)
-        raise UserError(f"objective {spec!r}: use mean, lcb:K (mean − K·std), var:K (mean − K·variance), "
-                        "or for an ensemble min or uwo:K (members' mean − K·their variance)")
+        return cls(*parse_spec(spec, ("mean", "min"), ("lcb", "var", "uwo"), "objective",
+                               "use mean, lcb:K (mean − K·std), var:K (mean − K·variance), or for an ensemble min or "
+                               "uwo:K (members' mean − K·their variance), K ≥ 0"))
 
     def score(self, scores: RewardScores) -> np.ndarray:
         """Selection score of each row of `scores` (an ensemble's `parts` are its members' rewards)."""
@@ -137,11 +129,7 @@ def run_best_of_n(source, pools: Sequence["Pool"], objectives: Sequence[Objectiv
     ns = list(range(1, min(len(pool.responses) for pool in pools) + 1))
     records = []
     for pool, scores in zip(pools, scored):
-        record = {"key": pool.key, "responses": len(pool.responses), "reward": scores.mean.tolist(), "objectives": {}}
-        if scores.std is not None:
-            record["reward_std"] = scores.std.tolist()
-        if scores.parts:
-            record["reward_parts"] = {name: values.tolist() for name, values in scores.parts.items()}
+        record = {"key": pool.key, "responses": len(pool.responses), **scores.row_fields(slice(None)), "objectives": {}}
         if pool.gold is not None:
             record["gold"] = pool.gold.tolist()
         for objective in objectives:
@@ -197,10 +185,82 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
             "arms": [r["arm"] for r in records], "arm_counts_by_group": dict(by_group), "arm_counts": selector.arm_counts()}
 
 
+@dataclass
+class BonConfig:
+    """Options of `rewardstack bon` (and of `best_of_n`)."""
+
+    objective: list[str] = option(help="mean, lcb:K (mean − K·std), var:K (mean − K·variance), or for an ensemble min or uwo:K; "
+                                       "repeatable", factory=lambda: ["mean"])
+    policy: str = option("smollm2-135m", "Policy that prompts are sampled from: smollm2-135m, a local path or Hugging Face id")
+    sampling: SamplingConfig = option(factory=SamplingConfig)
+    prompt_key: str = option("prompt", "Column of the prompt in the prompts")
+    answer_key: str = option("answer", "Column of the verifiable answer in the prompts (gold = the answer matches)")
+    max_pools: int | None = option(None, "Use only the first N pools or prompts")
+    feedback: str | None = option(None, "With a bandit reward: gold, the gold of the chosen response is the bandit's feedback")
+    batch_size: int = option(16, "Sequences per forward pass")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+
+    def __post_init__(self) -> None:
+        objectives = self.objectives()
+        require(self, "objective", len({o.name for o in objectives}) == len(objectives), "a list without repeats")
+        require(self, "feedback", self.feedback in (None, "gold"), "gold (from the pools' gold, answers, or a gold reward), or unset")
+        require(self, "batch_size", self.batch_size >= 1, "at least 1")
+        if self.max_pools is not None:
+            require(self, "max_pools", self.max_pools >= 1, "at least 1")
+
+    def objectives(self) -> list[Objective]:
+        return [Objective.parse(spec) for spec in self.objective]
+
+
+def best_of_n(source, config: BonConfig, pools: Any = None, prompts: Any = None, gold_source=None, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Best-of-n of `source` on exactly one of `pools` (scored candidates: anything `load_pools` reads)
+    or `prompts` (rows with a prompt and optionally an answer: `config.sampling.n` responses each are
+    sampled from `config.policy`). `gold_source`, a reward source, replaces the pools' gold. With
+    `config.feedback` and a bandit source, LASeR's bandit best-of-n (run_bandit_best_of_n). Writes
+    pools.jsonl (sampled pools), results.jsonl, summary.json, best_of_n.png and a bandit's state and log
+    into `output_dir` when given. Returns the summary: the curves and what was read, skipped, cut."""
+    from .data.pools import load_pools, load_prompts, write_pools
+    from .sampling import sample_pools
+    from .laser.selector import BanditSelector
+
+    if (pools is None) == (prompts is None):
+        raise UserError("bon: give exactly one of --pools (scored candidates) and --prompts (sample from --policy)")
+    if config.feedback is not None and not isinstance(source, BanditSelector):
+        raise UserError("bon: --feedback needs a bandit reward (kind: bandit in a YAML tree)")
+    unfinished = None
+    if pools is not None:
+        pool_list, report = load_pools(pools, config.skip_invalid)
+        pool_list = pool_list[: config.max_pools]
+    else:
+        prompt_rows, report = load_prompts(prompts, config.prompt_key, config.answer_key, config.skip_invalid)
+        pool_list, unfinished = sample_pools(config.policy, prompt_rows[: config.max_pools], config.sampling)
+        if output_dir is not None:
+            mark_output_dir(output_dir, "bon")
+            write_pools(pool_list, Path(output_dir) / "pools.jsonl")
+    if gold_source is not None:
+        set_gold_from(gold_source, pool_list, config.batch_size)
+    if config.feedback is not None:
+        result = run_bandit_best_of_n(source, pool_list, config.batch_size)
+    else:
+        result = run_best_of_n(source, pool_list, config.objectives(), config.batch_size)
+    info = {"skipped": dict(report.skipped), "source": report.source, "unfinished_samples": unfinished}
+    if output_dir is None:
+        return summarize_best_of_n(result, **info)
+    mark_output_dir(output_dir, "bon")
+    if config.feedback is not None:
+        source.save(source.state_path or Path(output_dir) / "bandit_state.safetensors")
+    return write_best_of_n(result, output_dir, f"best-of-n on {Path(report.source).name}", **info)
+
+
 def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None:
     """Make another reward source the gold: each pool's gold becomes its rewards."""
     for pool, scores in zip(pools, score_pools(source, pools, batch_size)[0]):
         pool.gold = np.asarray(scores.mean, dtype=np.float64)
+
+
+def summarize_best_of_n(result: dict[str, Any], **info: Any) -> dict[str, Any]:
+    """run_best_of_n's result without the per-pool records (their count instead), plus `info`."""
+    return {key: value for key, value in result.items() if key != "pools"} | {"pools": len(result["pools"])} | info
 
 
 def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, **info: Any) -> dict[str, Any]:
@@ -208,7 +268,7 @@ def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, 
     `info`) and best_of_n.png. Returns the summary."""
     output_dir = Path(output_dir)
     write_text(output_dir / "results.jsonl", "".join(json.dumps(record) + "\n" for record in result["pools"]))
-    summary = {key: value for key, value in result.items() if key != "pools"} | {"pools": len(result["pools"])} | info
+    summary = summarize_best_of_n(result, **info)
     write_json(output_dir / "summary.json", summary)
     plot_best_of_n(summary, output_dir / "best_of_n.png", title=title)
     return summary

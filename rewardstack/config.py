@@ -3,45 +3,90 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import os
+import sys
+import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data.encode import MIN_MAX_LENGTH
 from .data.load import Columns
 from .errors import UserError, require
-from .model import ModelConfig
+from .losses import POLICY_LOSSES
+from .options import option
 
+OBJECTIVES = ("bt", "haf", "dpo")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
+            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}  # report_to name → package
+
+
+@dataclass
+class ModelConfig:
+    """What a reward model is: its backbone, how it reads text, and its adapter."""
+
+    model: str = option("smollm2-135m", "Backbone: smollm2-135m, tiny-random, a local path or Hugging Face id")
+    max_length: int = option(512, "Max tokens of prompt + response; longer pairs are truncated and counted")
+    max_prompt_length: int | None = option(None, "Tokens a long prompt keeps at least (unset: max_length / 2)")
+    lora_r: int = option(16, "LoRA rank; 0 trains all backbone weights")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_dropout: float = option(0.0, "LoRA dropout")
+    lora_target_modules: str = option("all-linear", "Comma-separated module names, or all-linear")
+    objective: str = option("bt", "bt (reward head), haf (reward head + token-level policy loss) or dpo (policy loss alone; "
+                                  "the reward is the implicit one)")
+    beta: float = option(0.1, "β of the policy loss and the implicit reward")
+    policy_loss: str = option("sigmoid", "sigmoid, ipo, hinge or simpo")
+
+    def __post_init__(self) -> None:
+        require(self, "max_length", self.max_length >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens")
+        if self.max_prompt_length is not None:
+            require(self, "max_prompt_length", 0 < self.max_prompt_length < self.max_length, f"between 1 and max_length − 1 = {self.max_length - 1}")
+        require(self, "lora_r", self.lora_r >= 0, "0 (full fine-tuning) or positive")
+        require(self, "lora_alpha", self.lora_alpha > 0, "positive")
+        require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
+        require(self, "objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}")
+        require(self, "beta", self.beta > 0, "positive")
+        require(self, "policy_loss", self.policy_loss in POLICY_LOSSES, f"one of {', '.join(POLICY_LOSSES)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
 class TrainConfig(ModelConfig):
-    """Everything a training run needs besides its data paths. Batch sizes count pairs."""
+    """Everything a training run needs besides its data. Batch sizes count pairs."""
 
-    epochs: int = 1
-    batch_size: int = 8  # pairs per optimizer step, summed over all processes
-    micro_batch_size: int = 8  # pairs per forward pass on one process (gradient accumulation below that)
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.03  # share of the steps with a linear warm-up
-    lr_scheduler: str = "linear"  # linear | cosine | constant (after warm-up)
-    max_grad_norm: float = 1.0  # 0 disables clipping
-    center_rewards_coefficient: float = 0.0  # c in c·(r_c + r_r)²
-    reward_weight: float = 1.0  # λ: weight of the Bradley–Terry loss in the haf objective
-    policy_weight: float = 0.2  # α: weight of the token-level policy loss in the haf objective
-    simpo_gamma: float = 0.5  # γ margin of the simpo policy loss
-    ref_cache_dir: str | None = None  # also keep reference log-probabilities on disk here, keyed by model and data
-    eval_every: int = 0  # steps between evaluations on --eval-data (0: only at the end)
-    save_every: int = 0  # steps between checkpoints (0: none)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    eval_batch_size: int = 16  # sequences per forward pass when evaluating
-    seed: int = 42
-    skip_invalid: bool = False  # count and skip invalid rows instead of stopping at the first
-    columns: Columns = field(default_factory=Columns)
+    epochs: int = option(1, "Passes over the data")
+    batch_size: int = option(8, "Pairs per optimizer step, summed over all processes")
+    micro_batch_size: int = option(8, "Pairs per forward pass on one process; gradients accumulate below batch_size")
+    learning_rate: float = option(1e-4, "Peak learning rate of AdamW")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.03, "Share of the steps with a linear warm-up")
+    lr_scheduler: str = option("linear", "linear, cosine or constant (after warm-up)")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm; 0 disables clipping")
+    center_rewards_coefficient: float = option(0.0, "c in the centring term c·(r_c + r_r)²")
+    reward_weight: float = option(1.0, "λ: weight of the Bradley–Terry loss in the haf objective")
+    policy_weight: float = option(0.2, "α: weight of the token-level policy loss in the haf objective")
+    simpo_gamma: float = option(0.5, "γ margin of the simpo policy loss")
+    ref_cache_dir: str | None = option(None, "Also keep reference log-probabilities on disk here, keyed by model and data")
+    eval_every: int = option(0, "Steps between evaluations on the eval data; 0: only at the end")
+    save_every: int = option(0, "Steps between checkpoints; 0: none")
+    keep_checkpoints: int = option(2, "Newest checkpoints kept on disk")
+    eval_batch_size: int = option(16, "Sequences per forward pass when evaluating")
+    bf16: bool = option(False, "Compute under bfloat16 autocast (weights stay float32); for GPUs, slow on most CPUs")
+    gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, more compute")
+    report_to: str = option("none", "Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow, … (installed "
+                                    "separately; logs under OUTPUT_DIR/logs), or none")
+    seed: int = option(42, "Random seed")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    columns: Columns = option(factory=Columns)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +100,107 @@ class TrainConfig(ModelConfig):
         require(self, "lr_scheduler", self.lr_scheduler in LR_SCHEDULERS, f"one of {', '.join(LR_SCHEDULERS)}")
         for name in ("eval_every", "save_every"):
             require(self, name, getattr(self, name) >= 0, "0 (off) or a positive number of steps")
+        trackers = self.report_to.split(",")
+        if self.report_to != "none":
+            unknown = [t for t in trackers if t not in TRACKERS]
+            require(self, "report_to", not unknown, f"none or a comma-separated list of {', '.join(TRACKERS)}")
+            missing = [t for t in trackers if importlib.util.find_spec(TRACKERS[t]) is None]
+            require(self, "report_to", not missing, f"trackers whose package is installed ({', '.join(missing)}: pip install it)")
+
+    @staticmethod
+    def from_trl_names(data: dict[str, Any], where: str) -> dict[str, Any]:
+        """Options under TRL's names (RewardConfig, TrainingArguments, ModelConfig) in ours; see
+        docs/training.md. gradient_accumulation_steps sets batch_size = micro_batch_size × steps × WORLD_SIZE
+        (TRL's global batch); use_peft: false trains all weights (lora_r 0); options of TRL's that do
+        not change the result here (logging, hub, output_dir) are listed on stderr and ignored."""
+        data = dict(data)
+        for trl_name, ours in TRL_NAMES.items():
+            if trl_name in data:
+                if ours in data and data[ours] != data[trl_name]:
+                    raise UserError(f"{where}: {trl_name} (TRL's name for {ours}) and {ours} are both given, with different values")
+                data[ours] = data.pop(trl_name)
+        if "epochs" in data and isinstance(data["epochs"], float):
+            if not data["epochs"].is_integer():
+                raise UserError(f"{where}: num_train_epochs must be a whole number of passes here, got {data['epochs']}")
+            data["epochs"] = int(data["epochs"])
+        if "per_device_eval_batch_size" in data:  # TRL counts pairs, eval_batch_size counts sequences
+            data["eval_batch_size"] = 2 * data.pop("per_device_eval_batch_size")
+        if "use_peft" in data and not data.pop("use_peft"):
+            data["lora_r"] = 0
+        steps = data.pop("gradient_accumulation_steps", None)
+        if steps is not None:
+            micro = data.get("micro_batch_size", TrainConfig.micro_batch_size)
+            data["batch_size"] = micro * int(steps) * int(os.environ.get("WORLD_SIZE", "1"))
+        ignored = sorted(k for k in data if k in TRL_IGNORED)
+        if ignored:
+            print(f"{where}: ignored TRL options that do not apply here: {', '.join(ignored)}", file=sys.stderr)
+        return {k: v for k, v in data.items() if k not in TRL_IGNORED}
+
+
+TRL_NAMES = {  # TRL's name → ours, where the meaning is the same
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_train_epochs": "epochs",
+    "lr_scheduler_type": "lr_scheduler",
+    "eval_steps": "eval_every",
+    "save_steps": "save_every",
+    "save_total_limit": "keep_checkpoints",
+    "model_name_or_path": "model",
+    "dataset_train_split": "split",
+}
+TRL_IGNORED = {"output_dir", "logging_steps", "logging_strategy", "logging_dir", "eval_strategy", "save_strategy", "push_to_hub",
+               "hub_model_id", "run_name", "remove_unused_columns", "dataloader_num_workers", "disable_dropout", "logging_first_step",
+               "overwrite_output_dir", "do_train", "do_eval", "dataset_name", "dataset_test_split", "torch_dtype", "dtype",
+               "trust_remote_code", "attn_implementation", "load_best_model_at_end", "metric_for_best_model", "optim", "tf32",
+               "dataset_num_proc", "use_liger_kernel"}
+
+
+@dataclass
+class EvalConfig:
+    """Options of `rewardstack eval`."""
+
+    batch_size: int = option(16, "Sequences per forward pass")
+    ref_cache_dir: str | None = option(None, "Keep reference log-probabilities (haf, dpo) on disk here")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    columns: Columns = option(factory=Columns)
+
+    def __post_init__(self) -> None:
+        require(self, "batch_size", self.batch_size >= 1, "at least 1")
+
+
+LAPLACE_SUBSETS = ("all", "head", "lora")
+PRIOR_METHODS = ("evidence", "val")
+
+
+@dataclass
+class LaplaceConfig:
+    """Options of `rewardstack laplace` (and of `Laplace`)."""
+
+    subset: str = option("all", "all: LoRA weights and reward head; head: the reward head alone; lora: the LoRA weights alone")
+    prior: str = option("evidence", "evidence: prior precision by marginal likelihood; val: by the Laplace NLL on the validation data")
+    batch_size: int = option(8, "Pairs per forward/backward pass")
+    max_factor_size: int = option(1024, "Kronecker factors with a larger side are kept as rank factor_rank plus a diagonal")
+    factor_rank: int = option(128, "Eigenpairs kept of a large factor")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    columns: Columns = option(factory=Columns)
+
+    def __post_init__(self) -> None:
+        require(self, "subset", self.subset in LAPLACE_SUBSETS, f"one of {', '.join(LAPLACE_SUBSETS)}")
+        require(self, "prior", self.prior in PRIOR_METHODS, f"one of {', '.join(PRIOR_METHODS)}")
+        for name in ("batch_size", "max_factor_size", "factor_rank"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+
+
+@dataclass
+class ScoreConfig:
+    """Options of `rewardstack score` and `rewardstack compose calibrate`: rows of a prompt and a response."""
+
+    prompt_key: str = option("prompt", "Column of the prompt")
+    response_key: str = option("response", "Column of the response")
+    batch_size: int = option(16, "Sequences per forward pass")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+
+    def __post_init__(self) -> None:
+        require(self, "batch_size", self.batch_size >= 1, "at least 1")
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None):
@@ -80,6 +226,12 @@ def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, 
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str):
+    """`cls` from a mapping of option: value, each checked against its field's type (nested dataclasses
+    from nested mappings); a class with `from_trl_names` also takes TRL's names."""
+    if hasattr(cls, "from_trl_names"):
+        data = cls.from_trl_names(data, where)
+        if "split" in data:
+            data["columns"] = {**data.get("columns", {}), "split": data.pop("split")}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}
@@ -101,9 +253,13 @@ def from_dict(cls: type, data: dict[str, Any], where: str):
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
-    allowed = typing.get_args(hint) or (hint,)
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return None
+    for sequence in (a for a in allowed if typing.get_origin(a) in (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(sequence)[0]
+            return typing.get_origin(sequence)(_check_type(v, item, f"{where}, item {i}") for i, v in enumerate(value))
     if bool in allowed and isinstance(value, bool):
         return value
     if int in allowed and isinstance(value, int) and not isinstance(value, bool):

@@ -20,32 +20,44 @@ from pathlib import Path
 
 import numpy as np
 
-from .bayes import fit_laplace
+from .bayes import Laplace
 from .bon import Objective, expected_best_of_n, format_best_of_n, run_best_of_n, write_best_of_n
 from .config import TrainConfig
 from .data.load import Columns
 from .data.pools import gold_pairs, load_prompts, write_pools
-from .errors import UserError
-from .evaluate import evaluate, format_table
+from .errors import UserError, require
+from .evaluation import evaluate, format_table
 from .files import check_output_dir, mark_output_dir, write_json, write_text
-from .model import RewardModel
+from .options import option
 from .sampling import SamplingConfig, sample_pools
 from .synthetic import word_problems, write_jsonl
-from .train import train
+from .training import train
 
 
 @dataclass
 class DemoConfig:
-    model: str = "smollm2-135m"  # policy and reward-model backbone
-    train_prompts: int = 24  # problems whose samples train the reward model
-    bon_prompts: int = 20  # held-out problems for evaluation and best-of-n
-    n: int = 12  # samples per problem
-    pairs_per_prompt: int = 6
-    objective: str = "haf"
-    laplace_subset: str = "head"  # head: last-layer Laplace, cheap enough for the 10-minute budget; all: LoRA too
-    max_new_tokens: int = 40
-    lcb: tuple[float, ...] = (1.0, 2.0)  # k of the lcb:k objectives
-    seed: int = 0
+    """Options of `rewardstack demo`."""
+
+    model: str = option("smollm2-135m", "Policy and reward-model backbone")
+    train_prompts: int = option(24, "Generated problems whose samples train the reward model")
+    bon_prompts: int = option(20, "Held-out problems for evaluation and best-of-n")
+    n: int = option(12, "Samples per problem")
+    pairs_per_prompt: int = option(6, "Preference pairs drawn per training problem (a right answer over a wrong one)")
+    objective: str = option("haf", "Reward-model objective: bt or haf")
+    laplace_subset: str = option("head", "Posterior over the reward head (head: cheap enough for the 10-minute budget) or the LoRA weights too (all)")
+    max_new_tokens: int = option(40, "Tokens per sampled answer at most")
+    lcb: tuple[float, ...] = option((1.0, 2.0), "k of the lcb:k best-of-n objectives (mean − k·std)")
+    seed: int = option(0, "Random seed")
+
+    def __post_init__(self) -> None:
+        for name in ("train_prompts", "bon_prompts", "pairs_per_prompt", "max_new_tokens"):
+            require(self, name, getattr(self, name) >= 1, "at least 1")
+        require(self, "n", self.n >= 2, "at least 2 (pairs need a right and a wrong answer)")
+        require(self, "objective", self.objective in ("bt", "haf"), "bt or haf")
+        require(self, "laplace_subset", self.laplace_subset in ("head", "all"), "head or all")
+
+
+HELD_OUT = "held-out pairs"
 
 
 def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
@@ -56,10 +68,11 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     mark_output_dir(output_dir, "demo")
     data_dir, run_dir = output_dir / "data", output_dir / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    problems_file = write_jsonl(word_problems(config.train_prompts + config.bon_prompts, config.seed), data_dir / "problems.jsonl")
+    problems = word_problems(config.train_prompts + config.bon_prompts, config.seed)
+    write_jsonl(problems, data_dir / "problems.jsonl")
     print(f"demo: {config.train_prompts} + {config.bon_prompts} generated word problems, {config.n} samples each from {config.model}")
 
-    prompts, _ = load_prompts(problems_file)
+    prompts, _ = load_prompts(problems)
     sampling = SamplingConfig(n=config.n, temperature=0.7, max_new_tokens=config.max_new_tokens, seed=config.seed)
     pools, unfinished = sample_pools(config.model, prompts, sampling)
     write_pools(pools, data_dir / "pools.jsonl")
@@ -67,8 +80,8 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     policy_accuracy = float(np.mean([pool.gold.mean() for pool in pools]))
     train_pairs = gold_pairs(train_pools, config.pairs_per_prompt, config.seed)
     test_pairs = gold_pairs(bon_pools, config.pairs_per_prompt, config.seed + 1)
-    train_file = write_jsonl(train_pairs, data_dir / "train_pairs.jsonl")
-    test_file = write_jsonl(test_pairs, data_dir / "test_pairs.jsonl")
+    write_jsonl(train_pairs, data_dir / "train_pairs.jsonl")  # for the reader; the run below uses the lists in memory
+    write_jsonl(test_pairs, data_dir / "test_pairs.jsonl")
     if not train_pairs:
         raise UserError(f"demo: no training pairs — no problem got both a right and a wrong answer from {config.model}")
     print(f"policy accuracy {policy_accuracy:.3f} per sample; {len(train_pairs)} training pairs, "
@@ -78,12 +91,11 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         model=config.model, objective=config.objective, max_length=128, lora_r=16, epochs=1, batch_size=8,
         learning_rate=5e-4, seed=config.seed, columns=Columns(),
     )
-    train(train_config, str(train_file), run_dir)
-    reward_model = RewardModel.from_pretrained(run_dir / "model")
-    posterior = fit_laplace(reward_model, str(train_file), subset=config.laplace_subset)
+    reward_model, _ = train(train_config, train_pairs, output_dir=run_dir)
+    posterior = Laplace(reward_model, subset=config.laplace_subset).fit(train_pairs).posterior
     posterior.save(run_dir / "model")
 
-    evaluation = evaluate(reward_model, [str(test_file)]) if test_pairs else {}
+    evaluation = evaluate(reward_model, {HELD_OUT: test_pairs}) if test_pairs else {}
     write_json(output_dir / "eval.json", evaluation)
     objectives = [Objective("mean")] + [Objective("lcb", k) for k in config.lcb]
     result = run_best_of_n(reward_model, bon_pools, objectives)
@@ -93,7 +105,7 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         result, output_dir, f"best-of-n on {len(bon_pools)} held-out word problems",
         demo=asdict(config), policy_accuracy=policy_accuracy, unfinished_samples=unfinished,
         train_pairs=len(train_pairs), prior_precision=posterior.prior_precision,
-        reward_model=evaluation.get(str(test_file)), seconds=time.perf_counter() - started,
+        reward_model=evaluation.get(HELD_OUT), seconds=time.perf_counter() - started,
     )
     report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer")
     write_text(output_dir / "report.md", report)

@@ -11,7 +11,7 @@ import copy
 import hashlib
 import json
 from collections import defaultdict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,49 +26,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from .backbones import config_digest, load_backbone, model_files, resolve_model_name, score_head
 from .bayes import Posterior, reward_moments
 from .bayes.predict import evaluating
-from .data.encode import MIN_MAX_LENGTH, PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
+from .config import ModelConfig
+from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
 from .data.load import Message
-from .errors import UserError, require
+from .errors import UserError
 from .files import atomic_path, explain_load_error, load_tensors, read_json
-from .losses import POLICY_LOSSES, implicit_reward
-from .sources import RewardScores
+from .losses import implicit_reward
+from .scores import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
 LOGPROB_CHUNK = 512  # response positions per LM-head chunk
-OBJECTIVES = ("bt", "haf", "dpo")
 SHARE_PROMPT_MIN_RESPONSES = 4  # from this many responses to one prompt, rewards() runs the prompt once (bench/bon_scoring.py)
-
-
-@dataclass
-class ModelConfig:
-    """What a reward model is: its backbone, how it reads text, and its adapter."""
-
-    model: str = "smollm2-135m"  # backbone: smollm2-135m, tiny-random, a local path or a Hugging Face id
-    max_length: int = 512  # tokens of prompt + response; longer pairs are truncated and counted
-    max_prompt_length: int | None = None  # tokens a long prompt keeps at least (default max_length // 2)
-    lora_r: int = 16  # LoRA rank; 0 trains the whole backbone
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: str = "all-linear"  # comma-separated module names, or all-linear
-    objective: str = "bt"  # bt | haf | dpo: how it was trained; a dpo model's reward is its implicit reward
-    beta: float = 0.1  # β of the policy loss and of the implicit reward
-    policy_loss: str = "sigmoid"  # sigmoid | ipo | hinge | simpo
-
-    def __post_init__(self) -> None:
-        require(self, "max_length", self.max_length >= MIN_MAX_LENGTH, f"at least {MIN_MAX_LENGTH} tokens")
-        if self.max_prompt_length is not None:
-            require(self, "max_prompt_length", 0 < self.max_prompt_length < self.max_length, f"between 1 and max_length − 1 = {self.max_length - 1}")
-        require(self, "lora_r", self.lora_r >= 0, "0 (full fine-tuning) or positive")
-        require(self, "lora_alpha", self.lora_alpha > 0, "positive")
-        require(self, "lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
-        require(self, "objective", self.objective in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}")
-        require(self, "beta", self.beta > 0, "positive")
-        require(self, "policy_loss", self.policy_loss in POLICY_LOSSES, f"one of {', '.join(POLICY_LOSSES)}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 class RewardModel(torch.nn.Module):
@@ -125,6 +94,15 @@ class RewardModel(torch.nn.Module):
         model = cls.create(ModelConfig(model=name, max_length=max_length or min(limit, 4096), lora_r=0))
         model.backbone_is_base = True
         return model
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each decoder layer's activations in the backward pass instead of keeping them:
+        activation memory O(layers) smaller for about one more forward pass of compute."""
+        lm = self._base_lm()
+        if hasattr(lm, "activation_checkpointing_enable"):  # the name from Transformers 5.x on
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @property
     def decoder(self) -> torch.nn.Module:

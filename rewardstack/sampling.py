@@ -1,6 +1,6 @@
 """Sampling n responses per prompt from a policy (any causal LM the backbones module can load).
 
-Prompts are generated in batches (left-padded, `batch_size` sequences at a time). Each prompt is run
+Prompts are generated in batches (left-padded, `generation_batch_size` sequences at a time). Each prompt is run
 through the model once; its KV cache is then copied n times and the n samples continue from it, so the
 prompt costs one forward pass however many samples it gets. Next tokens come from softmax(logits / T),
 cut to the smallest set of tokens whose probability reaches top_p; T = 0 is greedy. Prompt i draws from
@@ -24,19 +24,22 @@ from .data.load import Message
 from .data.pools import Pool, PromptRow
 from .errors import require
 from .gold import answer_is_correct
+from .options import option
 
 
 @dataclass
 class SamplingConfig:
-    n: int = 8  # samples per prompt
-    temperature: float = 0.7  # 0 = greedy
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int = 0
-    batch_size: int = 64  # sequences generated together: batch_size // n prompts (at least one)
+    """How responses are sampled from a policy."""
+
+    n: int = option(8, "Samples per prompt")
+    temperature: float = option(0.7, "Sampling temperature; 0 = greedy")
+    top_p: float = option(1.0, "Nucleus sampling threshold, in (0, 1]")
+    max_new_tokens: int = option(256, "Tokens per sampled response at most")
+    seed: int = option(0, "Sampling seed (prompt i uses seed + i)")
+    generation_batch_size: int = option(64, "Sequences generated together: generation_batch_size // n prompts (at least one)")
 
     def __post_init__(self) -> None:
-        for name in ("n", "max_new_tokens", "batch_size"):
+        for name in ("n", "max_new_tokens", "generation_batch_size"):
             require(self, name, getattr(self, name) >= 1, "at least 1")
         require(self, "temperature", 0 <= self.temperature < math.inf, "0 (greedy) or positive")
         require(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
@@ -56,7 +59,7 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Message]], co
     policy.eval()
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    per_batch = max(1, config.batch_size // config.n)
+    per_batch = max(1, config.generation_batch_size // config.n)
     responses, unfinished = [], 0
     for first in tqdm(range(0, len(prompts), per_batch), desc="sample", disable=len(prompts) <= per_batch):
         texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts[first : first + per_batch]]

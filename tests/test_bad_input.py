@@ -182,7 +182,7 @@ def _output_under_file(command: str):
             return ["eval", "--reward", "tree.yaml", "--data", "t.jsonl", "--output", "afile/m.json"]
         if command == "bon":
             return ["bon", "--reward", "tree.yaml", "--pools", "p.jsonl", "--output-dir", "afile/bon"]
-        return ["compose", "calibrate", "--config", "tree.yaml", "--data", "s.jsonl", "--output", "afile/tree.yaml"]
+        return ["compose", "calibrate", "--tree", "tree.yaml", "--data", "s.jsonl", "--output", "afile/tree.yaml"]
 
     return setup
 
@@ -413,8 +413,8 @@ def test_one_bad_request_fails_alone_in_a_batch():
             thread.join(30)
         info = call(url + "/v1/info")[1]
     assert info["stats"]["largest_batch_requests"] == 3
-    assert answers[1][:2] == (200, {"rewards": [2.0, 3.0], "std": None, "parts": {}, "truncated": 0})
-    assert answers[3][:2] == (200, {"rewards": [5.0], "std": None, "parts": {}, "truncated": 0})
+    assert answers[1][:2] == (200, {"rewards": [2.0, 3.0], "std": None, "parts": {}, "arm": None, "truncated": 0})
+    assert answers[3][:2] == (200, {"rewards": [5.0], "std": None, "parts": {}, "arm": None, "truncated": 0})
     assert answers[2][0] == 422 and answers[2][1]["detail"] == "no reward for the prompt 'poison'"
 
 

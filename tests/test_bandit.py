@@ -7,11 +7,11 @@ import torch
 import pytest
 import yaml
 
-from rewardstack.bandits import EpsilonGreedy, Exp3, LinearThompson, LinUCB, PercentileNormalizer, make_bandit
-from rewardstack.context import ContextEncoder
+from rewardstack.laser.bandits import EpsilonGreedy, Exp3, LinearThompson, LinUCB, PercentileNormalizer, make_bandit
+from rewardstack.laser.context import ContextEncoder
 from rewardstack.errors import UserError
 from rewardstack.sources import RewardScores, load_source
-from rewardstack.sources.bandit import BanditSelector
+from rewardstack.laser.selector import BanditSelector
 
 from conftest import cli, write_rows
 
@@ -124,7 +124,7 @@ def test_bandit_source_scores_each_prompt_with_one_member_and_state_round_trips(
         selector.feedback(Lookup().encode(["chat"])[0], 0, 1.0, "chat")
         selector.feedback(Lookup().encode(["chat"])[0], 1, 0.0, "chat")
     scores = selector.score(["math 1", "chat", "math 1"], ["x", "y", "y"])
-    assert scores.mean.tolist() == [10.0, 2.0, 20.0] and scores.parts["arm"].tolist() == [1.0, 0.0, 1.0]
+    assert scores.mean.tolist() == [10.0, 2.0, 20.0] and scores.arm.tolist() == [1, 0, 1] and scores.parts == {}
     assert a.calls == 1 and b.calls == 2  # only the chosen member scores a row
     path = selector.save_state(tmp_path / "state.safetensors")
     again = BanditSelector({"a": a, "b": b}, Lookup(), "linucb", state_path=path, alpha=0.0)
@@ -184,7 +184,7 @@ def test_bon_with_a_bandit_learns_from_gold_and_reports_baselines(tmp_path):
     assert (out / "bandit_state.safetensors").exists() and len((out / "bandit_log.jsonl").read_text().splitlines()) == 40
     assert load_source(tmp_path / "bandit.yaml").arm_counts() == {"long": 0, "short": 0}  # no state path: starts fresh
     error = cli("bon", "--reward", tmp_path / "bandit.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "user", "--output-dir", out, check_rc=2)
-    assert "--feedback 'user'" in error.stderr
+    assert "got 'user' (option --feedback)" in error.stderr
 
 
 def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):

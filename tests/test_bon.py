@@ -197,7 +197,7 @@ def test_samples_are_seeded_per_prompt():
     config = SamplingConfig(n=4, temperature=1.0, max_new_tokens=8, seed=5)
     both = sample_responses(policy, tokenizer, [a, b], config)  # one batch: a is left-padded
     assert sample_responses(policy, tokenizer, [a], config).responses[0] == both.responses[0]
-    assert sample_responses(policy, tokenizer, [a, b], replace(config, batch_size=4)) == both  # one prompt per batch
+    assert sample_responses(policy, tokenizer, [a, b], replace(config, generation_batch_size=4)) == both  # one prompt per batch
     assert len(set(both.responses[0])) > 1  # temperature 1 gives different samples
     greedy = sample_responses(policy, tokenizer, [a, b], SamplingConfig(n=2, temperature=0, max_new_tokens=8))
     assert sample_responses(policy, tokenizer, [a, b], SamplingConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8)) == greedy  # nucleus of one token

@@ -8,12 +8,12 @@ from safetensors.torch import load_file, save_file
 from rewardstack.config import TrainConfig
 from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import Columns, PreferencePair
-from rewardstack.evaluate import evaluate_encoded
+from rewardstack.evaluation import evaluate_encoded
 from rewardstack.losses import bradley_terry_loss, policy_loss
 from rewardstack.metrics import pairwise_metrics
 from rewardstack.model import RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
-from rewardstack.train import collate_pairs, objective_losses, reference_logprobs, train
+from rewardstack.training import collate_pairs, objective_losses, reference_logprobs, train
 
 
 def sig(x):
@@ -121,11 +121,11 @@ def test_cached_reference_equals_on_the_fly_and_the_adapter_disabled_model(tmp_p
 def test_haf_and_dpo_train_end_to_end_and_report_both_rewards(tmp_path):
     train_file = write_jsonl(arithmetic_pairs(12, seed=0), tmp_path / "train.jsonl")
     test_file = write_jsonl(arithmetic_pairs(6, seed=1), tmp_path / "test.jsonl")
-    summary = train(config(), str(train_file), tmp_path / "haf", eval_data=[str(test_file)])
+    _, summary = train(config(), str(train_file), output_dir=tmp_path / "haf", eval_data=[str(test_file)])
     metrics = summary["eval"][str(test_file)]
     assert metrics["pairs"] == metrics["implicit_reward"]["pairs"] == 6
 
-    train(config(objective="dpo"), str(train_file), tmp_path / "dpo")
+    train(config(objective="dpo"), str(train_file), output_dir=tmp_path / "dpo")
     dpo = RewardModel.from_pretrained(tmp_path / "dpo" / "model")
     rows = arithmetic_pairs(6, seed=1)
     scores = dpo.score([r["prompt"] for r in rows], [r["chosen"] for r in rows]).mean

@@ -10,9 +10,9 @@ from rewardstack.config import TrainConfig
 from rewardstack.data.encode import Encoder
 from rewardstack.data.load import load_preferences
 from rewardstack.errors import UserError
-from rewardstack.evaluate import evaluate
+from rewardstack.evaluation import evaluate
 from rewardstack.model import RewardModel
-from rewardstack.train import train
+from rewardstack.training import train
 
 from conftest import require_shared_data, require_smollm2
 
@@ -49,7 +49,7 @@ def test_smollm2_trains_saves_reloads_and_evaluates(tmp_path):
     train_file = head_of(require_shared_data("hh_rlhf_harmless", "train.jsonl.gz"), tmp_path, 16, "train.jsonl")
     test_file = head_of(require_shared_data("hh_rlhf_harmless", "test.jsonl.gz"), tmp_path, 12, "test.jsonl")
     config = TrainConfig(model="smollm2-135m", max_length=128, lora_r=4, batch_size=8, epochs=1, skip_invalid=True)
-    summary = train(config, str(train_file), tmp_path / "run", eval_data=[str(test_file)])
+    _, summary = train(config, str(train_file), output_dir=tmp_path / "run", eval_data=[str(test_file)])
     # Long dialogues: the truncation count is reported, and no pair is lost to it.
     assert summary["train"]["truncated"] > 0
     assert summary["train"]["pairs"] + sum(summary["train"]["skipped"].values()) == 16

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
-from rewardstack.bayes import fit_laplace, pair_moments
+from rewardstack.bayes import Laplace, fit_laplace, pair_moments
+from rewardstack.config import LaplaceConfig
 from rewardstack.bayes.fit import FactorSum
 from rewardstack.bayes.posterior import Block, Eigen
 from rewardstack.bayes.predict import probit_logit
@@ -88,7 +89,7 @@ def test_head_posterior_is_the_dense_laplace_exactly():
     # One linear layer read at one token: the Kronecker block is exact, so K-FAC = brute force.
     model = lora_model()
     train, test = encode_pairs(model.encoder, pairs_of(16)), encode_pairs(model.encoder, pairs_of(6, seed=3))
-    posterior = fit_laplace(model, train, subset="head", batch_size=5)
+    posterior = Laplace(model, subset="head", batch_size=5).fit(train).posterior
     dense = DenseLaplace(model, "head", train)
     for delta in (0.1, 1.0, posterior.prior_precision):
         moments = pair_moments(model, test, batch_size=4, prior_precisions=[delta])
@@ -106,7 +107,7 @@ def test_kfac_posterior_stays_close_to_the_dense_one_with_two_lora_layers():
     # correlation of std 0.90. Tolerance: every std within a factor 2, correlation ≥ 0.8.
     model = lora_model()
     train, test = encode_pairs(model.encoder, pairs_of(64)), encode_pairs(model.encoder, pairs_of(6, seed=3))
-    posterior = fit_laplace(model, train, batch_size=8)
+    posterior = Laplace(model, batch_size=8).fit(train).posterior
     assert posterior.n_params == 2 * ((2 * 32 + 32 * 2) + (2 * 32 + 16 * 2)) + 32  # 2 layers × (q, v: 16 kv dims) + head
     moments = pair_moments(model, test, batch_size=3)
     var_seq, var_delta = DenseLaplace(model, "all", train).variances(test, posterior.prior_precision)
@@ -165,7 +166,7 @@ def test_sketched_factor_is_exact_below_its_rank_and_keeps_the_trace():
 def test_low_rank_fit_runs_and_gives_positive_std():
     model = lora_model()
     train = encode_pairs(model.encoder, pairs_of(12))
-    posterior = fit_laplace(model, train, max_factor_size=16, factor_rank=4)
+    posterior = Laplace(model, max_factor_size=16, factor_rank=4).fit(train).posterior
     lora_a = next(b for b in posterior.blocks if "lora_A" in b.name)
     assert lora_a.inp.vectors.shape == (32, 4) and lora_a.inp.rest > 0
     rows = arithmetic_pairs(3, seed=1)
@@ -182,7 +183,7 @@ def test_block_diagonal_posterior_adds_the_head_and_lora_variances():
     sequences = train.chosen[:4] + train.rejected[:4]
     variances = {}
     for subset in ("all", "lora", "head"):
-        posterior = fit_laplace(model, train, subset=subset)
+        posterior = Laplace(model, subset=subset).fit(train).posterior
         posterior.prior_precision = 3.0
         variances[subset] = reward_moments(model, sequences)[1]
         assert ("head" in {b.name for b in posterior.blocks}) == (subset != "lora")
@@ -207,7 +208,7 @@ def test_std_is_independent_of_batch_size_and_survives_save_and_reload(tmp_path)
 def test_validation_prior_picks_the_lowest_validation_nll():
     model = lora_model()
     train, val = encode_pairs(model.encoder, pairs_of(12)), encode_pairs(model.encoder, pairs_of(6, seed=5))
-    posterior = fit_laplace(model, train, prior="val", val_data=val)
+    posterior = fit_laplace(model, train, LaplaceConfig(prior="val"), val_data=val)
     curve = posterior.info["val_nll_curve"]
     assert posterior.prior_precision == min(curve, key=lambda c: c[1])[0]
     delta, nll = curve[10]
@@ -215,7 +216,7 @@ def test_validation_prior_picks_the_lowest_validation_nll():
     logits = probit_logit(moments["chosen"] - moments["rejected"], moments["var_delta"][:, 0])
     assert nll == pytest.approx(float(np.mean(np.logaddexp(0, -logits))), rel=1e-6)
     with pytest.raises(UserError, match="needs --val-data"):
-        fit_laplace(model, train, prior="val")
+        fit_laplace(model, train, LaplaceConfig(prior="val"))
 
 
 def test_models_without_a_reward_head_posterior_are_refused():
@@ -224,7 +225,7 @@ def test_models_without_a_reward_head_posterior_are_refused():
     full = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=0))
     with pytest.raises(UserError, match="--subset head"):
         fit_laplace(full, encode_pairs(full.encoder, pairs_of(2)))
-    assert fit_laplace(full, encode_pairs(full.encoder, pairs_of(4)), subset="head").n_params == 32
+    assert Laplace(full, subset="head").fit(encode_pairs(full.encoder, pairs_of(4))).posterior.n_params == 32
 
 
 def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
@@ -248,7 +249,7 @@ def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
     metrics = json.loads(out.read_text())
     assert set(metrics[str(test)]["laplace"]) >= {"nll", "ece", "brier", "mean_std"}
     from rewardstack.data.load import load_preferences
-    from rewardstack.evaluate import response_stds, score_pairs
+    from rewardstack.evaluation import response_stds, score_pairs
     from rewardstack.metrics import auroc
 
     fitted = RewardModel.from_pretrained(tmp_path / "model")

@@ -19,7 +19,7 @@ import uvicorn
 
 from rewardstack.data.encode import as_messages
 from rewardstack.model import ModelConfig, RewardModel
-from rewardstack.server import ServerSettings, create_app
+from rewardstack.server import ServeConfig, create_app
 from rewardstack.server.conversation import ConversationSplitter
 from rewardstack.sources import RewardScores, Remote
 
@@ -38,11 +38,11 @@ def model(tmp_path_factory):
 
 
 @contextmanager
-def running(source, description=None, **settings):
+def running(source, description=None, api_key=None, **settings):
     """A uvicorn server for `source` in a thread; yields (base URL, uvicorn.Server)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(source, ServerSettings(**settings), description)
+    app = create_app(source, ServeConfig(**settings), description, api_key)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -124,7 +124,7 @@ def test_conversation_splitter_recovers_messages_and_response(model):
 
 def test_api_key_limits_and_malformed_input(model):
     item = {"prompt": "p", "response": "r"}
-    with running(model, api_key="s3cret", max_items=3, max_body_bytes=2000) as (url, _):
+    with running(model, api_key="s3cret", max_items=3, max_body_mb=2000 / 2**20) as (url, _):
         assert call(url + "/v1/score", {"items": [item]})[0] == 401
         status, _, headers = call(url + "/v1/score", {"items": [item]}, {"Authorization": "Bearer wrong"})
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"

@@ -205,14 +205,14 @@ def test_select_aspects_cli_keeps_the_consistent_ones(tmp_path):
     config = tmp_path / "tree.yaml"
     config.write_text(yaml.safe_dump(tree))
     (tmp_path / "my_rules.py").write_text("def negative_length(prompt, response):\n    return -float(len(response))\n")
-    result = cli("compose", "select-aspects", "--config", config, "--pools", pools, "--output", tmp_path / "selected.yaml")
+    result = cli("compose", "select-aspects", "--tree", config, "--pools", pools, "--output", tmp_path / "selected.yaml")
     lines = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:5]}
     assert lines["chars"][1:] == ["3", "0.000", "1.000", "yes"]
     assert lines["shortness"][1:] == ["3", "1.000", "0.000", "no"]
     selected = yaml.safe_load((tmp_path / "selected.yaml").read_text())
     assert [a["name"] for a in selected["aspects"]] == ["chars", "bang"]
-    bad = cli("compose", "select-aspects", "--config", config, "--pools", pools, "--output", tmp_path / "sub" / "x.yaml", check_rc=2)
-    assert "write --output beside --config" in bad.stderr
+    bad = cli("compose", "select-aspects", "--tree", config, "--pools", pools, "--output", tmp_path / "sub" / "x.yaml", check_rc=2)
+    assert "write --output beside --tree" in bad.stderr
 
 
 def test_model_in_a_tree_through_eval_and_calibrate_cli(tmp_path):
@@ -233,7 +233,7 @@ def test_model_in_a_tree_through_eval_and_calibrate_cli(tmp_path):
     ]}))
     result = cli("eval", "--reward", config, "--data", pairs, check_rc=2)
     assert "not fitted yet: run `rewardstack compose calibrate`" in result.stderr
-    cli("compose", "calibrate", "--config", config, "--data", rows, "--output", config)
+    cli("compose", "calibrate", "--tree", config, "--data", rows, "--output", config)
     tree = yaml.safe_load(config.read_text())
     scores = load_source(config).score(*zip(*[(r["prompt"], r["response"]) for r in map(json.loads, rows.read_text().splitlines())]))
     for part in scores.parts.values():  # the members' rewards, z-scored on the calibration rows

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-import rewardstack.train as train_module
+import rewardstack.training as train_module
 from rewardstack.config import TrainConfig
 from rewardstack.data.load import Columns
 from rewardstack.errors import UserError
 from rewardstack.model import RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
-from rewardstack.train import micro_batches, plan_batches, train
+from rewardstack.training import micro_batches, plan_batches, train
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -51,7 +51,7 @@ def test_micro_batches_split_a_global_batch_evenly_across_processes():
 
 def test_training_writes_run_directory_and_learns(tmp_path, data):
     train_file, test_file = data
-    summary = train(tiny_config(epochs=3), train_file, tmp_path / "run", eval_data=[test_file])
+    _, summary = train(tiny_config(epochs=3), train_file, output_dir=tmp_path / "run", eval_data=[test_file])
     assert {p.name for p in (tmp_path / "run").iterdir()} >= {"config.yaml", "metrics.jsonl", "model", "summary.json"}
     losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in l]
     assert len(losses) == summary["steps"] == 15
@@ -59,13 +59,13 @@ def test_training_writes_run_directory_and_learns(tmp_path, data):
     assert summary["train"]["pairs"] == 40 and summary["train"]["truncated"] == 0
     assert set(summary["eval"][test_file]["subsets"]) == {"wrong result", "wrong operands", "evasive"}
     with pytest.raises(UserError, match="already holds a run"):
-        train(tiny_config(), train_file, tmp_path / "run")
+        train(tiny_config(), train_file, output_dir=tmp_path / "run")
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, data):
     train_file, _ = data
-    train(tiny_config(), train_file, tmp_path / "big")
-    train(tiny_config(micro_batch_size=3), train_file, tmp_path / "acc")
+    train(tiny_config(), train_file, output_dir=tmp_path / "big")
+    train(tiny_config(micro_batch_size=3), train_file, output_dir=tmp_path / "acc")
     # Micro-batches of 3, 3 and 2 pairs: equal only if every pair is weighted 1/8 (float32 order noise ~2e-5).
     np.testing.assert_allclose(final_rewards(tmp_path / "acc"), final_rewards(tmp_path / "big"), atol=1e-4)
 
@@ -73,7 +73,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, data):
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, data, monkeypatch):
     train_file, test_file = data
     config = tiny_config(epochs=2, save_every=3, lora_dropout=0.1)
-    full = train(config, train_file, tmp_path / "full", eval_data=[test_file])
+    _, full = train(config, train_file, output_dir=tmp_path / "full", eval_data=[test_file])
 
     real_save = train_module.save_checkpoint
 
@@ -84,9 +84,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, data, monk
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config, train_file, tmp_path / "cut", eval_data=[test_file])
+        train(config, train_file, output_dir=tmp_path / "cut", eval_data=[test_file])
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    resumed = train(config, train_file, tmp_path / "cut", eval_data=[test_file], resume=True)
+    _, resumed = train(config, train_file, output_dir=tmp_path / "cut", eval_data=[test_file], resume=True)
 
     assert resumed["resumed_from_step"] == 6
     assert resumed["eval"][test_file]["nll"] == pytest.approx(full["eval"][test_file]["nll"], abs=1e-6)
@@ -97,12 +97,12 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tmp_path, data, monk
 
 def test_resume_needs_a_checkpoint_and_the_same_options(tmp_path, data):
     with pytest.raises(UserError, match="no run to resume"):
-        train(tiny_config(), data[0], tmp_path / "empty", resume=True)
-    train(tiny_config(), data[0], tmp_path / "run")
+        train(tiny_config(), data[0], output_dir=tmp_path / "empty", resume=True)
+    train(tiny_config(), data[0], output_dir=tmp_path / "run")
     with pytest.raises(UserError, match="no checkpoint to resume from"):
-        train(tiny_config(), data[0], tmp_path / "run", resume=True)
+        train(tiny_config(), data[0], output_dir=tmp_path / "run", resume=True)
     with pytest.raises(UserError, match="other options than the run was started with: learning_rate"):
-        train(tiny_config(learning_rate=1e-2), data[0], tmp_path / "run", resume=True)
+        train(tiny_config(learning_rate=1e-2), data[0], output_dir=tmp_path / "run", resume=True)
 
 
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
@@ -138,12 +138,12 @@ def test_non_finite_loss_stops_with_the_step_and_a_resumable_checkpoint(tmp_path
 
     monkeypatch.setattr(train_module, "objective_losses", poisoned)
     with pytest.raises(UserError, match=r"training loss is nan at step 3 .*checkpoint .*step-2: continue with --resume"):
-        train(config, train_file, tmp_path / "run")
+        train(config, train_file, output_dir=tmp_path / "run")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-2"]
     assert not (tmp_path / "run" / "model").exists()
     monkeypatch.setattr(train_module, "objective_losses", original)
-    train(config, train_file, tmp_path / "run", resume=True)
-    train(config, train_file, tmp_path / "straight")
+    train(config, train_file, output_dir=tmp_path / "run", resume=True)
+    train(config, train_file, output_dir=tmp_path / "straight")
     np.testing.assert_allclose(final_rewards(tmp_path / "run"), final_rewards(tmp_path / "straight"), atol=1e-6)
 
 
@@ -161,10 +161,10 @@ def test_full_disk_at_the_final_save_loses_nothing_and_resumes(tmp_path, data, m
 
     monkeypatch.setattr(RewardModel, "save", full_disk)
     with pytest.raises(UserError, match=r"could not be saved \(No space left on device\).*free space and rerun with --resume to continue from its checkpoint step-4"):
-        train(config, train_file, tmp_path / "run")
+        train(config, train_file, output_dir=tmp_path / "run")
     assert not (tmp_path / "run" / "model").exists() and not list((tmp_path / "run").glob(".model*"))
     monkeypatch.setattr(RewardModel, "save", original)
-    summary = train(config, train_file, tmp_path / "run", resume=True)
+    _, summary = train(config, train_file, output_dir=tmp_path / "run", resume=True)
     assert summary["resumed_from_step"] == 4 and (tmp_path / "run" / "model" / "rewardstack.json").exists()
 
 
@@ -207,8 +207,8 @@ def test_training_in_a_process_set_to_bf16_by_another_trainer_says_so(tmp_path, 
     with the reason instead of running in bf16 unasked (a fresh process, as the state is global)."""
     code = (
         "import sys; from accelerate import Accelerator; Accelerator(cpu=True, mixed_precision='bf16')\n"
-        "from rewardstack.config import TrainConfig; from rewardstack.train import train; from rewardstack.errors import UserError\n"
-        "try:\n    train(TrainConfig(model='tiny-random', max_length=64, lora_r=2), sys.argv[1], sys.argv[2])\n"
+        "from rewardstack.config import TrainConfig; from rewardstack.training import train; from rewardstack.errors import UserError\n"
+        "try:\n    train(TrainConfig(model='tiny-random', max_length=64, lora_r=2), sys.argv[1], output_dir=sys.argv[2])\n"
         "except UserError as err:\n    print(err)\n"
     )
     result = subprocess.run([sys.executable, "-c", code, data[0], str(tmp_path / "run")], capture_output=True, text=True, timeout=300)

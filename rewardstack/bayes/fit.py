@@ -25,11 +25,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from ..config import LaplaceConfig
 from ..data.encode import EncodedPairs, encode_pairs, pad_right
 from ..data.load import Columns, load_preferences
 from ..errors import UserError
 from .posterior import Block, Eigen, Posterior
 from .taps import posterior_layers, record
+
 
 class FactorSum:
     """Running Σ x xᵀ over rows x of length `dim`: dense, or for dim > max_dense a Nyström sketch
@@ -140,75 +142,107 @@ class _KfacStatistics:
         return blocks
 
 
-def fit_laplace(
-    model,
-    data: str | EncodedPairs,
-    subset: str = "all",
-    batch_size: int = 8,
-    max_factor_size: int = 1024,
-    factor_rank: int = 128,
-    columns: Columns | None = None,
-    skip_invalid: bool = False,
-    prior: str = "evidence",
-    val_data: str | EncodedPairs | None = None,
-) -> Posterior:
-    """Fit the Laplace posterior of `model` (a trained bt or haf reward model) on preference pairs, choose
-    the prior precision (`evidence`: marginal likelihood; `val`: Laplace NLL on `val_data`), attach it as
-    `model.posterior` and return it. Runs on every process under `accelerate launch` (pairs are split,
-    factors summed)."""
-    started = time.perf_counter()
-    if prior not in ("evidence", "val"):
-        raise UserError(f"laplace: prior must be 'evidence' or 'val', not {prior!r}")
-    if prior == "val" and val_data is None:
-        raise UserError("laplace: --prior val needs --val-data")
-    from ..train import float32_accelerator
+class Laplace:
+    """A Laplace posterior over a trained reward model's LoRA weights and/or head, in the style of
+    laplace-torch:
 
-    accelerator = float32_accelerator()
-    layers = posterior_layers(model, subset)
-    pairs, info = _encoded(model, data, columns, skip_invalid)
-    if len(pairs) == 0:
-        raise UserError("laplace: no pairs to fit on")
-    model.to(accelerator.device).eval()
-    stats = _KfacStatistics(layers, max_factor_size, factor_rank, accelerator.device)
-    log_likelihood = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    order = sorted(range(len(pairs)), key=lambda i: -pairs.tokens(i))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)][accelerator.process_index :: accelerator.num_processes]
-    with record(layers, stats.on_gradient) as backward:
-        for batch in tqdm(batches, desc="laplace", disable=not accelerator.is_main_process or len(batches) < 5):
-            sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
-            ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
-            prefix = torch.tensor([common_prefix(pairs.chosen[i].ids, pairs.rejected[i].ids) for i in batch])
-            stats.start_batch(prefix.to(accelerator.device), mask.sum(1).to(accelerator.device))
-            rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
-            delta = rewards[: len(batch)] - rewards[len(batch) :]
-            p = torch.sigmoid(delta.detach())
-            log_likelihood += torch.nn.functional.logsigmoid(delta.detach()).double().sum()
-            backward((torch.sqrt(p * (1 - p)) * delta).sum())
-    stats.all_reduce(accelerator)
-    if accelerator.num_processes > 1:
-        log_likelihood = accelerator.reduce(log_likelihood, reduction="sum")
-    mean_sq_norm = float(sum(layer.weight.detach().double().square().sum() for layer in layers.values()))
-    posterior = Posterior(subset, stats.blocks(), float(log_likelihood), mean_sq_norm)
-    delta, curve = posterior.optimize_prior_precision()
-    info.update(
-        prior_method=prior,
-        evidence_curve=curve,
-        evidence_prior_precision=delta,
-        max_factor_size=max_factor_size,
-        factor_rank=factor_rank,
-    )
-    if prior == "val":
+        la = Laplace(model, subset="all")
+        la.fit(train_data)                                   # K-FAC curvature; prior by evidence
+        la.optimize_prior_precision(method="val", val_data=held_out)   # optional
+        model.score(prompts, responses).std                  # rewards now carry a std
+
+    `subset`: all | head | lora. Data is anything `load_preferences` reads (a path, a dataset name, a
+    datasets.Dataset, a DataFrame, a list of rows, a Mixture) or already encoded pairs. Under
+    `accelerate launch` every process runs it on its share of the pairs and the factors are summed."""
+
+    def __init__(self, model, subset: str = "all", batch_size: int = 8, max_factor_size: int = 1024, factor_rank: int = 128,
+                 columns: Columns | None = None, skip_invalid: bool = False):
+        self.model, self.subset, self.batch_size = model, subset, batch_size
+        self.max_factor_size, self.factor_rank = max_factor_size, factor_rank
+        self.columns, self.skip_invalid = columns, skip_invalid
+        self.layers = posterior_layers(model, subset)  # checks `subset` against the model before any data is read
+        self.posterior: Posterior | None = None
+
+    def fit(self, data) -> "Laplace":
+        """Accumulate the K-FAC curvature of the Bradley–Terry likelihood on `data`, set the prior
+        precision by marginal likelihood, and attach the posterior as `model.posterior`."""
+        started = time.perf_counter()
+        from ..training import float32_accelerator
+
+        accelerator = float32_accelerator()
+        pairs, info = _encoded(self.model, data, self.columns, self.skip_invalid)
+        if len(pairs) == 0:
+            raise UserError("laplace: no pairs to fit on")
+        stats, log_likelihood = self._curvature(pairs, accelerator)
+        mean_sq_norm = float(sum(layer.weight.detach().double().square().sum() for layer in self.layers.values()))
+        posterior = Posterior(self.subset, stats.blocks(), log_likelihood, mean_sq_norm)
+        delta, curve = posterior.optimize_prior_precision()
+        posterior.prior_precision = delta
+        info.update(prior_method="evidence", evidence_curve=curve, evidence_prior_precision=delta,
+                    max_factor_size=self.max_factor_size, factor_rank=self.factor_rank, fit_seconds=time.perf_counter() - started)
+        posterior.info = info
+        self.posterior = self.model.posterior = posterior
+        return self
+
+    def _curvature(self, pairs: EncodedPairs, accelerator: Accelerator) -> tuple[_KfacStatistics, float]:
+        """K-FAC factors of the generalised Gauss–Newton, Σ p(1−p)·∇Δ∇Δᵀ with Δ = r_c − r_r, summed over
+        the processes, and the log-likelihood Σ log σ(Δ)."""
+        model = self.model.to(accelerator.device).eval()
+        stats = _KfacStatistics(self.layers, self.max_factor_size, self.factor_rank, accelerator.device)
+        log_likelihood = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+        order = sorted(range(len(pairs)), key=lambda i: -pairs.tokens(i))
+        size = self.batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)][accelerator.process_index :: accelerator.num_processes]
+        with record(self.layers, stats.on_gradient) as backward:
+            for batch in tqdm(batches, desc="laplace", disable=not accelerator.is_main_process or len(batches) < 5):
+                sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
+                ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
+                prefix = torch.tensor([common_prefix(pairs.chosen[i].ids, pairs.rejected[i].ids) for i in batch])
+                stats.start_batch(prefix.to(accelerator.device), mask.sum(1).to(accelerator.device))
+                rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
+                delta = rewards[: len(batch)] - rewards[len(batch) :]
+                p = torch.sigmoid(delta.detach())
+                log_likelihood += torch.nn.functional.logsigmoid(delta.detach()).double().sum()
+                backward((torch.sqrt(p * (1 - p)) * delta).sum())
+        stats.all_reduce(accelerator)
+        if accelerator.num_processes > 1:
+            log_likelihood = accelerator.reduce(log_likelihood, reduction="sum")
+        return stats, float(log_likelihood)
+
+    def optimize_prior_precision(self, method: str = "evidence", val_data=None) -> float:
+        """Choose the prior precision δ: `evidence` maximises the marginal likelihood (what `fit` did);
+        `val` minimises the Laplace predictive's NLL on `val_data` over the evidence curve's grid.
+        Returns δ, also set on the posterior."""
+        if self.posterior is None:
+            raise UserError("laplace: call fit(data) before optimize_prior_precision")
+        if method not in ("evidence", "val"):
+            raise UserError(f"laplace: prior must be 'evidence' or 'val', not {method!r}")
+        info = self.posterior.info
+        info["prior_method"] = method
+        if method == "evidence":
+            self.posterior.prior_precision = info["evidence_prior_precision"]
+            info.pop("val_nll_curve", None)
+            return self.posterior.prior_precision
+        if val_data is None:
+            raise UserError("laplace: --prior val needs --val-data")
         from .predict import validation_nll_curve
 
-        val_pairs, val_info = _encoded(model, val_data, columns, skip_invalid)
-        grid, nll = validation_nll_curve(model, posterior, val_pairs, batch_size)
-        delta = float(grid[int(np.argmin(nll))])
+        val_pairs, val_info = _encoded(self.model, val_data, self.columns, self.skip_invalid)
+        grid, nll = validation_nll_curve(self.model, self.posterior, val_pairs, self.batch_size)
+        self.posterior.prior_precision = float(grid[int(np.argmin(nll))])
         info.update(val_nll_curve=[(float(d), float(v)) for d, v in zip(grid, nll)], val_data=val_info)
-    posterior.prior_precision = delta
-    info["fit_seconds"] = time.perf_counter() - started
-    posterior.info = info
-    model.posterior = posterior
-    return posterior
+        return self.posterior.prior_precision
+
+
+def fit_laplace(model, data, config: LaplaceConfig | None = None, val_data=None) -> Posterior:
+    """`Laplace(...).fit(data)` then `optimize_prior_precision(config.prior, val_data)` in one call, as
+    `rewardstack laplace` runs it; returns the posterior (also attached as `model.posterior`)."""
+    config = config or LaplaceConfig()
+    if config.prior == "val" and val_data is None:
+        raise UserError("laplace: --prior val needs --val-data")
+    laplace = Laplace(model, config.subset, config.batch_size, config.max_factor_size, config.factor_rank, config.columns, config.skip_invalid)
+    laplace.fit(data).optimize_prior_precision(config.prior, val_data)
+    return laplace.posterior
 
 
 def _encoded(model, data, columns, skip_invalid) -> tuple[EncodedPairs, dict[str, Any]]:
@@ -216,5 +250,4 @@ def _encoded(model, data, columns, skip_invalid) -> tuple[EncodedPairs, dict[str
         return data, {"pairs": len(data), "truncated": data.truncated}
     pairs, report = load_preferences(data, columns, skip_invalid)
     encoded = encode_pairs(model.encoder, pairs)
-    return encoded, {"data": str(data), "pairs": len(encoded), "truncated": encoded.truncated, "skipped": dict(report.skipped)}
-
+    return encoded, {"data": report.source, "pairs": len(encoded), "truncated": encoded.truncated, "skipped": dict(report.skipped)}

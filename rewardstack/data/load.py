@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import csv
 import gzip
+import itertools
 import json
 import math
+import random
 import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import UserError
+from ..options import option
 
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
@@ -43,12 +46,12 @@ class PreferencePair:
 class Columns:
     """Where the fields are in the user's rows."""
 
-    prompt_key: str = "prompt"
-    chosen_key: str = "chosen"
-    rejected_key: str = "rejected"
-    margin_key: str = "margin"
-    subset_key: str = "subset"
-    split: str = "train"  # for Hugging Face dataset names
+    prompt_key: str = option("prompt", "Column of the prompt (absent from a row: the prompt is implicit in chosen/rejected)")
+    chosen_key: str = option("chosen", "Column of the preferred response or dialogue")
+    rejected_key: str = option("rejected", "Column of the other response or dialogue")
+    margin_key: str = option("margin", "Optional column of per-pair margins")
+    subset_key: str = option("subset", "Optional column to break evaluation down by")
+    split: str = option("train", "Split of a Hugging Face dataset name")
 
 
 @dataclass
@@ -79,41 +82,128 @@ class DroppedRow(Exception):
         self.reason = reason
 
 
-def load_preferences(
-    source: str | Path, columns: Columns | None = None, skip_invalid: bool = False
-) -> tuple[list[PreferencePair], LoadReport]:
-    """Read `source` into pairs. Invalid rows raise a `UserError` naming file, row and field, or, with
-    `skip_invalid`, are counted by reason in the returned report."""
+def load_preferences(source: Any, columns: Columns | None = None, skip_invalid: bool = False) -> tuple[list[PreferencePair], LoadReport]:
+    """Read `source` (see `read_rows`, or a `Mixture`) into pairs. Invalid rows raise a `UserError` naming
+    source, row and field, or, with `skip_invalid`, are counted by reason in the returned report."""
     columns = columns or Columns()
-    report = LoadReport(str(source))
-    pairs = []
-    for row_number, row in read_rows(source, columns.split):
-        report.rows += 1
-        try:
-            _check_row(row)
-            pairs.append(pandalm_pair(row) if _is_pandalm(row, columns) else row_to_pair(row, columns))
-        except DroppedRow as dropped:
-            report.skipped[dropped.reason] += 1
-        except RowError as err:
-            _skip_or_raise(err, source, row_number, skip_invalid, report)
-    report.pairs = len(pairs)
+    if isinstance(source, Mixture):
+        return source.load(columns, skip_invalid)
+    report = LoadReport(source_name(source))
+    pairs = list(iter_pairs(source, columns, skip_invalid, report))
     if not pairs:
-        raise UserError(f"{source}: no usable preference pairs ({report.rows} rows, skipped {dict(report.skipped)})")
+        raise UserError(f"{report.source}: no usable preference pairs ({report.rows} rows, skipped {dict(report.skipped)})")
     return pairs, report
 
 
-def _skip_or_raise(err: RowError, source, row_number: int, skip_invalid: bool, report: LoadReport) -> None:
-    """Count an invalid row under its reason, or stop with file, row and field named."""
+def iter_pairs(source: Any, columns: Columns, skip_invalid: bool, report: LoadReport) -> Iterator[PreferencePair]:
+    """The pairs of `source` as they are read, counted in `report`."""
+    def parse(row: dict, _: int) -> PreferencePair:
+        return pandalm_pair(row) if _is_pandalm(row, columns) else row_to_pair(row, columns)
+
+    return parse_rows(source, parse, skip_invalid, report, columns.split)
+
+
+def parse_rows(source: Any, parse: Callable[[dict, int], Any], skip_invalid: bool, report: LoadReport, split: str = "train") -> Iterator[Any]:
+    """The one loop over user rows: yield `parse(row, row_number)` for each row (None yields nothing).
+    A `RowError` stops with source, row and field named, or is counted with `skip_invalid`; a
+    `DroppedRow` is always counted. `report` counts rows read and items yielded as it goes."""
+    for row_number, row in read_rows(source, split):
+        report.rows += 1
+        try:
+            _check_row(row)
+            item = parse(row, row_number)
+        except DroppedRow as dropped:
+            report.skipped[dropped.reason] += 1
+            continue
+        except RowError as err:
+            _skip_or_raise(err, report.source, row_number, skip_invalid, report)
+            continue
+        if item is not None:
+            report.pairs += 1
+            yield item
+
+
+@dataclass
+class Mixture:
+    """Preference pairs drawn from several sources in fixed shares: source i gives n_i pairs, the
+    largest-remainder rounding of probabilities[i]·size (so the counts are exact), the first n_i usable
+    pairs of that source; the pairs of all sources are interleaved in a seeded random order. Only the
+    rows needed are read; a source with fewer than n_i pairs is an error, never silently repeated."""
+
+    sources: Sequence[Any]
+    probabilities: Sequence[float]
+    size: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.sources) != len(self.probabilities) or not self.sources:
+            raise UserError(f"a mixture needs one probability per source: {len(self.sources)} sources, {len(self.probabilities)} probabilities")
+        if any(not math.isfinite(p) or p < 0 for p in self.probabilities) or not sum(self.probabilities) > 0:
+            raise UserError(f"mixture probabilities must be non-negative with a positive sum, got {list(self.probabilities)}")
+        if self.size < 1:
+            raise UserError(f"a mixture's size must be at least 1, got {self.size}")
+
+    def counts(self) -> list[int]:
+        """n_i = ⌊p_i·size/Σp⌋, plus one for the largest remainders until the counts sum to size."""
+        total = sum(self.probabilities)
+        exact = [p * self.size / total for p in self.probabilities]
+        counts = [math.floor(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+        for i in by_remainder[: self.size - sum(counts)]:
+            counts[i] += 1
+        return counts
+
+    def load(self, columns: Columns, skip_invalid: bool) -> tuple[list[PreferencePair], LoadReport]:
+        report = LoadReport("mixture of " + ", ".join(source_name(s) for s in self.sources))
+        drawn: list[PreferencePair] = []
+        for source, count in zip(self.sources, self.counts()):
+            if count == 0:
+                continue
+            part = LoadReport(source_name(source))
+            taken = list(itertools.islice(iter_pairs(source, columns, skip_invalid, part), count))
+            if len(taken) < count:
+                raise UserError(f"{part.source}: the mixture takes {count} pairs from it, but it has only {len(taken)} "
+                                f"({part.rows} rows, skipped {dict(part.skipped)}); lower the mixture's size")
+            drawn += taken
+            report.rows += part.rows
+            report.skipped.update(part.skipped)
+        random.Random(self.seed).shuffle(drawn)
+        report.pairs = len(drawn)
+        return drawn, report
+
+
+def _skip_or_raise(err: RowError, source: str, row_number: int, skip_invalid: bool, report: LoadReport) -> None:
+    """Count an invalid row under its reason, or stop with source, row and field named."""
     if not skip_invalid:
         where = f"field {err.field_name!r}: " if err.field_name else ""
         raise UserError(f"{source}: row {row_number}: {where}{err.detail}")
     report.skipped[err.reason] += 1
 
 
-def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[int, Any]]:
-    """Yield (1-based row number, row) from jsonl[.gz], json, parquet, csv or a Hugging Face dataset.
-    A line that is not valid JSON or UTF-8 is yielded as a `RowError` so the caller decides what to do;
-    a file that cannot be read at all is a `UserError` naming it."""
+def source_name(source: Any) -> str:
+    """How errors and reports name a source: a path or dataset name as given, else `<TypeName>`."""
+    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+
+
+def named_data(data: Any) -> dict[str, Any]:
+    """Data sets by name: a mapping is kept; a list of paths names each by its path (an empty list: no
+    sets); anything else
+    (one path, a dataset, a DataFrame, a list of rows) is one data set named by `source_name`."""
+    if isinstance(data, Mapping):
+        return dict(data)
+    if isinstance(data, (list, tuple)) and all(isinstance(d, (str, Path)) for d in data):
+        return {str(d): d for d in data}
+    return {source_name(data): data}
+
+
+def read_rows(source: Any, split: str = "train") -> Iterator[tuple[int, Any]]:
+    """Yield (1-based row number, row) from a path (jsonl[.gz], json, parquet, csv), a Hugging Face dataset
+    name (with `split`), a `datasets.Dataset` / `IterableDataset`, a pandas DataFrame or an iterable of
+    dicts. A line that is not valid JSON or UTF-8 is yielded as a `RowError` so the caller decides what to
+    do; a source that cannot be read at all is a `UserError` naming it."""
+    if not isinstance(source, (str, Path)):
+        yield from _read_objects(source)
+        return
     path = Path(source)
     name = path.name.lower()
     if not path.exists():
@@ -147,6 +237,25 @@ def read_rows(source: str | Path, split: str = "train") -> Iterator[tuple[int, A
                 yield number, RowError("invalid UTF-8", bad, "invalid UTF-8") if bad else row
     else:
         raise UserError(f"{path}: unsupported file type (use .jsonl, .jsonl.gz, .json, .parquet or .csv)")
+
+
+def _read_objects(source: Any) -> Iterator[tuple[int, Any]]:
+    """Rows of data already in memory. A DataFrame's missing cells (NaN/None) are left out of its rows,
+    as absent fields; a DatasetDict must be narrowed to one split first."""
+    kind = type(source).__name__
+    if kind == "DatasetDict" or kind == "IterableDatasetDict":
+        raise UserError(f"<{kind}>: choose a split, e.g. data['train'] (splits: {', '.join(source)})")
+    if kind == "DataFrame" and hasattr(source, "columns"):
+        import pandas as pd
+
+        columns = list(source.columns)
+        for number, values in enumerate(zip(*(source[c] for c in columns)), 1):
+            yield number, {c: v for c, v in zip(columns, values) if not (pd.api.types.is_scalar(v) and pd.isna(v))}
+        return
+    if isinstance(source, (dict, bytes)) or not isinstance(source, Iterable):
+        raise UserError(f"<{kind}>: unsupported data; give a file path, a Hugging Face dataset name, a datasets.Dataset, "
+                        "a pandas DataFrame or a list of dicts")
+    yield from enumerate(source, 1)
 
 
 def _has_surrogates(text: str) -> bool:
@@ -362,22 +471,12 @@ def _split_plain(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
 
 
 def load_score_rows(
-    source: str | Path, prompt_key: str = "prompt", response_key: str = "response", skip_invalid: bool = False
+    source: Any, prompt_key: str = "prompt", response_key: str = "response", skip_invalid: bool = False
 ) -> tuple[list[dict], list[tuple[Message, ...]], list[str], LoadReport]:
     """Rows to score: (the rows as read, their prompts as messages, their responses, report)."""
-    report = LoadReport(str(source))
-    rows, prompts, responses = [], [], []
-    for row_number, row in read_rows(source):
-        report.rows += 1
-        try:
-            _check_row(row)
-            prompt = _prompt_messages(_required(row, prompt_key), prompt_key)
-            response = _string(row, response_key)
-        except RowError as err:
-            _skip_or_raise(err, source, row_number, skip_invalid, report)
-            continue
-        rows.append(row)
-        prompts.append(tuple(prompt))
-        responses.append(response)
-    report.pairs = len(rows)
-    return rows, prompts, responses, report
+    def parse(row: dict, _: int) -> tuple[dict, tuple[Message, ...], str]:
+        return row, tuple(_prompt_messages(_required(row, prompt_key), prompt_key)), _string(row, response_key)
+
+    report = LoadReport(source_name(source))
+    parsed = list(parse_rows(source, parse, skip_invalid, report))
+    return [p[0] for p in parsed], [p[1] for p in parsed], [p[2] for p in parsed], report

@@ -16,7 +16,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..files import write_text
 from ..gold import answer_is_correct
 from .encode import as_messages
-from .load import LoadReport, Message, RowError, _check_row, _prompt_messages, _required, _skip_or_raise, _string, read_rows
+from .load import DroppedRow, LoadReport, Message, RowError, _prompt_messages, _required, _string, parse_rows, source_name
 
 
 @dataclass
@@ -50,47 +50,36 @@ class PromptRow:
     group: str | None = None  # a category of the prompt (the row's `group`), for per-group reports
 
 
-def load_prompts(source: str | Path, prompt_key: str = "prompt", answer_key: str = "answer", skip_invalid: bool = False) -> tuple[list[PromptRow], LoadReport]:
+def load_prompts(source: Any, prompt_key: str = "prompt", answer_key: str = "answer", skip_invalid: bool = False) -> tuple[list[PromptRow], LoadReport]:
     """Rows with a prompt (string or chat messages) and optionally a verifiable answer."""
-    report = LoadReport(str(source))
-    rows = []
-    for row_number, row in read_rows(source):
-        report.rows += 1
-        try:
-            _check_row(row)
-            prompt = tuple(_prompt_messages(_required(row, prompt_key), prompt_key))
-        except RowError as err:
-            _skip_or_raise(err, source, row_number, skip_invalid, report)
-            continue
-        answer = row.get(answer_key)
-        group = row.get("group")
-        rows.append(PromptRow(str(row.get("id", f"row {row_number}")), prompt, None if answer is None else str(answer), None if group is None else str(group)))
-    report.pairs = len(rows)
+    def parse(row: dict, row_number: int) -> PromptRow:
+        prompt = tuple(_prompt_messages(_required(row, prompt_key), prompt_key))
+        answer, group = row.get(answer_key), row.get("group")
+        return PromptRow(str(row.get("id", f"row {row_number}")), prompt, None if answer is None else str(answer), None if group is None else str(group))
+
+    report = LoadReport(source_name(source))
+    rows = list(parse_rows(source, parse, skip_invalid, report))
     if not rows:
-        raise UserError(f"{source}: no prompts ({report.rows} rows, skipped {dict(report.skipped)})")
+        raise UserError(f"{report.source}: no prompts ({report.rows} rows, skipped {dict(report.skipped)})")
     return rows, report
 
 
-def load_pools(source: str | Path, skip_invalid: bool = False) -> tuple[list[Pool], LoadReport]:
-    """Read candidate pools; invalid rows raise a UserError naming file, row and field, or are counted
-    with `skip_invalid`. A pool keeps its responses in file order."""
-    report = LoadReport(str(source))
-    pools: list[Pool] = []
-    grouped: dict[str, Pool] = {}  # alpaca_eval rows, by instruction
-    for row_number, row in read_rows(source):
-        report.rows += 1
-        try:
-            _check_row(row)
-            if {"instruction_id", "output", "gold_winrate"} <= row.keys():
-                _add_alpaca_output(row, grouped, report)
-            else:
-                pools.append(_pool_of(row, f"row {row_number}"))
-        except RowError as err:
-            _skip_or_raise(err, source, row_number, skip_invalid, report)
-    pools += list(grouped.values())
+def load_pools(source: Any, skip_invalid: bool = False) -> tuple[list[Pool], LoadReport]:
+    """Read candidate pools; invalid rows raise a UserError naming source, row and field, or are counted
+    with `skip_invalid`. A pool keeps its responses in source order; alpaca_eval's rows (one output each)
+    are grouped by instruction."""
+    grouped: dict[str, Pool] = {}
+
+    def parse(row: dict, row_number: int) -> Pool | None:
+        if {"instruction_id", "output", "gold_winrate"} <= row.keys():
+            return _add_alpaca_output(row, grouped)
+        return _pool_of(row, f"row {row_number}")
+
+    report = LoadReport(source_name(source))
+    pools = list(parse_rows(source, parse, skip_invalid, report)) + list(grouped.values())
     report.pairs = len(pools)
     if not pools:
-        raise UserError(f"{source}: no candidate pools ({report.rows} rows, skipped {dict(report.skipped)})")
+        raise UserError(f"{report.source}: no candidate pools ({report.rows} rows, skipped {dict(report.skipped)})")
     return pools, report
 
 
@@ -156,11 +145,11 @@ def _pool_of(row: dict, key: str) -> Pool:
     raise RowError("unknown format", None, "expected 'prompt' and 'responses' (or a MATH, GSM8K solutions or alpaca_eval row)")
 
 
-def _add_alpaca_output(row: dict, grouped: dict[str, Pool], report: LoadReport) -> None:
+def _add_alpaca_output(row: dict, grouped: dict[str, Pool]) -> None:
+    """Add an alpaca_eval output to its instruction's pool in `grouped` (the pool is yielded at the end)."""
     output, winrate = row.get("output"), row.get("gold_winrate")
     if not isinstance(output, str) or not output.strip() or winrate is None:
-        report.skipped["empty output or no gold_winrate"] += 1
-        return
+        raise DroppedRow("empty output or no gold_winrate")
     key = str(row["instruction_id"])
     if key not in grouped:
         grouped[key] = Pool(key, as_messages(_string(row, "instruction")), [], [], np.empty(0), group=row.get("dataset"))

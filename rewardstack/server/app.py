@@ -1,7 +1,7 @@
 """The reward server: any reward source (model directory or YAML tree) over HTTP, with dynamic batching.
 
     POST /v1/score    {"items": [{"prompt", "response"}]} or {"prompt", "responses": [...]}
-                      → {"rewards", "std" (or null), "parts", "truncated"}
+                      → {"rewards", "std" (or null), "parts", "arm" (or null), "truncated"}
     POST /get_reward  OpenRLHF's remote reward protocol: {"query": [full texts], "prompts": [...]}
                       → {"rewards", "scores", "extra_logs"}
     POST /classify    vLLM's classify API (verl's reward loop): {"input": [full texts], "activation": false}
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import re
 import time
 import uuid
@@ -33,10 +32,11 @@ from pydantic import BaseModel, Field, model_validator
 
 from .. import __version__
 from ..data.encode import as_messages
-from ..errors import UserError
+from ..errors import UserError, require
 from ..metrics import preference_probability
-from ..sources import RewardScores
-from ..sources.bandit import BanditSelector
+from ..options import option
+from ..scores import RewardScores
+from ..laser.selector import BanditSelector
 from ..sources.remote import redact_url
 from ..sources.tree import read_tree, reward_models
 from .batching import DynamicBatcher
@@ -46,15 +46,27 @@ CHARS_PER_TOKEN = 4  # token estimate for sources without a model
 
 
 @dataclass
-class ServerSettings:
-    max_batch_tokens: int = 16384
-    max_wait_ms: float = 5.0
-    max_queue: int = 256
-    batch_size: int = 16
-    max_items: int = 1024
-    max_body_bytes: int = 8 * 1024 * 1024
-    api_key: str | None = None
-    retry_after_s: int = 1
+class ServeConfig:
+    """Options of `rewardstack serve` (and of `create_app`, which uses those after `port`)."""
+
+    host: str = option("127.0.0.1", "Address to bind; anything but loopback needs an API key")
+    port: int = option(8000, "TCP port")
+    api_key_file: str | None = option(None, "File whose first line is the API key (unset: $REWARDSTACK_API_KEY)")
+    graceful_shutdown_s: float = option(30.0, "On SIGTERM, how long in-flight requests may take to finish")
+    batch_size: int = option(16, "Sequences per forward pass")
+    max_batch_tokens: int = option(16384, "Dynamic batching: tokens per scoring call at most")
+    max_wait_ms: float = option(5.0, "Dynamic batching: how long a batch waits for more requests")
+    max_queue: int = option(256, "Requests waiting at most; more get 503 with Retry-After")
+    max_items: int = option(1024, "Rows per request at most (413 above)")
+    max_body_mb: float = option(8.0, "Request body size limit in MiB (413 above)")
+    retry_after_s: int = option(1, "The Retry-After of a 503 when the queue is full, in seconds")
+
+    def __post_init__(self) -> None:
+        require(self, "port", 1 <= self.port <= 65535, "a TCP port, 1 to 65535")
+        for name in ("batch_size", "max_batch_tokens", "max_queue", "max_items", "max_body_mb", "retry_after_s"):
+            require(self, name, getattr(self, name) > 0, "positive")
+        for name in ("max_wait_ms", "graceful_shutdown_s"):
+            require(self, name, getattr(self, name) >= 0, "0 or positive")
 
 
 class ChatMessage(BaseModel):
@@ -93,6 +105,7 @@ class ScoreResponse(BaseModel):
     rewards: list[float]
     std: list[float] | None
     parts: dict[str, list[float]]
+    arm: list[int] | None = Field(default=None, description="a bandit's chosen member per row (its index); null for other sources")
     truncated: int = Field(description="rows cut to the model's maximum length")
 
 
@@ -101,7 +114,7 @@ class FeedbackItem(BaseModel):
 
     prompt: Prompt | None = None
     prompts: list[Prompt] | None = Field(default=None, min_length=1, description="a per-batch choice: the batch's prompts")
-    arm: int | str = Field(description="the chosen member: its index (the score's parts.arm) or its name")
+    arm: int | str = Field(description="the chosen member: its index (the score's arm) or its name")
     feedback: float = Field(allow_inf_nan=False, description="raw feedback, e.g. a gold score or a user rating; higher is better")
 
     @model_validator(mode="after")
@@ -157,67 +170,121 @@ def _plain(prompt: Prompt) -> str | list[dict]:
     return prompt if isinstance(prompt, str) else [m.model_dump() for m in prompt]
 
 
-def create_app(source, settings: ServerSettings | None = None, description: dict | None = None) -> FastAPI:
-    """A FastAPI app serving `source`; `description` (the source tree, its path) is shown by /v1/info."""
-    settings = settings or ServerSettings()
-    models = reward_models(source)
-    encoder = models[0].encoder if models else None
-    splitter = ConversationSplitter(encoder) if encoder else None
-    batcher = DynamicBatcher(source, settings.max_batch_tokens, settings.max_wait_ms, settings.max_queue, settings.batch_size)
+def create_app(source, settings: ServeConfig | None = None, description: dict | None = None, api_key: str | None = None) -> FastAPI:
+    """A FastAPI app serving `source`; `description` (the source tree, its path) is shown by /v1/info;
+    with `api_key`, every route but /health needs `Authorization: Bearer KEY`."""
+    scorer = _Scorer(source, settings or ServeConfig(), Path((description or {}).get("folder", ".")))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()
+        scorer.batcher.start()
         yield
-        await batcher.stop()  # uvicorn has let in-flight requests finish; their batches are done here
+        await scorer.batcher.stop()  # uvicorn has let in-flight requests finish; their batches are done here
 
     def require_key(request: Request) -> None:
-        if settings.api_key is None:
+        if api_key is None:
             return
         given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), settings.api_key.encode())):
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), api_key.encode())):
             raise HTTPException(401, "missing or wrong API key (send `Authorization: Bearer KEY`)", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="rewardstack reward server", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=int(scorer.settings.max_body_mb * 2**20))
     app.add_exception_handler(RequestValidationError, invalid_request)
-    tree_dir = Path((description or {}).get("folder", "."))
-    served_name = str((description or {}).get("reward", "rewardstack"))
     secured = [Depends(require_key)]
+    _scoring_routes(app, scorer, secured, str((description or {}).get("reward", "rewardstack")))
+    _feedback_route(app, scorer, secured)
 
-    def size_of(prompts: list, responses: list[str]) -> tuple[int, int]:
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=secured)
+    async def info() -> dict[str, Any]:
+        """The served source, its models, whether any has a posterior, limits and counters."""
+        bandit = scorer.source if isinstance(scorer.source, BanditSelector) else None
+        return {
+            "version": __version__,
+            **{key: value for key, value in (description or {}).items() if key != "folder"},
+            "models": [m.info() for m in scorer.models],
+            "posterior": any(m.posterior is not None for m in scorer.models),
+            **({"bandit": {"members": bandit.names, "steps": bandit.steps, "arm_counts": bandit.arm_counts()}} if bandit else {}),
+            "limits": {k: v for k, v in asdict(scorer.settings).items() if k != "api_key_file"},
+            "stats": asdict(scorer.batcher.stats),
+        }
+
+    return app
+
+
+class _Scorer:
+    """What the routes share: the source, its dynamic batcher, and the first model's encoder, which sizes
+    requests and splits chat-rendered texts into prompt and response."""
+
+    def __init__(self, source, settings: ServeConfig, tree_dir: Path):
+        self.source, self.settings, self.tree_dir = source, settings, tree_dir
+        self.models = reward_models(source)
+        self.encoder = self.models[0].encoder if self.models else None
+        self.splitter = ConversationSplitter(self.encoder) if self.encoder else None
+        self.batcher = DynamicBatcher(source, settings.max_batch_tokens, settings.max_wait_ms, settings.max_queue, settings.batch_size)
+
+    def size_of(self, prompts: list, responses: list[str]) -> tuple[int, int]:
         """(tokens, rows cut to max_length) by the first model's encoder, or a character estimate."""
-        if len(responses) > settings.max_items:
-            raise HTTPException(413, f"{len(responses)} rows in one request; the limit is {settings.max_items}")
-        if encoder is None:
+        if len(responses) > self.settings.max_items:
+            raise HTTPException(413, f"{len(responses)} rows in one request; the limit is {self.settings.max_items}")
+        if self.encoder is None:
             return sum(len(str(p)) + len(r) for p, r in zip(prompts, responses)) // CHARS_PER_TOKEN + 1, 0
         tokens = cut = 0
         for prompt, response in zip(prompts, responses):
-            (encoded,), truncated = encoder.encode(as_messages(prompt), [response])
+            (encoded,), truncated = self.encoder.encode(as_messages(prompt), [response])
             tokens, cut = tokens + len(encoded), cut + truncated
         return tokens, cut
 
-    async def scored(prompts: list, responses: list[str]) -> RewardScores:
+    async def scored(self, prompts: list, responses: list[str]) -> RewardScores:
         """The rows' scores. The request is sized (and so checked) on a worker thread before it joins a
         batch; a failure is this request's alone (see DynamicBatcher) and its message shows no paths or secrets."""
         try:
-            tokens, cut = await asyncio.to_thread(size_of, prompts, responses)
-            scores = await batcher.score(prompts, responses, tokens, cut)
+            tokens, cut = await asyncio.to_thread(self.size_of, prompts, responses)
+            scores = await self.batcher.score(prompts, responses, tokens, cut)
         except asyncio.QueueFull:
-            raise HTTPException(503, "the server is busy: too many requests waiting", headers={"Retry-After": str(settings.retry_after_s)}) from None
+            raise HTTPException(503, "the server is busy: too many requests waiting", headers={"Retry-After": str(self.settings.retry_after_s)}) from None
         except UserError as err:
-            raise HTTPException(422, public_text(str(err), tree_dir)) from None
+            raise HTTPException(422, public_text(str(err), self.tree_dir)) from None
         bad = np.flatnonzero(~np.isfinite(scores.mean))
         if len(bad):
             raise HTTPException(500, f"the reward source gave a non-finite reward ({scores.mean[bad[0]]}) for row {bad[0]}: it is broken")
         return scores
 
+    async def scored_texts(self, texts: list[str], hints: list[str] | None, field: str) -> RewardScores:
+        """The scores of full chat-rendered texts (split on a worker thread: it tokenises)."""
+        return await self.scored(*await asyncio.to_thread(self.split_texts, texts, hints, field))
+
+    def split_texts(self, texts: list[str], hints: list[str] | None, field: str) -> tuple[list, list[str]]:
+        """Prompts and responses of full texts rendered with the chat template, cut by the served model's
+        template or at their prompt `hints`."""
+        prompts, responses = [], []
+        for i, text in enumerate(texts):
+            hint = hints[i] if hints else None
+            if self.splitter is None:
+                if not (hint and text.startswith(hint)):
+                    raise HTTPException(422, f"{field}[{i}]: this source has no model whose chat template could split the text; send `prompts` that each text starts with")
+                messages, response = [{"role": "user", "content": hint.strip()}], text[len(hint) :]
+            else:
+                try:
+                    messages, response = self.splitter.split(text, hint)
+                except ValueError as err:
+                    raise HTTPException(422, f"{field}[{i}]: {err}") from None
+            prompts.append(messages)
+            responses.append(response)
+        return prompts, responses
+
+
+def _scoring_routes(app: FastAPI, scorer: _Scorer, secured: list, served_name: str) -> None:
+    """POST /v1/score (ours), /get_reward (OpenRLHF's) and /classify (vLLM's, as verl calls it)."""
+
     @app.post("/v1/score", response_model=ScoreResponse, dependencies=secured)
     async def score(request: ScoreRequest) -> dict:
         """Rewards of (prompt, response) rows, their standard deviations and named parts."""
-        scores = await scored(*request.rows())
-        return {"rewards": scores.mean.tolist(), "std": None if scores.std is None else scores.std.tolist(),
-                "parts": {name: values.tolist() for name, values in scores.parts.items()}, "truncated": scores.truncated}
+        return (await scorer.scored(*request.rows())).to_json()
 
     @app.post("/get_reward", response_model=OpenRLHFResponse, dependencies=secured)
     async def get_reward(request: OpenRLHFRequest) -> dict:
@@ -225,41 +292,26 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
         chat template (or at its entry in `prompts`)."""
         if request.prompts is not None and len(request.prompts) != len(request.query):
             raise HTTPException(422, f"`prompts` has {len(request.prompts)} entries but `query` has {len(request.query)}")
-        scores = await scored(*await asyncio.to_thread(split_texts, request.query, request.prompts, "query"))
+        scores = await scorer.scored_texts(request.query, request.prompts, "query")
         extra = {name: values.tolist() for name, values in scores.parts.items()}
         if scores.std is not None:
             extra["reward_std"] = scores.std.tolist()
         return {"rewards": scores.mean.tolist(), "scores": scores.mean.tolist(), "extra_logs": extra}
-
-    def split_texts(texts: list[str], hints: list[str] | None, field: str) -> tuple[list, list[str]]:
-        """Prompts and responses of full texts rendered with the chat template, cut by the served model's
-        template or at their prompt `hints` (on a worker thread: it tokenises)."""
-        prompts, responses = [], []
-        for i, text in enumerate(texts):
-            hint = hints[i] if hints else None
-            if splitter is None:
-                if not (hint and text.startswith(hint)):
-                    raise HTTPException(422, f"{field}[{i}]: this source has no model whose chat template could split the text; send `prompts` that each text starts with")
-                messages, response = [{"role": "user", "content": hint.strip()}], text[len(hint) :]
-            else:
-                try:
-                    messages, response = splitter.split(text, hint)
-                except ValueError as err:
-                    raise HTTPException(422, f"{field}[{i}]: {err}") from None
-            prompts.append(messages)
-            responses.append(response)
-        return prompts, responses
 
     @app.post("/classify", response_model=ClassifyResponse, dependencies=secured)
     async def classify(request: ClassifyRequest) -> dict:
         """vLLM's classify API, as verl's reward loop calls a discriminative reward model: each input is a
         conversation rendered with the chat template; `probs` holds σ(reward), or the reward itself with
         `"activation": false`."""
-        texts = [request.input] if isinstance(request.input, str) else request.input
-        scores = await scored(*await asyncio.to_thread(split_texts, texts, None, "input"))
+        scores = await scorer.scored_texts([request.input] if isinstance(request.input, str) else request.input, None, "input")
         values = scores.mean if request.activation is False else preference_probability(scores.mean, 0.0)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": request.model or served_name,
                 "data": [{"index": i, "label": "reward", "probs": [float(v)], "num_classes": 1} for i, v in enumerate(values)]}
+
+
+def _feedback_route(app: FastAPI, scorer: _Scorer, secured: list) -> None:
+    """POST /v1/feedback: teach a bandit source which member suits which prompts."""
+    source = scorer.source
 
     @app.post("/v1/feedback", response_model=FeedbackResponse, dependencies=secured)
     async def feedback(request: FeedbackRequest) -> dict:
@@ -281,32 +333,11 @@ def create_app(source, settings: ServerSettings | None = None, description: dict
                        for item, arm, batch, context in zip(request.items, arms, batches, source.batch_contexts(batches))]
             saved = None
             if source.state_path:
-                saved = public_text(str(source.save_state().resolve()), tree_dir)
-                with open(source.state_path.parent / "bandit_log.jsonl", "a") as log:
-                    log.writelines(json.dumps(entry) + "\n" for entry in source.log)
-            source.log.clear()  # written out (or, with no state file, nowhere to keep): a long-running server does not grow it
+                saved = public_text(str(source.save().resolve()), scorer.tree_dir)
+            source.log.clear()  # with no state file there is nowhere to keep it: a long-running server does not grow it
             return {"rewards": rewards, "steps": source.steps, "saved": saved}
 
-        return await batcher.call(learn)
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/v1/info", dependencies=secured)
-    async def info() -> dict[str, Any]:
-        """The served source, its models, whether any has a posterior, limits and counters."""
-        return {
-            "version": __version__,
-            **{key: value for key, value in (description or {}).items() if key != "folder"},
-            "models": [m.info() for m in models],
-            "posterior": any(m.posterior is not None for m in models),
-            **({"bandit": {"members": source.names, "steps": source.steps, "arm_counts": source.arm_counts()}} if isinstance(source, BanditSelector) else {}),
-            "limits": {k: v for k, v in asdict(settings).items() if k != "api_key"},
-            "stats": asdict(batcher.stats),
-        }
-
-    return app
+        return await scorer.batcher.call(learn)
 
 
 class BodyLimit:

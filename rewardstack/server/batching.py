@@ -13,7 +13,7 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..sources import RewardScores
+from ..scores import RewardScores
 
 
 @dataclass

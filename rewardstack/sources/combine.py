@@ -11,25 +11,33 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
-from . import RewardScores
+from ..scores import RewardScores
+from .kinds import Place, members, number, register_kind, required
 
 ENSEMBLE_RULES = ("mean", "min", "uwo", "weighted")
 HIERARCHY_MODES = ("holistic", "aspects", "weighted_sum", "hierarchical")
 
 
+def parse_spec(spec: str, plain: Sequence[str], numbered: Sequence[str], what: str, usage: str) -> tuple[str, float]:
+    """The grammar of rule and objective specs: NAME (one of `plain`) → (NAME, 0.0), or NAME:K (one of
+    `numbered`, K a finite number ≥ 0) → (NAME, K). Anything else is a UserError `what 'spec': usage`."""
+    name, colon, value = str(spec).strip().partition(":")
+    if name in plain and not colon:
+        return name, 0.0
+    if name in numbered:
+        try:
+            k = float(value)
+        except ValueError:
+            raise UserError(f"{what} {spec!r}: {name} needs a number, as in {name}:0.5") from None
+        if math.isfinite(k) and k >= 0:
+            return name, k
+    raise UserError(f"{what} {spec!r}: {usage}")
+
+
 def parse_ensemble_rule(spec: str) -> tuple[str, float]:
     """'mean' | 'min' | 'weighted' | 'uwo:λ' → (rule, λ)."""
-    rule, _, value = str(spec).partition(":")
-    if rule in ("mean", "min", "weighted") and not value:
-        return rule, 0.0
-    if rule == "uwo":
-        try:
-            lam = float(value)
-        except ValueError:
-            raise UserError(f"ensemble combine {spec!r}: uwo needs a number, as in uwo:0.5") from None
-        if math.isfinite(lam) and lam >= 0:
-            return rule, lam
-    raise UserError(f"ensemble combine {spec!r}: use mean, min, uwo:λ (mean − λ·variance across members) or weighted")
+    return parse_spec(spec, ("mean", "min", "weighted"), ("uwo",), "ensemble combine",
+                      "use mean, min, uwo:λ (mean − λ·variance across members, λ ≥ 0) or weighted")
 
 
 def combine_ensemble(means: np.ndarray, stds: np.ndarray | None, rule: str, lam: float = 0.0, weights: Sequence[float] | None = None) -> RewardScores:
@@ -92,6 +100,9 @@ class Normalized:
             raise UserError(f"normalize: need a finite mean and a std > 0, got mean {mean}, std {std}")
         self.source, self.mean, self.std = source, float(mean), float(std)
 
+    def children(self) -> list:
+        return [self.source]
+
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
         raw = self.source.score(prompts, responses, batch_size=batch_size)
         std = None if raw.std is None else raw.std / self.std
@@ -108,6 +119,9 @@ class Ensemble:
         self.rule, self.lam = parse_ensemble_rule(rule)
         if self.rule == "weighted" and (weights is None or len(weights) != len(members)):
             raise UserError(f"ensemble: weighted needs `weights`, one per member ({len(members)})")
+
+    def children(self) -> list:
+        return list(self.members.values())
 
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
         scores = {name: member.score(prompts, responses, batch_size=batch_size) for name, member in self.members.items()}
@@ -132,6 +146,9 @@ class Hierarchical:
         self.holistic, self.aspects = holistic, aspects
         self.mode, self.threshold, self.holistic_weight = mode, float(threshold), float(holistic_weight)
 
+    def children(self) -> list:
+        return [self.holistic] + [source for source, _ in self.aspects.values()]
+
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
         h = self.holistic.score(prompts, responses, batch_size=batch_size)
         parts = {name: source.score(prompts, responses, batch_size=batch_size) for name, (source, _) in self.aspects.items()}
@@ -144,3 +161,30 @@ class Hierarchical:
             std = np.sqrt((0.0 if self.mode == "aspects" else self.holistic_weight**2 * np.square(h.std)) + gate * aspect_var)
         truncated = max([h.truncated] + [s.truncated for s in parts.values()])
         return RewardScores(mean=reward, std=std, parts={"holistic": h.mean, **{n: s.mean for n, s in parts.items()}, "gate": gate}, truncated=truncated)
+
+
+@register_kind("ensemble")
+def _build_ensemble(node: dict, place: Place) -> Ensemble:
+    return Ensemble(members(node, place), str(node.get("combine", "mean")), node.get("weights"))
+
+
+@register_kind("hierarchical")
+def _build_hierarchical(node: dict, place: Place) -> Hierarchical:
+    """The holistic node and every aspect's source must be normalised (their scales are combined)."""
+    where = place.where
+    holistic = required(node, "holistic", where)
+    _require_normalized(holistic, f"{where}.holistic")
+    aspects = {}
+    for i, aspect in enumerate(node.get("aspects") or []):
+        at = f"{where}.aspects[{i}]"
+        name = str(required(aspect, "name", at))
+        _require_normalized(required(aspect, "source", at), f"{at}.source")
+        aspects[name] = (place.build(aspect["source"], f".aspects[{i}].source"), number(aspect, "weight", at, default=1.0))
+    return Hierarchical(place.build(holistic, ".holistic"), aspects, str(node.get("mode", "hierarchical")),
+                        number(node, "threshold", where, default=0.0), number(node, "holistic_weight", where, default=1.0))
+
+
+def _require_normalized(node, where: str) -> None:
+    if isinstance(node, dict) and node.get("normalize") is None:
+        raise UserError(f"{where}: hierarchical rewards combine normalised sources: add `normalize: calibrate` "
+                        "(then run `rewardstack compose calibrate`) or `normalize: {mean: 0, std: 1}` to keep raw values")

@@ -23,7 +23,7 @@ import torch
 
 from ..data.encode import MIN_MAX_LENGTH, Encoder, as_messages, length_batches, pad_right, truncate
 from ..errors import UserError
-from . import RewardScores
+from ..scores import RewardScores
 
 DEFAULT_MAX_LENGTH = 4096
 

@@ -2,7 +2,8 @@
 
 Protocols:
 - `rewardstack`: POST {url}/v1/score with {"items": [{"prompt": ..., "response": ...}, ...]} (prompts as
-  strings or chat messages); the answer is {"rewards": [...], "std": [...] or null, "parts": {name: [...]}}.
+  strings or chat messages); the answer is RewardScores.to_json's: {"rewards": [...], "std": [...] or null, "parts": {name: [...]},
+  "arm": [...] or null, "truncated": n}.
 - `openrlhf`: POST {url}/get_reward with {"query": [prompt + response texts], "prompts": [...]}; the
   answer is {"rewards": [...]}. The query is the prompt's text, a newline, then the response; `prompts`
   holds each query's prompt part (the text and its newline), so a server can cut the query exactly.
@@ -11,6 +12,7 @@ Protocols:
 from __future__ import annotations
 
 import json
+import os
 import re
 import urllib.error
 import urllib.parse
@@ -19,7 +21,8 @@ import urllib.request
 import numpy as np
 
 from ..errors import UserError
-from . import RewardScores
+from ..scores import RewardScores
+from .kinds import Place, register_kind, required
 from .rules import prompt_text
 
 PROTOCOLS = ("rewardstack", "openrlhf")
@@ -52,7 +55,8 @@ class Remote:
             return RewardScores(mean=np.empty(0))
         stds = None if any(c.std is None for c in chunks) else np.concatenate([c.std for c in chunks])
         parts = {name: np.concatenate([c.parts[name] for c in chunks]) for name in chunks[0].parts}
-        return RewardScores(mean=np.concatenate([c.mean for c in chunks]), std=stds, parts=parts,
+        arms = None if any(c.arm is None for c in chunks) else np.concatenate([c.arm for c in chunks])
+        return RewardScores(mean=np.concatenate([c.mean for c in chunks]), std=stds, parts=parts, arm=arms,
                             truncated=sum(c.truncated for c in chunks))
 
     def _request(self, prompts, responses) -> RewardScores:
@@ -79,7 +83,22 @@ class Remote:
             raise UserError(f"remote {shown}: expected 'rewards' with {len(responses)} numbers")
         if not all(isinstance(r, (int, float)) and not isinstance(r, bool) and np.isfinite(r) for r in rewards):
             raise UserError(f"remote {shown}: the answer holds rewards that are not finite numbers")
-        stds = data.get("std")
-        parts = {name: np.asarray(values, dtype=np.float64) for name, values in (data.get("parts") or {}).items()}
-        return RewardScores(mean=np.asarray(rewards, dtype=np.float64), std=None if stds is None else np.asarray(stds, dtype=np.float64),
-                            parts=parts, truncated=int(data.get("truncated", 0)))
+        return RewardScores.from_json(data)
+
+
+@register_kind("remote")
+def _build_remote(node: dict, place: Place) -> Remote:
+    return Remote(required(node, "url", place.where), node.get("protocol", "rewardstack"), float(node.get("timeout", 60)),
+                  int(node.get("batch_size", 64)), _api_key(node, place.where))
+
+
+def _api_key(node: dict, where: str) -> str | None:
+    """A remote node's API key, from the environment variable its `api_key_env` names (never the YAML)."""
+    if "api_key" in node:
+        raise UserError(f"{where}: do not write an API key into the tree; put it in an environment variable and name that with `api_key_env`")
+    name = node.get("api_key_env")
+    if name is None:
+        return None
+    if not os.environ.get(str(name)):
+        raise UserError(f"{where}.api_key_env: the environment variable {name} is not set")
+    return os.environ[str(name)]

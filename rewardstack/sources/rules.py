@@ -20,7 +20,8 @@ from ..data.encode import as_messages
 from ..data.load import Message
 from ..errors import UserError
 from ..gold import answer_is_correct
-from . import RewardScores
+from ..scores import RewardScores
+from .kinds import Place, register_kind, required
 
 RuleFunction = Callable[[str, str], float]
 
@@ -126,3 +127,23 @@ def answer_rule(answers: str | Path, prompt_key: str = "prompt", answer_key: str
         return float(answer_is_correct(response, reference[prompt]))
 
     return correct
+
+
+@register_kind("rule")
+def _build_rule(node: dict, place: Place) -> Rule:
+    """{function: "module:function"} or {builtin: length|regex|answer, ...}."""
+    where = place.where
+    if "function" in node:
+        try:
+            return Rule(import_function(str(node["function"]), place.base_dir, place.allowed), str(node["function"]), where)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+    builtin = required(node, "builtin", where)
+    if builtin == "length":
+        return Rule(length_rule(node.get("unit", "words")), "length", where)
+    if builtin == "regex":
+        return Rule(regex_rule(required(node, "pattern", where), bool(node.get("ignore_case", False))), "regex", where)
+    if builtin == "answer":
+        answers = place.base_dir / required(node, "answers", where)
+        return Rule(answer_rule(answers, node.get("prompt_key", "prompt"), node.get("answer_key", "answer")), "answer", where)
+    raise UserError(f"{where}.builtin: {builtin!r} is not one of answer, length, regex")

@@ -23,9 +23,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.encode import Encoder, as_messages, prompt_key
-from .data.load import Message
-from .errors import UserError
+from ..data.encode import Encoder, as_messages, prompt_key
+from ..data.load import Message
+from ..errors import UserError
 
 KINDS = ("policy", "minilm", "words")
 WORD = re.compile(r"\w+")
@@ -42,7 +42,7 @@ class ContextEncoder:
                 raise UserError("context words: give `dim`, the number of hash buckets")
             width = dim
         elif kind == "policy":
-            from .backbones import load_backbone
+            from ..backbones import load_backbone
 
             self.model, self.tokenizer = load_backbone(model)
             self.encoder = Encoder(self.tokenizer, max_length=max_length + 1, max_prompt_length=max_length)

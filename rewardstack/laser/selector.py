@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ..bandits import PercentileNormalizer, make_bandit
+from ..sources.kinds import Place, members, number, register_kind
+from .bandits import PercentileNormalizer, make_bandit
 from ..data.encode import prompt_key
 from ..errors import UserError
 from ..files import atomic_path, load_tensors
-from . import RewardScores
+from ..scores import RewardScores
 
 PER = ("instance", "batch")
 
@@ -61,6 +62,9 @@ class BanditSelector:
         if self.state_path is not None and self.state_path.exists():
             self.load_state(self.state_path)
 
+    def children(self) -> list:
+        return list(self.members.values())
+
     def select(self, prompts: Sequence) -> tuple[np.ndarray, list[int]]:
         """Contexts of `prompts` and one arm per prompt (per instance) or the same arm for all (per batch)."""
         if self.per == "batch":
@@ -95,7 +99,7 @@ class BanditSelector:
         return len(self.normalizer.history)
 
     def score(self, prompts, responses, batch_size: int = 16) -> RewardScores:
-        """Each distinct prompt's rows scored by the member the bandit picks for it; parts["arm"] = arm index."""
+        """Each distinct prompt's rows scored by the member the bandit picks for it; `arm` = that member's index."""
         by_prompt: dict[str, list[int]] = defaultdict(list)
         for i, prompt in enumerate(prompts):
             by_prompt[prompt_key(prompt)].append(i)
@@ -105,10 +109,22 @@ class BanditSelector:
         for arm, rows in zip(arms, by_prompt.values()):
             arm_of_row[rows] = arm
         scores = score_assigned(self.members, [self.names[a] for a in arm_of_row], prompts, responses, batch_size)
-        scores.parts = {"arm": arm_of_row.astype(np.float64)}
+        scores.arm = arm_of_row
         return scores
 
+    def save(self, path: str | Path | None = None) -> Path:
+        """Save the state (`save_state`) and append the feedback logged since the last save to
+        bandit_log.jsonl beside it, then clear the in-memory log: how `bon`, the server and `optimize`
+        keep a bandit."""
+        path = self.save_state(path)
+        with open(path.parent / "bandit_log.jsonl", "a") as handle:
+            handle.writelines(json.dumps(entry) + "\n" for entry in self.log)
+        self.log.clear()
+        return path
+
     def save_state(self, path: str | Path | None = None) -> Path:
+        """The bandit's statistics, normaliser history and RNG, written atomically to `path` (default:
+        its state_path, else bandit_state.safetensors)."""
         path = Path(path or self.state_path or "bandit_state.safetensors")
         tensors = {f"bandit.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.bandit.state().items()}
         tensors["normalizer.history"] = torch.from_numpy(self.normalizer.history.copy())
@@ -137,3 +153,17 @@ class BanditSelector:
 
     def arm_counts(self) -> dict[str, int]:
         return {name: int(count) for name, count in zip(self.names, self.bandit.counts)}
+
+
+@register_kind("bandit")
+def _build_bandit(node: dict, place: Place) -> BanditSelector:
+    from .context import ContextEncoder
+
+    context, params = node.get("context") or {}, node.get("params") or {}
+    if not isinstance(context, dict) or not isinstance(params, dict):
+        raise UserError(f"{place.where}: `context` and `params` are mappings")
+    seed = int(node.get("seed", 0))
+    encoder = ContextEncoder(str(context.get("kind", "policy")), str(context.get("model", "smollm2-135m")), context.get("dim", 64), seed)
+    state = place.base_dir / node["state"] if node.get("state") else None
+    return BanditSelector(members(node, place), encoder, str(node.get("algorithm", "linucb")), str(node.get("per", "instance")), seed, state,
+                          **{k: number(params, k, f"{place.where}.params") for k in params})

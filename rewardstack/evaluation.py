@@ -10,7 +10,7 @@ import numpy as np
 
 from .bayes import pair_moments, probit_logit
 from .data.encode import EncodedPairs, encode_pairs
-from .data.load import Columns, PreferencePair, load_preferences
+from .data.load import Columns, PreferencePair, load_preferences, named_data
 from .errors import UserError
 from .metrics import auroc, logit_metrics, pairwise_metrics
 from .model import RewardModel
@@ -85,21 +85,23 @@ def evaluate_encoded(model: RewardModel, pairs: EncodedPairs, batch_size: int = 
 
 def evaluate(
     model,
-    sources: Sequence[str],
+    data: Any,
     columns: Columns | None = None,
     skip_invalid: bool = False,
     batch_size: int = 16,
     ref_cache_dir: str | None = None,
-    ood_sources: Sequence[str] = (),
+    ood_data: Any = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per data source of `model` (a RewardModel or any reward source): accuracy (ties ½), mean
-    margin, ECE, Brier, NLL, and counts of pairs, truncated pairs and skipped rows. Each of `ood_sources`
-    (needs rewards with a std) is evaluated too and gets `ood_auroc`: how well reward std separates its
-    responses from those of `sources` (1 = fully)."""
-    if ood_sources and isinstance(model, RewardModel) and model.posterior is None:
+    """Metrics per data set of `model` (a RewardModel or any reward source): accuracy (ties ½), mean
+    margin, ECE, Brier, NLL, and counts of pairs, truncated pairs and skipped rows. `data` is
+    {name: data} or anything `named_data` takes (paths, datasets, DataFrames, lists of rows). Each set
+    of `ood_data` (needs rewards with a std) is evaluated too and gets `ood_auroc`: how well reward std
+    separates its responses from those of `data` (1 = fully)."""
+    sets, ood_sets = named_data(data), named_data(ood_data) if ood_data is not None else {}
+    if ood_sets and isinstance(model, RewardModel) and model.posterior is None:
         raise UserError("eval: --ood-data needs a model with a Laplace posterior (run `rewardstack laplace` first)")
     results, stds = {}, {}
-    for source in [*sources, *ood_sources]:
+    for name, source in [*sets.items(), *ood_sets.items()]:
         pairs, report = load_preferences(source, columns, skip_invalid)
         if isinstance(model, RewardModel):
             encoded = encode_pairs(model.encoder, pairs)
@@ -109,15 +111,15 @@ def evaluate(
         metrics = pair_metrics(scores, [pair.subset for pair in pairs], truncated)
         metrics["skipped"] = dict(report.skipped)
         metrics["rows"] = report.rows
-        results[str(source)] = metrics
+        results[name] = metrics
         if "var_chosen" in scores:
-            stds[str(source)] = response_stds(scores)
-    if ood_sources:
+            stds[name] = response_stds(scores)
+    if ood_sets:
         if not stds:
             raise UserError("eval: --ood-data needs rewards with a std (a model with a posterior, or an ensemble)")
-        in_distribution = np.concatenate([stds[str(s)] for s in sources])
-        for source in ood_sources:
-            results[str(source)]["ood_auroc"] = auroc(in_distribution, stds[str(source)])
+        in_distribution = np.concatenate([stds[name] for name in sets])
+        for name in ood_sets:
+            results[name]["ood_auroc"] = auroc(in_distribution, stds[name])
     return results
 
 

@@ -26,45 +26,50 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import yaml
 from peft import set_peft_model_state_dict
 
-from .data.encode import MIN_MAX_LENGTH, as_messages, encode_pairs
-from .data.load import PreferencePair
-from .data.pools import PromptRow
-from .errors import UserError, require
-from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, write_json, write_text
-from .gold import answer_is_correct
-from .losses import policy_loss
-from .model import ModelConfig, RewardModel
-from .sampling import SamplingConfig, sample_responses
-from .sources.bandit import BanditSelector, score_assigned
-from .sources.combine import Ensemble
-from .train import check_same_run, collate_pairs
+from ..data.encode import MIN_MAX_LENGTH, as_messages, encode_pairs
+from ..data.load import PreferencePair
+from ..data.pools import PromptRow
+from ..errors import UserError, require
+from ..files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, write_json, write_text
+from ..gold import answer_is_correct
+from ..losses import policy_loss
+from ..model import ModelConfig, RewardModel
+from ..options import option
+from ..sampling import SamplingConfig, sample_responses
+from .selector import BanditSelector, score_assigned
+from ..sources.combine import Ensemble
+from ..training import check_same_run, collate_pairs
 
 SELECTIONS = ("bandit", "random", "ensemble", "single:NAME")
 
 
 @dataclass
 class OptimizeConfig:
-    policy: str = "smollm2-135m"
-    iterations: int = 2
-    batch_prompts: int = 8  # prompts per source choice and per optimizer step
-    n: int = 4  # samples per prompt
-    pairs_per_prompt: int = 1
-    temperature: float = 0.8
-    max_new_tokens: int = 64
-    max_length: int = 256
-    beta: float = 0.1
-    nll_weight: float = 1.0
-    learning_rate: float = 5e-5
-    lora_r: int = 16
-    selection: str = "bandit"
-    seed: int = 0
+    """Options of `rewardstack optimize` (and of `optimize`)."""
+
+    policy: str = option("smollm2-135m", "Policy backbone (LoRA is trained on it)")
+    selection: str = option("bandit", "bandit, random, ensemble or single:NAME (a member)")
+    iterations: int = option(2, "Passes over the prompts")
+    batch_prompts: int = option(8, "Prompts per source choice and per optimizer step")
+    n: int = option(4, "Samples per prompt")
+    pairs_per_prompt: int = option(1, "Pairs of the best response with the next-ranked ones")
+    temperature: float = option(0.8, "Sampling temperature")
+    max_new_tokens: int = option(64, "Tokens per sampled response at most")
+    max_length: int = option(256, "Tokens of prompt + response in the update")
+    beta: float = option(0.1, "DPO β")
+    nll_weight: float = option(1.0, "Weight of the per-token NLL of the best response")
+    learning_rate: float = option(5e-5, "AdamW learning rate")
+    lora_r: int = option(16, "LoRA rank of the policy")
+    max_prompts: int | None = option(None, "Use only the first N prompts of each data set")
+    skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    seed: int = option(0, "Random seed")
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_prompts", "pairs_per_prompt", "max_new_tokens", "lora_r"):
@@ -75,6 +80,8 @@ class OptimizeConfig:
         for name in ("beta", "learning_rate"):
             require(self, name, 0 < getattr(self, name) < math.inf, "a positive number")
         require(self, "nll_weight", 0 <= self.nll_weight < math.inf, "0 or a positive number")
+        if self.max_prompts is not None:
+            require(self, "max_prompts", self.max_prompts >= 1, "at least 1")
 
     def check_selection(self, members: Sequence[str]) -> "OptimizeConfig":
         """The config, once `selection` is known to name one of `members` where it names one."""
@@ -82,6 +89,28 @@ class OptimizeConfig:
         if kind not in ("bandit", "random", "ensemble", "single") or (kind == "single") != bool(name) or (name and name not in members):
             raise UserError(f"optimize: selection must be one of {', '.join(SELECTIONS)} (members: {', '.join(members)}), not {self.selection!r}")
         return self
+
+
+def optimize(selector, config: OptimizeConfig, prompts: Any, output_dir: str | Path, dev: Any = None, resume: bool = False) -> list[dict]:
+    """Iterative DPO of `config.policy` on `prompts` (anything `load_prompts` reads), the reward source
+    chosen per batch by `selector` (a BanditSelector: LASeR) or the baseline `config.selection`; greedy
+    accuracy on each `dev` set ({name: data} or anything `named_data` takes; rows need an answer) after
+    every iteration. Checkpoints and history.jsonl go to `output_dir`. Returns the history."""
+    from ..data.load import named_data
+    from ..data.pools import load_prompts
+
+    if not isinstance(selector, BanditSelector):
+        raise UserError("optimize: the reward must be a bandit (a YAML tree whose root is `kind: bandit`)")
+    config.check_selection(selector.names)
+    check_output_dir(output_dir, "--output-dir", "optimize", resume)
+    train_rows = load_prompts(prompts, skip_invalid=config.skip_invalid)[0][: config.max_prompts]
+    dev_sets = {}
+    for name, data in (named_data(dev) if dev is not None else {}).items():
+        rows = load_prompts(data, skip_invalid=config.skip_invalid)[0][: config.max_prompts]
+        if any(row.answer is None for row in rows):
+            raise UserError(f"{name}: dev prompts need an `answer` on every row")
+        dev_sets[Path(name).name] = rows
+    return Optimizer(selector, config, output_dir).run(train_rows, dev_sets, resume=resume)
 
 
 @contextmanager
@@ -254,7 +283,7 @@ class Optimizer:
             write_text(directory / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in self.pair_records))
         with atomic_path(directory / "optimizer.pt") as temporary:
             torch.save(self.optimizer.state_dict(), temporary)
-        self.selector.save_state(directory / "bandit_state.safetensors")
+        self.selector.save(directory / "bandit_state.safetensors")
         write_json(directory / "metrics.json", record)
         with open(self.output_dir / "history.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")

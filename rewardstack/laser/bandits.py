@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 ALGORITHMS = ("linucb", "thompson", "exp3", "epsilon_greedy")
 

@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,22 +29,26 @@ from transformers import get_scheduler
 
 from .config import TrainConfig
 from .data.encode import EncodedPairs, encode_pairs, pad_right
-from .data.load import load_preferences
+from .data.load import load_preferences, named_data
 from .errors import UserError
+from .evaluation import evaluate_encoded
 from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, read_json, write_json, write_text
-from .evaluate import evaluate_encoded
 from .losses import bradley_terry_loss, policy_loss
 from .model import RewardModel, cached_reference_logprobs
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 
 
-def float32_accelerator() -> Accelerator:
-    """An Accelerator computing in float32 (the CPU default). Without cpu=True accelerate ignores a
+def float32_accelerator(config: TrainConfig | None = None, logging_dir: Path | None = None) -> Accelerator:
+    """An Accelerator computing in float32 (the CPU default), or under bf16 autocast when `config.bf16`,
+    with the trackers of `config.report_to` writing under `logging_dir`. Without cpu=True accelerate ignores a
     multi-process launch on a machine with no accelerator. A process whose accelerate state another
     trainer set to another precision (TRL's GRPOConfig defaults to bf16) cannot change it: say so."""
+    options: dict[str, Any] = {"mixed_precision": "bf16" if config is not None and config.bf16 else "no"}
+    if config is not None and config.report_to != "none":
+        options.update(log_with=config.report_to.split(","), project_dir=logging_dir)
     try:
-        return Accelerator(cpu=not torch.accelerator.is_available(), mixed_precision="no")
+        return Accelerator(cpu=not torch.accelerator.is_available(), **options)
     except ValueError as err:
         if "already been initialized" not in str(err):
             raise
@@ -140,139 +145,195 @@ def reference_logprobs(model: RewardModel, data: EncodedPairs, config: TrainConf
     return torch.from_numpy(logps).float().reshape(2, len(data)).T.contiguous()
 
 
-def train(
-    config: TrainConfig,
-    data: str,
-    output_dir: str | Path,
-    eval_data: Sequence[str] = (),
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Train a reward model on `data`, evaluating on `eval_data`; write the run directory:
-    config.yaml, metrics.jsonl, checkpoints/, model/ and summary.json. Returns the summary."""
+def train(config: TrainConfig, train_data: Any, eval_data: Any = None, output_dir: str | Path | None = None,
+          resume: bool = False) -> tuple[RewardModel, dict[str, Any]]:
+    """Train a reward model on `train_data`, evaluating on `eval_data` ({name: data}, or anything
+    `named_data` takes); data is anything `load_preferences` reads. Writes the run directory
+    `output_dir` (config.yaml, metrics.jsonl, checkpoints/, model/, summary.json; a temporary one that
+    is removed afterwards when None). Returns the trained model and the summary (empty on processes
+    other than the main one)."""
+    if output_dir is None:
+        if resume or config.save_every:
+            raise UserError("train: --resume and save_every need an output directory to keep checkpoints in")
+        with tempfile.TemporaryDirectory(prefix="rewardstack-train-") as tmp:
+            return train(config, train_data, eval_data, Path(tmp) / "run")
     output_dir = Path(output_dir)
     check_output_dir(output_dir, "--output-dir", "train", resume)
     if not resume and (output_dir / "metrics.jsonl").exists():
         raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
-    accelerator = float32_accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
+    accelerator = float32_accelerator(config, output_dir / "logs")
     set_seed(config.seed)
-
-    pairs, report = load_preferences(data, config.columns, config.skip_invalid)
-    model = RewardModel.create(config)
-    model.training_config = asdict(config)
-    train_set = encode_pairs(model.encoder, pairs)
-    needs_reference = config.objective != "bt" and config.policy_loss != "simpo"
-    reference = reference_logprobs(model, train_set, config).to(accelerator.device) if needs_reference else None
-    eval_sets = {}
-    for source in eval_data:
-        eval_pairs, eval_report = load_preferences(source, config.columns, config.skip_invalid)
-        eval_sets[str(source)] = (encode_pairs(model.encoder, eval_pairs), eval_report)
-
-    batches = plan_batches([train_set.tokens(i) for i in range(len(train_set))], config.batch_size, config.epochs, config.seed)
-    total_steps = len(batches)
-    optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(
-        "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
-        **({} if config.lr_scheduler == "constant" else {"num_training_steps": total_steps}),
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: RewardModel = accelerator.unwrap_model(model)
-
-    run_config = {"data": str(data), "eval_data": [str(e) for e in eval_data], **asdict(config)}
+    run = _Run.prepare(config, train_data, named_data(eval_data) if eval_data is not None else {}, accelerator)
+    run_config = {"data": run.report.source, "eval_data": list(run.eval_sets), **asdict(config)}
     start_step = 0
     if resume:
         check_same_run(output_dir, run_config)
-        start_step = _load_latest_checkpoint(output_dir, unwrapped, optimizer, scheduler)
-    if main:
+        start_step = _load_latest_checkpoint(output_dir, run.unwrapped, run.optimizer, run.scheduler)
+    if accelerator.is_main_process:
         mark_output_dir(output_dir, "train")
         write_text(output_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
         _trim_metrics(output_dir / "metrics.jsonl", start_step)
-    log = _MetricsLog(output_dir / "metrics.jsonl", enabled=main)
-
-    def run_eval(step: int) -> dict[str, Any]:
-        results = {name: evaluate_encoded(unwrapped, encoded, config.eval_batch_size) for name, (encoded, _) in eval_sets.items()}
-        if results:
-            log.write({"step": step, "eval": results})
-        return results
-
-    pad_id = unwrapped.tokenizer.pad_token_id
-    model.train()
-    tokens, started = 0, time.perf_counter()
-    bar = tqdm(total=total_steps, initial=start_step, desc="train", disable=not main, dynamic_ncols=True)
-    for step in range(start_step, total_steps):
-        global_batch = batches[step]
-        rng_before = torch.get_rng_state()
-        step_loss = torch.zeros((), dtype=torch.float64)
-        parts = micro_batches(global_batch, rank, world, config.micro_batch_size)
-        for i, (indices, weight) in enumerate(parts):
-            sync = i == len(parts) - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                batch = collate_pairs(train_set, indices, pad_id).to(accelerator.device)
-                losses = objective_losses(model, batch, config, reference)
-                loss = losses.sum() * (weight * world / len(global_batch))
-                accelerator.backward(loss)
-            step_loss += loss.detach().double().cpu() / world
-            tokens += int(weight) * sum(train_set.tokens(j) for j in indices)
-        step_loss = accelerator.reduce(step_loss.to(accelerator.device), "sum").item()
-        if not math.isfinite(step_loss):  # stop before the update: the weights are still those after `step` steps
-            if main and not (output_dir / "checkpoints" / f"step-{step}").exists():
-                save_checkpoint(output_dir, step, unwrapped, optimizer, scheduler, config.keep_checkpoints, rng_before)
-            accelerator.wait_for_everyone()
-            raise UserError(f"training loss is {step_loss} at step {step + 1} (pairs {', '.join(map(str, global_batch[:8]))}"
-                            f"{', …' if len(global_batch) > 8 else ''} of {data}): stopped before updating the model; the model after "
-                            f"step {step} is checkpoint {output_dir / 'checkpoints' / f'step-{step}'}: continue with --resume once the cause is fixed")
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        log.write({"step": step + 1, "loss": step_loss, "lr": scheduler.get_last_lr()[0]})
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}")
-        done = step + 1
-        if config.eval_every and done % config.eval_every == 0 and done < total_steps:
-            if main:
-                run_eval(done)
-            accelerator.wait_for_everyone()
-        if config.save_every and done % config.save_every == 0 and done < total_steps:
-            if main:
-                save_checkpoint(output_dir, done, unwrapped, optimizer, scheduler, config.keep_checkpoints)
-            accelerator.wait_for_everyone()
-    bar.close()
-    seconds = time.perf_counter() - started
-    tokens = int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
-
+    log = _MetricsLog(output_dir / "metrics.jsonl", accelerator, config.report_to, run_config)
+    seconds, tokens = run.loop(start_step, output_dir, log)
     summary: dict[str, Any] = {}
-    if main:
-        final_eval = run_eval(total_steps)
-        _save_final(unwrapped, output_dir)
+    if accelerator.is_main_process:
+        final_eval = run.evaluate(len(run.batches), log)
+        _save_final(run.unwrapped, output_dir)
         summary = {
-            "steps": total_steps,
+            "steps": len(run.batches),
             "resumed_from_step": start_step,
-            "train": {**report.to_dict(), "truncated": train_set.truncated},
-            "eval_data": {name: {**rep.to_dict(), "truncated": enc.truncated} for name, (enc, rep) in eval_sets.items()},
+            "train": {**run.report.to_dict(), "truncated": run.train_set.truncated},
+            "eval_data": {name: {**rep.to_dict(), "truncated": enc.truncated} for name, (enc, rep) in run.eval_sets.items()},
             "eval": final_eval,
             "train_seconds": seconds,
             "tokens_per_second": tokens / seconds if seconds > 0 else None,
-            "processes": world,
+            "processes": accelerator.num_processes,
         }
         write_json(output_dir / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return summary
+    return run.unwrapped, summary
+
+
+@dataclass
+class _Run:
+    """A training run's state: data, model, optimizer, schedule and the global batches of every step."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped on several processes)
+    unwrapped: RewardModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: EncodedPairs
+    report: Any
+    eval_sets: dict[str, tuple[EncodedPairs, Any]]
+    reference: torch.Tensor | None
+    batches: list[list[int]]
+
+    @classmethod
+    def prepare(cls, config: TrainConfig, train_data: Any, eval_data: dict[str, Any], accelerator: Accelerator) -> "_Run":
+        pairs, report = load_preferences(train_data, config.columns, config.skip_invalid)
+        model = RewardModel.create(config)
+        model.training_config = asdict(config)
+        if config.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        train_set = encode_pairs(model.encoder, pairs)
+        needs_reference = config.objective != "bt" and config.policy_loss != "simpo"
+        reference = reference_logprobs(model, train_set, config).to(accelerator.device) if needs_reference else None
+        eval_sets = {}
+        for name, source in eval_data.items():
+            eval_pairs, eval_report = load_preferences(source, config.columns, config.skip_invalid)
+            eval_sets[name] = (encode_pairs(model.encoder, eval_pairs), eval_report)
+        batches = plan_batches([train_set.tokens(i) for i in range(len(train_set))], config.batch_size, config.epochs, config.seed)
+        optimizer = torch.optim.AdamW(model.trainable_parameters().values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        scheduler = get_scheduler(
+            "constant_with_warmup" if config.lr_scheduler == "constant" else config.lr_scheduler,
+            optimizer,
+            num_warmup_steps=math.ceil(config.warmup_ratio * len(batches)),
+            **({} if config.lr_scheduler == "constant" else {"num_training_steps": len(batches)}),
+        )
+        prepared, optimizer = accelerator.prepare(model, optimizer)
+        return cls(config, accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, train_set, report,
+                   eval_sets, reference, batches)
+
+    def evaluate(self, step: int, log: "_MetricsLog") -> dict[str, Any]:
+        results = {name: evaluate_encoded(self.unwrapped, encoded, self.config.eval_batch_size) for name, (encoded, _) in self.eval_sets.items()}
+        if results:
+            log.write({"step": step, "eval": results})
+        return results
+
+    def loop(self, start_step: int, output_dir: Path, log: "_MetricsLog") -> tuple[float, int]:
+        """Steps start_step … end, with evaluations and checkpoints on their schedules; returns the
+        seconds taken and the tokens processed over all processes."""
+        config, accelerator, main = self.config, self.accelerator, self.accelerator.is_main_process
+        self.model.train()
+        tokens, started = 0, time.perf_counter()
+        bar = tqdm(total=len(self.batches), initial=start_step, desc="train", disable=not main, dynamic_ncols=True)
+        for step in range(start_step, len(self.batches)):
+            rng_before = torch.get_rng_state()
+            step_loss, step_tokens = self.accumulate(self.batches[step])
+            tokens += step_tokens
+            if not math.isfinite(step_loss):
+                self.stop_on_nan(step, step_loss, rng_before, output_dir)
+            if config.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            log.write({"step": step + 1, "loss": step_loss, "lr": self.scheduler.get_last_lr()[0]})
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            done = step + 1
+            if config.eval_every and done % config.eval_every == 0 and done < len(self.batches):
+                if main:
+                    self.evaluate(done, log)
+                accelerator.wait_for_everyone()
+            if config.save_every and done % config.save_every == 0 and done < len(self.batches):
+                if main:
+                    save_checkpoint(output_dir, done, self.unwrapped, self.optimizer, self.scheduler, config.keep_checkpoints)
+                accelerator.wait_for_everyone()
+        bar.close()
+        seconds = time.perf_counter() - started
+        return seconds, int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
+
+    def accumulate(self, global_batch: list[int]) -> tuple[float, int]:
+        """Forward and backward over this process's micro-batches of one global batch, gradients synced
+        on the last; returns the loss of the global batch (summed over processes) and this process's tokens."""
+        accelerator, world = self.accelerator, self.accelerator.num_processes
+        step_loss, tokens = torch.zeros((), dtype=torch.float64), 0
+        parts = micro_batches(global_batch, accelerator.process_index, world, self.config.micro_batch_size)
+        for i, (indices, weight) in enumerate(parts):
+            with contextlib.nullcontext() if i == len(parts) - 1 else accelerator.no_sync(self.model):
+                batch = collate_pairs(self.train_set, indices, self.unwrapped.tokenizer.pad_token_id).to(accelerator.device)
+                with accelerator.autocast():
+                    losses = objective_losses(self.model, batch, self.config, self.reference)
+                loss = losses.float().sum() * (weight * world / len(global_batch))
+                accelerator.backward(loss)
+            step_loss += loss.detach().double().cpu() / world
+            tokens += int(weight) * sum(self.train_set.tokens(j) for j in indices)
+        return accelerator.reduce(step_loss.to(accelerator.device), "sum").item(), tokens
+
+    def stop_on_nan(self, step: int, step_loss: float, rng_before: torch.Tensor, output_dir: Path) -> None:
+        """Stop before the update (the weights are still those after `step` steps), checkpointing them."""
+        if self.accelerator.is_main_process and not (output_dir / "checkpoints" / f"step-{step}").exists():
+            save_checkpoint(output_dir, step, self.unwrapped, self.optimizer, self.scheduler, self.config.keep_checkpoints, rng_before)
+        self.accelerator.wait_for_everyone()
+        global_batch = self.batches[step]
+        raise UserError(f"training loss is {step_loss} at step {step + 1} (pairs {', '.join(map(str, global_batch[:8]))}"
+                        f"{', …' if len(global_batch) > 8 else ''} of {self.report.source}): stopped before updating the model; the model after "
+                        f"step {step} is checkpoint {output_dir / 'checkpoints' / f'step-{step}'}: continue with --resume once the cause is fixed")
 
 
 class _MetricsLog:
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    """metrics.jsonl on the main process, and the trackers of `report_to` (accelerate's: tensorboard,
+    wandb, mlflow, …) beside it, which get the flat scalars of each record."""
+
+    def __init__(self, path: Path, accelerator: Accelerator, report_to: str, run_config: dict[str, Any]):
+        self.path, self.accelerator, self.trackers = path, accelerator, report_to != "none"
+        if self.trackers:
+            flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()}
+            accelerator.init_trackers("rewardstack", config=flat)
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
+        if self.accelerator.is_main_process:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        if self.trackers:
+            self.accelerator.log(_scalars(record), step=record["step"])
+
+
+def _scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"eval": {"a.jsonl": {"accuracy": 0.7}}} → {"eval/a.jsonl/accuracy": 0.7}: the numbers of a record."""
+    flat = {}
+    for key, value in record.items():
+        if key == "step" and not prefix:
+            continue
+        if isinstance(value, dict):
+            flat.update(_scalars(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _trim_metrics(path: Path, step: int) -> None:
