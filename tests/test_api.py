@@ -3,6 +3,7 @@ results; mixtures draw exact shares; configs take TRL's names, have one default 
 trackers."""
 
 import dataclasses
+import math
 import typing
 
 import datasets
@@ -74,7 +75,7 @@ def test_train_without_an_output_dir_returns_the_model_and_keeps_nothing(rows, t
         train(tiny_config(save_every=1), rows[0])
 
 
-def test_best_of_n_takes_pools_and_prompts_as_rows():
+def test_best_of_n_takes_pools_as_rows_a_dataset_or_a_path(tmp_path):
     from rewardstack.sources.rules import Rule
 
     pools = [{"prompt": "p1", "responses": ["a", "bbb", "cc"], "gold": [0.0, 1.0, 0.5]},
@@ -85,6 +86,8 @@ def test_best_of_n_takes_pools_and_prompts_as_rows():
     assert summary["curves"]["mean"]["gold"] == pytest.approx([(0.5 + 1 / 3) / 2, (2.5 / 3 + 2 / 3) / 2, 1.0])
     assert summary["pools"] == 2 and summary["source"] == "<list>"
     assert best_of_n(length, BonConfig(), pools=datasets.Dataset.from_list(pools))["curves"] == summary["curves"]
+    path = write_jsonl(pools, tmp_path / "pools.jsonl")
+    assert best_of_n(length, BonConfig(), pools=str(path))["curves"] == summary["curves"]
 
 
 def test_a_mixture_draws_exact_seeded_shares_reading_only_what_it_takes(rows):
@@ -202,3 +205,21 @@ def test_flags_override_the_config_file_which_overrides_the_defaults(tmp_path):
     assert (config.sampling.n, config.sampling.temperature, config.policy, config.max_pools) == (5, 0.25, "tiny-random", 3)
     assert (config.objective, config.skip_invalid, seen["label"]) == (["lcb:1", "mean"], True, "y")
     assert (config.sampling.top_p, config.batch_size) == (1.0, 16)  # untouched: the dataclass defaults
+
+
+def test_gradient_checkpointing_changes_memory_not_results(rows, tmp_path):
+    plain, _ = train(tiny_config(), rows[0], output_dir=tmp_path / "plain")
+    checkpointed, _ = train(tiny_config(gradient_checkpointing=True), rows[0], output_dir=tmp_path / "checkpointed")
+    losses = [[r["loss"] for r in map(yaml.safe_load, (tmp_path / run / "metrics.jsonl").read_text().splitlines())] for run in ("plain", "checkpointed")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and len(losses[0]) == 3
+    torch.testing.assert_close(checkpointed.head.weight, plain.head.weight, rtol=1e-4, atol=1e-6)
+    assert checkpointed.decoder.gradient_checkpointing and not plain.decoder.gradient_checkpointing
+
+
+def test_bf16_autocast_trains_from_the_cli(rows, tmp_path):
+    data = write_jsonl(rows[0], tmp_path / "t.jsonl")
+    result = cli("train", "--data", data, "--output-dir", tmp_path / "run", "--model", "tiny-random", "--max-length", "128", "--lora-r", "4", "--bf16")
+    assert "trained 3 steps on 24 pairs" in result.stdout
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["bf16"] is True
+    losses = [r["loss"] for r in map(yaml.safe_load, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
+    assert all(math.isfinite(loss) for loss in losses) and losses[0] == pytest.approx(math.log(2), abs=0.02)  # a zero head: σ(0) = ½

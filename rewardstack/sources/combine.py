@@ -56,10 +56,10 @@ def combine_ensemble(means: np.ndarray, stds: np.ndarray | None, rule: str, lam:
         combined = centre - lam * spread
     elif rule == "weighted":
         if weights is None or len(weights) != len(means):
-            raise UserError(f"ensemble: weighted needs one weight per member ({len(means)})")
+            raise ValueError(f"ensemble: weighted needs one weight per member ({len(means)})")
         combined = np.asarray(weights, dtype=np.float64) @ means
     else:
-        raise UserError(f"ensemble: unknown rule {rule!r}")
+        raise ValueError(f"ensemble: unknown rule {rule!r}")
     variance = spread + (np.mean(np.square(stds), axis=0) if stds is not None else 0.0)
     return RewardScores(mean=combined, std=np.sqrt(variance))
 
@@ -87,7 +87,7 @@ def combine_hierarchy(
     elif mode == "hierarchical":
         gate = (holistic >= threshold).astype(np.float64)
     else:
-        raise UserError(f"hierarchical: mode must be one of {', '.join(HIERARCHY_MODES)}, not {mode!r}")
+        raise ValueError(f"hierarchical: mode must be one of {', '.join(HIERARCHY_MODES)}, not {mode!r}")
     base = np.zeros_like(holistic) if mode == "aspects" else holistic_weight * holistic
     return base + gate * aspect_sum, gate
 
