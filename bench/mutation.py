@@ -48,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modules", nargs="+", default=list(CORE), help="core modules (keys of CORE) to mutate")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (mutmut resumes an interrupted run there)")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in CORE]
     if unknown:
@@ -57,7 +58,7 @@ def main() -> None:
         copy_tree(work)
         write_config(work, args.modules)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mutmut", "run"], cwd=work, check=False)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, check=False)
     results = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
     report(*parse_results(results), equivalent_mutants(), time.perf_counter() - started)
     if args.keep is None:

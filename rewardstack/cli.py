@@ -131,18 +131,29 @@ def eval_command(
     data: Annotated[list[str], typer.Option(help="Preference pairs to evaluate on (repeatable)")],
     output: Annotated[Optional[Path], typer.Option(help="Write the metrics as JSON here")] = None,
     ood_data: Annotated[Optional[list[str]], typer.Option(help="Out-of-distribution pairs: AUROC of reward std against --data (needs a posterior; repeatable)")] = None,
+    per_row: Annotated[Optional[Path], typer.Option(help="Write every row's rewards and outcomes here (JSON lines)")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write reliability.png, subsets.png (and std_vs_error.png with stds) into this folder")] = None,
     allow_rule_module: AllowRuleModule = None,
 ):
-    """Pairwise accuracy, mean margin, ECE, Brier and NLL per data set and per subset; with a Laplace
+    """Accuracy (strict and ties ½, with 95 % intervals), mean margin, ECE, Brier and NLL per data set and
+    subset; rows with several responses or A/B labels; RewardBench v1 and 2 scores; with a Laplace
     posterior also the Laplace predictive's, and out-of-distribution detection by reward std."""
-    from .evaluation import evaluate, format_table
+    from .evaluation import evaluate, format_table, plot_evaluation
     from .sources import load_source
 
-    if output:
-        check_output_file(output, "--output")
+    for path, option in ((output, "--output"), (per_row, "--per-row")):
+        if path:
+            check_output_file(path, option)
     results = evaluate(load_source(reward, allow_rule_module or ()), data, config.columns, config.skip_invalid, config.batch_size,
-                       config.ref_cache_dir, ood_data)
+                       config.ref_cache_dir, ood_data, config.format, config.ab_keys, per_row=bool(per_row or plot))
     typer.echo(format_table(results))
+    if plot:
+        for written in plot_evaluation(results, plot):
+            typer.echo(f"plot written to {written}")
+    records = [record for metrics in results.values() for record in metrics.pop("per_row", [])]
+    if per_row:
+        write_text(per_row, "".join(json.dumps(record) + "\n" for record in records))
+        typer.echo(f"{len(records)} rows written to {per_row}")
     if output:
         write_json(output, results)
         typer.echo(f"metrics written to {output}")

@@ -158,15 +158,25 @@ TRL_IGNORED = {"output_dir", "logging_steps", "logging_strategy", "logging_dir",
 class EvalConfig:
     """Options of `rewardstack eval`."""
 
+    format: str = option("auto", "auto (pairs, lists of responses, A/B labels), rewardbench (v1 sections) or rewardbench2")
     batch_size: int = option(16, "Sequences per forward pass")
     ref_cache_dir: str | None = option(None, "Keep reference log-probabilities (haf, dpo) on disk here")
+    response_a_key: str = option("response_A", "Column of response A in A/B-labelled rows")
+    response_b_key: str = option("response_B", "Column of response B in A/B-labelled rows")
+    label_key: str = option("label", "Column of the A/B label: A>B, B>A, A=B or tie (also A, B, 1, 2, 0)")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     columns: Columns = option(factory=Columns)
 
     def __post_init__(self) -> None:
         require(self, "batch_size", self.batch_size >= 1, "at least 1")
+        require(self, "format", self.format in EVAL_FORMATS, f"one of {', '.join(EVAL_FORMATS)}")
+
+    @property
+    def ab_keys(self) -> tuple[str, str, str]:
+        return self.response_a_key, self.response_b_key, self.label_key
 
 
+EVAL_FORMATS = ("auto", "rewardbench", "rewardbench2")
 LAPLACE_SUBSETS = ("all", "head", "lora")
 PRIOR_METHODS = ("evidence", "val")
 

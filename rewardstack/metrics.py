@@ -31,11 +31,13 @@ def expected_calibration_error(p: np.ndarray, bins: int = 10) -> float:
 
 def logit_metrics(logits: np.ndarray) -> dict[str, float]:
     """Metrics of P(chosen ≻ rejected) = σ(z) for pairs whose outcome is "chosen": accuracy (z = 0 counts
-    ½), ECE (10 bins), Brier = mean (1 − p)², NLL = mean −log p."""
+    ½), strict_accuracy (z = 0 counts 0, RewardBench's convention), ECE (10 bins), Brier = mean (1 − p)²,
+    NLL = mean −log p."""
     z = np.asarray(logits, dtype=np.float64)
     p = preference_probability(z, 0.0)
     return {
         "accuracy": float(np.mean((z > 0) + 0.5 * (z == 0))),
+        "strict_accuracy": float(np.mean(z > 0)),
         "ece": expected_calibration_error(p),
         "brier": float(np.mean((1.0 - p) ** 2)),
         "nll": float(np.mean(np.logaddexp(0.0, -z))),
