@@ -41,8 +41,9 @@ def test_ensemble_rules_by_hand():
     assert combine_ensemble(means, None, "mean").std.tolist() == pytest.approx([np.sqrt(2 / 3), np.sqrt(2)])
     stds = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 3.0]])  # + mean of member variances: 1 and 3
     assert combine_ensemble(means, stds, "mean").std.tolist() == pytest.approx([np.sqrt(2 / 3 + 1), np.sqrt(5)])
-    with pytest.raises(UserError, match="one weight per member"):
+    with pytest.raises(ValueError, match="one weight per member") as err:
         combine_ensemble(means, None, "weighted", weights=[1.0])
+    assert type(err.value) is ValueError  # math code; the Ensemble source checks its weights as a UserError first
 
 
 def test_hierarchy_modes_by_hand():
@@ -54,8 +55,9 @@ def test_hierarchy_modes_by_hand():
     assert combine_hierarchy(holistic, aspects, "weighted_sum", aspect_weights=weights)[0].tolist() == [0.0, 0.5, 1.75]
     reward, gate = combine_hierarchy(holistic, aspects, "hierarchical", threshold=0.5, aspect_weights=weights)
     assert gate.tolist() == [0.0, 1.0, 1.0] and reward.tolist() == [-1.0, 0.5, 1.75]
-    with pytest.raises(UserError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="mode must be one of") as err:
         combine_hierarchy(holistic, aspects, "sum")
+    assert type(err.value) is ValueError
 
 
 def test_composite_sources_carry_parts_and_stds():
