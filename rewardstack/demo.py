@@ -8,7 +8,8 @@
 5. evaluate it on pairs of the held-out problems, and run best-of-n on their samples with the `mean` and
    `lcb` objectives, against random choice (n = 1) and the oracle that knows the gold;
 6. write runs/demo/: data/ (problems, samples, pairs), run/ (the trained model with its posterior),
-   eval.json, results.jsonl and summary.json (best-of-n), best_of_n.png and report.md.
+   eval.json, reliability.png, subsets.png and std_vs_error.png (the reward model on held-out pairs),
+   results.jsonl and summary.json (best-of-n), best_of_n.png and report.md.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .config import TrainConfig
 from .data.load import Columns
 from .data.pools import gold_pairs, load_prompts, write_pools
 from .errors import UserError, require
-from .evaluation import evaluate, format_table
+from .evaluation import evaluate, format_table, plot_evaluation
 from .files import check_output_dir, mark_output_dir, write_json, write_text
 from .options import option
 from .sampling import SamplingConfig, sample_pools
@@ -95,7 +96,10 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
     posterior = Laplace(reward_model, subset=config.laplace_subset).fit(train_pairs).posterior
     posterior.save(run_dir / "model")
 
-    evaluation = evaluate(reward_model, {HELD_OUT: test_pairs}) if test_pairs else {}
+    evaluation = evaluate(reward_model, {HELD_OUT: test_pairs}, per_row=True) if test_pairs else {}
+    plots = [path.name for path in plot_evaluation(evaluation, output_dir)] if test_pairs else []
+    for metrics in evaluation.values():
+        metrics.pop("per_row")
     write_json(output_dir / "eval.json", evaluation)
     objectives = [Objective("mean")] + [Objective("lcb", k) for k in config.lcb]
     result = run_best_of_n(reward_model, bon_pools, objectives)
@@ -107,14 +111,15 @@ def run_demo(output_dir: str | Path, config: DemoConfig = DemoConfig()) -> dict:
         train_pairs=len(train_pairs), prior_precision=posterior.prior_precision,
         reward_model=evaluation.get(HELD_OUT), seconds=time.perf_counter() - started,
     )
-    report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer")
+    report = _report(summary, format_table(evaluation) if evaluation else "no held-out pairs: no held-out problem got both a right and a wrong answer", plots)
     write_text(output_dir / "report.md", report)
     print(report)
     return summary
 
 
-def _report(summary: dict, eval_table: str) -> str:
-    """report.md: the task, the reward model's held-out accuracy, and gold accuracy of best-of-n per n."""
+def _report(summary: dict, eval_table: str, plots: list[str]) -> str:
+    """report.md: the task, the reward model's held-out accuracy and its plots (evaluation.plot_evaluation),
+    and gold accuracy of best-of-n per n."""
     demo, rm, ns = summary["demo"], summary["reward_model"], summary["n"]
     gold_table = format_best_of_n({"n": ns, "curves": {name: {"gold": c["gold"]} for name, c in summary["curves"].items()}})
     best_n = {name: ns[int(np.argmax(c["gold"]))] for name, c in summary["curves"].items() if name != "oracle"}
@@ -133,6 +138,8 @@ def _report(summary: dict, eval_table: str) -> str:
         "```",
         eval_table,
         "```",
+        "",
+        *[f"![{name.removesuffix('.png')}]({name})" for name in plots],
         "",
         f"## Best-of-n on the {demo['bon_prompts']} held-out problems: gold accuracy",
         "",

@@ -138,5 +138,11 @@ def test_eval_cli_writes_per_row_records_plots_and_rewardbench_tables(tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["reliability.png", "subsets.png"]  # no std: no third plot
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in (tmp_path / "plots").iterdir())
     assert "per_row" not in json.loads((tmp_path / "m.json").read_text())[str(data)]
+    # An ensemble of two length rules has a std (their spread): the third plot appears.
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "members": [
+        {"name": "chars", "source": {"kind": "rule", "builtin": "length", "unit": "characters"}},
+        {"name": "words", "source": {"kind": "rule", "builtin": "length", "unit": "words"}}]}))
+    cli("eval", "--reward", tmp_path / "two.yaml", "--data", pairs, "--plot", tmp_path / "plots2")
+    assert sorted(p.name for p in (tmp_path / "plots2").iterdir()) == ["reliability.png", "std_vs_error.png", "subsets.png"]
     bad = cli("eval", "--reward", tmp_path / "length.yaml", "--data", data, "--format", "rewardbench", check_rc=2)
     assert "v1 rows are pairs" in bad.stderr

@@ -57,6 +57,7 @@ def test_demo_trains_fits_and_reports_best_of_n(tmp_path, monkeypatch):
     summary = run_demo(tmp_path, config)
 
     for name in ("report.md", "best_of_n.png", "results.jsonl", "summary.json", "eval.json", "run/model/posterior.safetensors",
+                 "reliability.png", "subsets.png", "std_vs_error.png",
                  "data/problems.jsonl", "data/pools.jsonl", "data/train_pairs.jsonl", "data/test_pairs.jsonl"):
         assert (tmp_path / name).exists(), name
     assert json.loads(json.dumps(summary)) == json.loads((tmp_path / "summary.json").read_text())
@@ -70,6 +71,8 @@ def test_demo_trains_fits_and_reports_best_of_n(tmp_path, monkeypatch):
     assert summary["reward_model"]["pairs"] == 6
     report = (tmp_path / "report.md").read_text()
     assert "oracle" in report and "lcb:1" in report and "Laplace predictive NLL" in report
+    assert "![reliability](reliability.png)" in report and "![std_vs_error](std_vs_error.png)" in report
+    assert "per_row" not in json.loads((tmp_path / "eval.json").read_text())["held-out pairs"]
 
 
 def test_demo_without_mixed_answers_says_so(tmp_path, monkeypatch):

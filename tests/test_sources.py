@@ -65,7 +65,7 @@ def test_composite_sources_carry_parts_and_stds():
     x = Fixed({"a": 2.0, "b": 4.0}, {"a": 1.0, "b": 1.0})
     scores = Hierarchical(h, {"x": (x, 0.5)}, "hierarchical", threshold=0.0, holistic_weight=2.0).score(["p", "p"], ["a", "b"])
     assert scores.mean.tolist() == [3.0, -2.0]
-    assert scores.parts == {"holistic": pytest.approx([1.0, -1.0]), "x": pytest.approx([2.0, 4.0]), "gate": pytest.approx([1.0, 0.0])}
+    assert scores.parts == {"holistic": pytest.approx([1.0, -1.0]), "x": pytest.approx([2.0, 4.0])}  # component rewards only
     # √(w_h² σ_h² + gate w² σ_x²): row a √(4·0.25 + 0.25·1), row b √(4·1)
     assert scores.std.tolist() == pytest.approx([np.sqrt(1.25), 2.0])
     ensemble = Ensemble({"h": h, "x": x}, "min").score(["p", "p"], ["a", "b"])

@@ -135,7 +135,7 @@ class Ensemble:
 
 class Hierarchical:
     """ALaRM: a holistic source gating weighted aspect sources (combine_hierarchy). parts: `holistic`,
-    every aspect by name, and `gate`. std, when every source has one: √(w_h²σ_h² + gate·Σ w_i²σ_i²),
+    and every aspect by name (the gate, 1[z_h ≥ τ], follows from `holistic`). std, when every source has one: √(w_h²σ_h² + gate·Σ w_i²σ_i²),
     treating the sources as independent and the gate as fixed."""
 
     def __init__(self, holistic, aspects: dict[str, tuple[object, float]], mode: str = "hierarchical", threshold: float = 0.0, holistic_weight: float = 1.0):
@@ -160,7 +160,7 @@ class Hierarchical:
             aspect_var = sum(w * w * np.square(s.std) for w, s in zip(weights, parts.values())) if parts else 0.0
             std = np.sqrt((0.0 if self.mode == "aspects" else self.holistic_weight**2 * np.square(h.std)) + gate * aspect_var)
         truncated = max([h.truncated] + [s.truncated for s in parts.values()])
-        return RewardScores(mean=reward, std=std, parts={"holistic": h.mean, **{n: s.mean for n, s in parts.items()}, "gate": gate}, truncated=truncated)
+        return RewardScores(mean=reward, std=std, parts={"holistic": h.mean, **{n: s.mean for n, s in parts.items()}}, truncated=truncated)
 
 
 @register_kind("ensemble")
