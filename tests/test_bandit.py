@@ -263,3 +263,41 @@ def test_thompson_samples_from_the_posterior_with_covariance_scale_squared():
     np.testing.assert_allclose(calls[0][0], np.linalg.solve(A0, 0.8 * x), atol=1e-12)
     np.testing.assert_allclose(calls[0][1], 0.25 * np.linalg.inv(A0), atol=1e-12)
     np.testing.assert_allclose(calls[1][1], 0.25 * np.eye(2) / 2.0, atol=1e-12)  # the untouched arm: v² / λ · I
+
+
+def test_mutation_survivors_in_the_bandits():
+    """Bugs bench/mutation.py showed the suite missed: defaults, seeded reproducibility, Thompson's
+    Cholesky draws, Exp3's overflow guard, ε-greedy's untried-first rule, means and counts."""
+    for name in ("thompson", "exp3", "epsilon_greedy"):
+        runs = []
+        for seed in (5, 5, 6):
+            bandit, rng = make_bandit(name, 3, 2, seed=seed), np.random.default_rng(0)
+            choices = []
+            for _ in range(40):
+                x = rng.normal(size=2)
+                choices.append(bandit.select(x))
+                bandit.update(x, choices[-1], float(rng.random()))
+            runs.append(choices)
+        assert runs[0] == runs[1] and runs[0] != runs[2], name
+    defaults = make_bandit("thompson", 2, 2), make_bandit("exp3", 2, 0), make_bandit("epsilon_greedy", 2, 0)
+    assert (defaults[0].scale, defaults[1].gamma, defaults[2].epsilon) == (0.5, 0.1, 0.1)
+    np.testing.assert_array_equal(defaults[0].A_inv, np.stack([np.eye(2)] * 2))  # ridge 1
+    assert [make_bandit("exp3", 3, 0).select() for _ in range(3)] == [Exp3(3, seed=0).select() for _ in range(3)]  # seed 0 by default
+
+    thompson, x = LinearThompson(2, 2, seed=3), np.array([1.0, 2.0])
+    thompson.update(x, 1, 1.0)
+    rng, theta = np.random.default_rng(3), thompson.theta()
+    drawn = [rng.multivariate_normal(theta[k], 0.25 * thompson.A_inv[k], method="cholesky") for k in range(2)]
+    assert thompson.select(x) == int(np.argmax(np.array(drawn) @ x))
+
+    exp3 = Exp3(3, gamma=0.3)
+    exp3.log_w = np.array([800.0, 0.0, 0.0])  # exp(800) overflows unless the largest weight is taken out first
+    np.testing.assert_allclose(exp3.probabilities(), [0.7 + 0.1, 0.1, 0.1], rtol=1e-12)
+
+    greedy = EpsilonGreedy(3, epsilon=0.0)
+    greedy.update(None, 0, 1.0)
+    assert greedy.select() == 1  # arms 1 and 2 are untried: they come first whatever arm 0 paid
+    greedy.update(None, 1, 0.7)
+    greedy.update(None, 1, 0.7)
+    greedy.update(None, 2, 0.1)
+    assert greedy.select() == 0 and greedy.counts.tolist() == [1, 2, 1]  # means 1.0, 0.7, 0.1

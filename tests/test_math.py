@@ -100,3 +100,28 @@ def test_ece_with_certain_predictions_and_simpo_reward_by_value():
     assert expected_calibration_error(np.array([1.0, 1.0])) == 0.0
     rewards = implicit_reward(torch.tensor([-6.0, -2.0]), None, 0.5, torch.tensor([3.0, 4.0]))
     assert rewards.tolist() == [-1.0, -0.25]
+
+
+def test_mutation_survivors_in_metrics_and_losses():
+    """Bugs bench/mutation.py showed the suite missed: every key of logit_metrics by value, an ECE that
+    would average the complement of each bin, auroc with one empty side, the policy losses' defaults and
+    half-given arguments."""
+    from rewardstack.losses import policy_loss
+
+    m = logit_metrics(np.array([0.5, 0.0, -1.0]))
+    assert set(m) == {"accuracy", "strict_accuracy", "ece", "brier", "nll"}
+    assert m["strict_accuracy"] == pytest.approx(1 / 3) and m["accuracy"] == pytest.approx(0.5)  # z = 0.5 > 0, the tie counts 0 / ½
+    assert m["ece"] == expected_calibration_error(1 / (1 + np.exp(-np.array([0.5, 0.0, -1.0]))))
+    # p = 0.9, 0.6 mirrored to 0.1, 0.4: four bins of one each: (0.1 + 0.4 + 0.1 + 0.4) / 4.
+    assert expected_calibration_error(np.array([0.9, 0.6])) == pytest.approx(0.25)
+    for empty in (([], [1.0]), ([1.0], [])):
+        with pytest.raises(ValueError, match="at least one score of each class"):
+            auroc(*empty)
+    logps = torch.tensor([-2.0]), torch.tensor([-3.0])
+    lengths = torch.tensor([2.0]), torch.tensor([1.0])
+    default = policy_loss(*logps, None, None, beta=1.0, kind="simpo", chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+    assert default.item() == pytest.approx(math.log(1 + math.exp(-(-1.0 + 3.0 - 0.5))))  # γ = 0.5 by default
+    with pytest.raises(ValueError, match="lengths"):
+        policy_loss(*logps, None, None, beta=1.0, kind="simpo", chosen_lengths=lengths[0])
+    with pytest.raises(ValueError, match="reference"):
+        policy_loss(*logps, torch.tensor([-2.5]), None, beta=1.0)

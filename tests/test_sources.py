@@ -286,3 +286,33 @@ def test_rule_modules_load_from_beside_the_tree_or_an_allow_list(tmp_path):
     allowed = build_source({"kind": "rule", "function": "os.path:getsize"}, tmp_path, allowed_modules=["os"])
     with pytest.raises(UserError, match=r"source \(rule os.path:getsize\): row 1 raised TypeError"):
         allowed.score(["p"], ["r"])
+
+
+def test_mutation_survivors_in_the_hierarchy():
+    """Bugs bench/mutation.py showed the suite missed: the hierarchy's defaults, its std in every mode,
+    a std only when every source has one, truncation counts, and batch sizes handed down."""
+    class Fixed:
+        def __init__(self, mean, std, truncated):
+            self.mean, self.std, self.truncated, self.batch_sizes = np.array(mean), None if std is None else np.array(std), truncated, []
+
+        def score(self, prompts, responses, batch_size=16):
+            self.batch_sizes.append(batch_size)
+            return RewardScores(mean=self.mean, std=self.std, truncated=self.truncated)
+
+    h, x = Fixed([1.0, -1.0], [0.5, 0.5], 1), Fixed([2.0, 4.0], [1.0, 2.0], 3)
+    rows = (["p", "p"], ["a", "b"])
+    default = Hierarchical(h, {"x": (x, 0.5)})  # hierarchical, τ = 0, w_h = 1: gate [1, 0]
+    scores = default.score(*rows, batch_size=7)
+    assert scores.mean.tolist() == [2.0, -1.0] and scores.truncated == 3 and h.batch_sizes == [7] and x.batch_sizes == [7]
+    np.testing.assert_allclose(scores.std, np.sqrt([0.25 + 0.25 * 1.0, 0.25]))  # w_h²σ_h² + gate·w²σ_x²
+    weighted = Hierarchical(h, {"x": (x, 0.5)}, holistic_weight=2.0).score(*rows)
+    assert weighted.mean.tolist() == [3.0, -2.0]
+    np.testing.assert_allclose(weighted.std, np.sqrt([4 * 0.25 + 0.25, 4 * 0.25]))
+    aspects = Hierarchical(h, {"x": (x, 0.5)}, mode="aspects").score(*rows)
+    assert aspects.mean.tolist() == [1.0, 2.0] and aspects.std.tolist() == [0.5, 1.0]  # no holistic term
+    alone = Hierarchical(h, {}, mode="holistic").score(*rows)
+    assert alone.mean.tolist() == [1.0, -1.0] and alone.std.tolist() == [0.5, 0.5] and alone.truncated == 1
+    assert Hierarchical(Fixed([1.0, -1.0], None, 0), {"x": (x, 0.5)}).score(*rows).std is None  # the holistic source has none
+    with pytest.raises(UserError, match="needs at least one aspect"):
+        Hierarchical(h, {}, mode="aspects")
+    assert combine_hierarchy(np.array([-0.5, 0.5]), np.array([[1.0, 1.0]]), "hierarchical", aspect_weights=[1.0])[1].tolist() == [0.0, 1.0]  # τ = 0
