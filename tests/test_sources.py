@@ -312,6 +312,7 @@ def test_mutation_survivors_in_the_hierarchy():
     assert aspects.mean.tolist() == [1.0, 2.0] and aspects.std.tolist() == [0.5, 1.0]  # no holistic term
     alone = Hierarchical(h, {}, mode="holistic").score(*rows)
     assert alone.mean.tolist() == [1.0, -1.0] and alone.std.tolist() == [0.5, 0.5] and alone.truncated == 1
+    assert alone.mean.dtype == aspects.mean.dtype == np.float64  # not an object array from a placeholder zero
     assert Hierarchical(Fixed([1.0, -1.0], None, 0), {"x": (x, 0.5)}).score(*rows).std is None  # the holistic source has none
     with pytest.raises(UserError, match="needs at least one aspect"):
         Hierarchical(h, {}, mode="aspects")
