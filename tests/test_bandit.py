@@ -301,3 +301,20 @@ def test_mutation_survivors_in_the_bandits():
     greedy.update(None, 1, 0.7)
     greedy.update(None, 2, 0.1)
     assert greedy.select() == 0 and greedy.counts.tolist() == [1, 2, 1]  # means 1.0, 0.7, 0.1
+
+
+def test_every_algorithm_state_round_trips_as_a_copy():
+    for name in ("linucb", "thompson", "exp3", "epsilon_greedy"):
+        trained, rng = make_bandit(name, 3, 2, seed=1), np.random.default_rng(2)
+        for _ in range(6):
+            x = rng.normal(size=2)
+            trained.update(x, trained.select(x), float(rng.random()))
+        saved = {k: v.copy() for k, v in trained.state().items()}
+        restored = make_bandit(name, 3, 2, seed=1)
+        restored.load_state(trained.state())
+        assert set(restored.state()) == set(saved) and len(saved) >= 2, name
+        for key, value in saved.items():
+            np.testing.assert_array_equal(restored.state()[key], value, err_msg=f"{name}.{key}")
+        trained.update(np.ones(2), 0, 1.0)  # the restored bandit holds copies, not views of the trained one's arrays
+        for key, value in saved.items():
+            np.testing.assert_array_equal(restored.state()[key], value, err_msg=f"{name}.{key} after the original moved on")
