@@ -7,7 +7,7 @@ from rewardstack.losses import bradley_terry_loss
 import pytest
 
 from rewardstack.bayes import probit_logit
-from rewardstack.metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics
+from rewardstack.metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics, preference_probability
 
 
 def sig(x):
@@ -108,6 +108,7 @@ def test_mutation_survivors_in_metrics_and_losses():
     half-given arguments."""
     from rewardstack.losses import policy_loss
 
+    assert preference_probability(np.array([2.0]), np.array([1.5]))[0] == pytest.approx(sig(0.5), rel=1e-15)  # σ(r_c − r_r)
     m = logit_metrics(np.array([0.5, 0.0, -1.0]))
     assert set(m) == {"accuracy", "strict_accuracy", "ece", "brier", "nll"}
     assert m["strict_accuracy"] == pytest.approx(1 / 3) and m["accuracy"] == pytest.approx(0.5)  # z = 0.5 > 0, the tie counts 0 / ½

@@ -158,8 +158,10 @@ def test_full_queue_answers_503_with_retry_after():
             t.start()
         for t in threads:
             t.join()
+        refused = call(url + "/v1/info")[1]["stats"]["refused"]
     statuses = [a[0] for a in answers]
     assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
+    assert refused == statuses.count(503)  # each refusal counted once
     assert all(a[2]["Retry-After"] == "1" for a in answers if a[0] == 503)
     assert all(a[1]["rewards"] == [float(i + 1)] for i, a in enumerate(answers) if a[0] == 200)
 
