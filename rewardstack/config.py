@@ -280,7 +280,3 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return value
     names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
     raise UserError(f"{where} must be {names}, got {value!r}")
-
-
-def to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
