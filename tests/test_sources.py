@@ -1,4 +1,6 @@
 import json
+import math
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -317,3 +319,30 @@ def test_mutation_survivors_in_the_hierarchy():
     with pytest.raises(UserError, match="needs at least one aspect"):
         Hierarchical(h, {}, mode="aspects")
     assert combine_hierarchy(np.array([-0.5, 0.5]), np.array([[1.0, 1.0]]), "hierarchical", aspect_weights=[1.0])[1].tolist() == [0.0, 1.0]  # τ = 0
+
+
+def test_spec_grammar_edges_and_normalized_pass_through():
+    """parse_spec: spaces around a spec, NAME with a stray colon, K missing, negative, infinite or NaN;
+    Normalized: (r − μ)/σ and std/σ, with the inner source's parts, truncation and batch size kept."""
+    from rewardstack.sources.combine import parse_spec
+
+    assert parse_spec(" uwo:0.25 ", ("mean",), ("uwo",), "rule", "usage") == ("uwo", 0.25)
+    assert parse_spec("mean", ("mean",), ("uwo",), "rule", "usage") == ("mean", 0.0)
+    for bad in ("mean:", "mean:1", "uwo:", "uwo:-1", "uwo:inf", "uwo:nan", "max"):
+        with pytest.raises(UserError, match=rf"^rule '{re.escape(bad)}': "):
+            parse_spec(bad, ("mean",), ("uwo",), "rule", "usage")
+
+    class Inner:
+        batch_sizes = []
+
+        def score(self, prompts, responses, batch_size=16):
+            self.batch_sizes.append(batch_size)
+            return RewardScores(mean=np.array([3.0, 5.0]), std=np.array([2.0, 4.0]), parts={"a": np.array([1.0, 2.0])}, truncated=2)
+
+    inner = Inner()
+    scores = Normalized(inner, 1.0, 2.0).score(["p", "p"], ["x", "y"], batch_size=5)
+    assert scores.mean.tolist() == [1.0, 2.0] and scores.std.tolist() == [1.0, 2.0]
+    assert scores.parts["a"].tolist() == [1.0, 2.0] and scores.truncated == 2 and inner.batch_sizes == [5]
+    for mean, std in ((0.0, 0.0), (0.0, -1.0), (math.inf, 1.0), (0.0, math.nan)):
+        with pytest.raises(UserError, match="normalize"):
+            Normalized(inner, mean, std)
