@@ -374,8 +374,6 @@ def select_aspects_command(
     from .sources.select import aspect_pairs, select_aspects
     from .sources.tree import read_tree
 
-    if (pools is None) == (prompts is None):
-        raise UserError("select-aspects: give exactly one of --pools and --prompts")
     _check_beside(tree, output)
     prompt_list, first, second = aspect_pairs(config, pools, prompts)
     rows, selected = select_aspects(read_tree(tree), tree.parent, prompt_list, first, second, config.keep, config.max_inconsistency,

@@ -58,6 +58,7 @@ V1_SECTIONS = {
 V2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
 BOOTSTRAP_RESAMPLES = 1000
 AB_KEYS = ("response_A", "response_B", "label")
+OUTCOMES = ("all", "all_tie_half", "mean", "mean_tie_half")  # the row scores of row_outcomes
 A_LABELS, B_LABELS, TIE_LABELS = {"a>b", "a", "1", "1.0"}, {"b>a", "b", "2", "2.0"}, {"a=b", "tie", "0", "0.0", "1.5"}
 
 
@@ -191,10 +192,10 @@ def comparison_metrics(rows: Sequence[Comparison], rewards: Sequence[tuple[np.nd
     bootstrap intervals; the easy/normal/hard split of square rows; tie-labelled rows counted apart with
     their mean |r_A − r_B|; the same per subset."""
     decided = [i for i, row in enumerate(rows) if not row.tie]
-    outcomes = [row_outcomes(*rewards[i]) for i in decided]
+    outcomes = {i: row_outcomes(*rewards[i]) for i in decided}
     result: dict[str, Any] = {"compared_rows": len(decided), "comparisons": int(sum(len(rows[i].chosen) * len(rows[i].rejected) for i in decided))}
-    for key in ("all", "all_tie_half", "mean", "mean_tie_half"):
-        values = [o[key] for o in outcomes]
+    for key in OUTCOMES:
+        values = [o[key] for o in outcomes.values()]
         result[key] = float(np.mean(values)) if values else math.nan
         result[f"{key}_ci"] = bootstrap_interval(values)
     split = style_split([rewards[i] for i in decided])
@@ -208,8 +209,7 @@ def comparison_metrics(rows: Sequence[Comparison], rewards: Sequence[tuple[np.nd
         if rows[i].subset is not None:
             groups[rows[i].subset].append(i)
     if groups:
-        result["subsets"] = {name: {"rows": len(idx), **{key: float(np.mean([row_outcomes(*rewards[i])[key] for i in idx]))
-                                                         for key in ("all", "all_tie_half", "mean", "mean_tie_half")}}
+        result["subsets"] = {name: {"rows": len(idx), **{key: float(np.mean([outcomes[i][key] for i in idx])) for key in OUTCOMES}}
                              for name, idx in sorted(groups.items())}
     return result
 

@@ -331,7 +331,7 @@ def _scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
             continue
         if isinstance(value, dict):
             flat.update(_scalars(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
             flat[f"{prefix}{key}"] = value
     return flat
 

@@ -243,7 +243,7 @@ def _read_objects(source: Any) -> Iterator[tuple[int, Any]]:
     """Rows of data already in memory. A DataFrame's missing cells (NaN/None) are left out of its rows,
     as absent fields; a DatasetDict must be narrowed to one split first."""
     kind = type(source).__name__
-    if kind == "DatasetDict" or kind == "IterableDatasetDict":
+    if kind in ("DatasetDict", "IterableDatasetDict"):
         raise UserError(f"<{kind}>: choose a split, e.g. data['train'] (splits: {', '.join(source)})")
     if kind == "DataFrame" and hasattr(source, "columns"):
         import pandas as pd
