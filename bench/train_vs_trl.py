@@ -7,8 +7,12 @@ every pair longer than max_length), LoRA r=16 / alpha 32 on all linear layers, b
 no warm-up. Each tool runs in its own process (peak RSS is per process). Both models are then scored on
 the whole hh_rlhf_harmless test split, encoded the same way, with the same metric code.
 
+rewardstack runs in up to four variants: `plain` (a row per sequence, padded: the layout TRL uses),
+`share` (a pair's prompt computed once for chosen and rejected), `pack` (sequences packed into rows of
+2 × max-length tokens, padding-free) and `share+pack`.
+
     pip install -e '.[bench]'
-    python bench/train_vs_trl.py [--pairs 256] [--max-length 256]
+    python bench/train_vs_trl.py [--pairs 256] [--max-length 256] [--test-pairs N] [--variants plain share pack share+pack trl]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hh_rlhf_harmless"
 LR, BATCH, LORA_R, LORA_ALPHA, SEED = 1e-4, 8, 16, 32, 42
+VARIANTS = ("plain", "share", "pack", "share+pack", "trl")
 
 
 def prepare(work: Path, pairs: int, max_length: int) -> dict:
@@ -61,7 +66,7 @@ def _ids(encoded):
     return [e.ids for e in encoded.chosen], [e.ids for e in encoded.rejected]
 
 
-def score_sequences(forward, pad_id: int, sequences: list[list[int]], batch_size: int = 16) -> np.ndarray:
+def padded_scores(forward, pad_id: int, sequences: list[list[int]], batch_size: int = 16) -> np.ndarray:
     from rewardstack.data.encode import length_batches, pad_right
 
     out = np.empty(len(sequences))
@@ -72,20 +77,22 @@ def score_sequences(forward, pad_id: int, sequences: list[list[int]], batch_size
     return out
 
 
-def run_rewardstack(work: Path, max_length: int) -> dict:
-    from rewardstack.config import TrainConfig
+def run_rewardstack(work: Path, max_length: int, variant: str) -> dict:
+    from rewardstack.config import ComputeConfig, TrainConfig
+    from rewardstack.data.encode import Encoded
     from rewardstack.data.load import Columns
     from rewardstack.model import RewardModel
     from rewardstack.training import train
 
+    compute = ComputeConfig(device="cpu", share_prompts="share" in variant, pack_tokens=2 * max_length if "pack" in variant else 0)
     config = TrainConfig(model="smollm2-135m", max_length=max_length, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                          batch_size=BATCH, micro_batch_size=BATCH, learning_rate=LR, warmup_ratio=0.0,
-                         seed=SEED, columns=Columns())
-    _, summary = train(config, str(work / "train.jsonl"), output_dir=work / "rewardstack-run")
+                         seed=SEED, columns=Columns(), compute=compute)
+    _, summary = train(config, str(work / "train.jsonl"), output_dir=work / f"rewardstack-{variant}")
     seconds = summary["train_seconds"]  # the training loop alone, like TRL's trainer.train()
 
-    model = RewardModel.from_pretrained(work / "rewardstack-run" / "model")
-    return {"train_seconds": seconds, "forward": lambda ids, mask: model(ids, mask), "pad_id": model.tokenizer.pad_token_id}
+    model = RewardModel.from_pretrained(work / f"rewardstack-{variant}" / "model").use(compute)
+    return {"train_seconds": seconds, "score": lambda sequences: model.rewards([Encoded(tuple(s), ()) for s in sequences])}
 
 
 def run_trl(work: Path, max_length: int) -> dict:
@@ -113,18 +120,19 @@ def run_trl(work: Path, max_length: int) -> dict:
     trainer.train()
     seconds = time.perf_counter() - started
     trained = trainer.model.eval()
-    return {"train_seconds": seconds, "forward": lambda ids, mask: trained(input_ids=ids, attention_mask=mask).logits[:, 0],
-            "pad_id": tokenizer.pad_token_id}
+    forward = lambda ids, mask: trained(input_ids=ids, attention_mask=mask).logits[:, 0]  # noqa: E731
+    return {"train_seconds": seconds, "score": lambda sequences: padded_scores(forward, tokenizer.pad_token_id, sequences)}
 
 
-def child(tool: str, work: Path, max_length: int) -> None:
+def child(tool: str, work: Path, max_length: int, test_pairs: int | None) -> None:
     from rewardstack.metrics import pairwise_metrics
 
     torch.manual_seed(SEED)
-    result = (run_rewardstack if tool == "rewardstack" else run_trl)(work, max_length)
+    result = run_trl(work, max_length) if tool == "trl" else run_rewardstack(work, max_length, tool)
     train_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     chosen, rejected = json.loads((work / "ids.json").read_text())["test"]
-    rewards = score_sequences(result["forward"], result["pad_id"], chosen + rejected)
+    chosen, rejected = chosen[:test_pairs], rejected[:test_pairs]
+    rewards = result["score"](chosen + rejected)
     metrics = pairwise_metrics(rewards[: len(chosen)], rewards[len(chosen) :])
     out = {"train_seconds": result["train_seconds"], "peak_rss_mib_training": train_rss, "test": metrics}
     (work / f"{tool}.json").write_text(json.dumps(out))
@@ -134,11 +142,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--child", choices=["rewardstack", "trl"])
+    parser.add_argument("--test-pairs", type=int, help="score only the first N test pairs (default: all)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.work, args.max_length)
+        child(args.child, args.work, args.max_length, args.test_pairs)
         return
     if not DATA.exists():
         sys.exit(f"{DATA} is absent: this benchmark needs the shared data folder beside the checkout")
@@ -146,19 +156,19 @@ def main() -> None:
     info = prepare(work, args.pairs, args.max_length)
     print(json.dumps(info, indent=2))
     results = {}
-    for tool in ("rewardstack", "trl"):
-        subprocess.run([sys.executable, __file__, "--child", tool, "--work", str(work), "--max-length", str(args.max_length)], check=True)
+    for tool in args.variants:
+        command = [sys.executable, __file__, "--child", tool, "--work", str(work), "--max-length", str(args.max_length)]
+        subprocess.run(command + (["--test-pairs", str(args.test_pairs)] if args.test_pairs else []), check=True)
         results[tool] = json.loads((work / f"{tool}.json").read_text())
         results[tool]["tokens_per_second"] = info["train_tokens"] / results[tool]["train_seconds"]
-    ours, trl = results["rewardstack"], results["trl"]
-    print(f"\n{'':<14}{'train s':>9}{'tokens/s':>10}{'peak RSS MiB':>14}{'test acc':>10}{'test NLL':>10}{'test ECE':>10}")
+    trl = results.get("trl")
+    print(f"\n{'':<14}{'train s':>9}{'tokens/s':>10}{'peak RSS MiB':>14}{'test acc':>10}{'test NLL':>10}{'test ECE':>10}"
+          + ("  speed/TRL  memory/TRL" if trl else ""))
     for name, r in results.items():
         t = r["test"]
+        ratios = f"{r['tokens_per_second'] / trl['tokens_per_second']:>10.2f}x{r['peak_rss_mib_training'] / trl['peak_rss_mib_training']:>11.2f}x" if trl else ""
         print(f"{name:<14}{r['train_seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{r['peak_rss_mib_training']:>14.0f}"
-              f"{t['accuracy']:>10.3f}{t['nll']:>10.3f}{t['ece']:>10.3f}")
-    print(f"\nratios rewardstack/TRL: speed (tokens/s) {ours['tokens_per_second'] / trl['tokens_per_second']:.2f}x, "
-          f"peak memory {ours['peak_rss_mib_training'] / trl['peak_rss_mib_training']:.2f}x, "
-          f"test accuracy {ours['test']['accuracy'] - trl['test']['accuracy']:+.3f}")
+              f"{t['accuracy']:>10.3f}{t['nll']:>10.3f}{t['ece']:>10.3f}{ratios}")
     (work / "results.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
     print(f"details: {work / 'results.json'}")
 

@@ -37,6 +37,18 @@ CHATML_TEMPLATE = (
 )
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"device {name}: MPS is not available here; use --device cpu or auto")
+    return device
+
+
 def rewardstack_home() -> Path:
     """Cache root: $REWARDSTACK_HOME, default ~/.cache/rewardstack."""
     return Path(os.environ.get("REWARDSTACK_HOME", Path.home() / ".cache" / "rewardstack"))

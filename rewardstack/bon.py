@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import UserError, require
 from .files import atomic_path, mark_output_dir, write_json, write_text
+from .config import ComputeConfig
 from .options import option
 from .sampling import SamplingConfig
 from .scores import RewardScores
@@ -199,6 +200,7 @@ class BonConfig:
     feedback: str | None = option(None, "With a bandit reward: gold, the gold of the chosen response is the bandit's feedback")
     batch_size: int = option(16, "Sequences per forward pass")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         objectives = self.objectives()
@@ -233,7 +235,7 @@ def best_of_n(source, config: BonConfig, pools: Any = None, prompts: Any = None,
         pool_list = pool_list[: config.max_pools]
     else:
         prompt_rows, report = load_prompts(prompts, config.prompt_key, config.answer_key, config.skip_invalid)
-        pool_list, unfinished = sample_pools(config.policy, prompt_rows[: config.max_pools], config.sampling)
+        pool_list, unfinished = sample_pools(config.policy, prompt_rows[: config.max_pools], config.sampling, config.compute.device)
         if output_dir is not None:
             mark_output_dir(output_dir, "bon")
             write_pools(pool_list, Path(output_dir) / "pools.jsonl")

@@ -144,7 +144,7 @@ def eval_command(
     for path, option in ((output, "--output"), (per_row, "--per-row")):
         if path:
             check_output_file(path, option)
-    results = evaluate(load_source(reward, allow_rule_module or ()), data, config.columns, config.skip_invalid, config.batch_size,
+    results = evaluate(load_source(reward, allow_rule_module or (), config.compute), data, config.columns, config.skip_invalid, config.batch_size,
                        config.ref_cache_dir, ood_data, config.format, config.ab_keys, per_row=bool(per_row or plot))
     typer.echo(format_table(results))
     if plot:
@@ -183,7 +183,7 @@ def laplace(
         check_output_dir(output, "--output", "laplace")
     else:
         check_output_file(Path(model_dir) / "posterior.json", "--model-dir")
-    reward_model = RewardModel.from_pretrained(model_dir) if ours else RewardModel.from_sequence_classifier(model_dir)
+    reward_model = (RewardModel.from_pretrained(model_dir) if ours else RewardModel.from_sequence_classifier(model_dir)).use(config.compute)
     posterior = fit_laplace(reward_model, data, config, val_data)
     if not PartialState().is_main_process:
         return
@@ -219,7 +219,7 @@ def score(
 
     check_output_file(output, "--output")
     rows, prompts, responses, report = load_score_rows(input, config.prompt_key, config.response_key, config.skip_invalid)
-    scores = load_source(reward, allow_rule_module or ()).score(prompts, responses, batch_size=config.batch_size)
+    scores = load_source(reward, allow_rule_module or (), config.compute).score(prompts, responses, batch_size=config.batch_size)
     with atomic_path(output) as temporary, open(temporary, "w") as handle:
         for i, row in enumerate(rows):
             handle.write(json.dumps({**row, **scores.row_fields(i)}) + "\n")
@@ -249,8 +249,8 @@ def bon(
         raise UserError("bon: give exactly one of --pools (scored candidates) and --prompts (sample from --policy)")
     check_output_dir(output_dir, "--output-dir", "bon")
     allowed = allow_rule_module or ()
-    gold = load_source(gold_reward, allowed) if gold_reward is not None else None
-    summary = best_of_n(load_source(reward, allowed), config, pools, prompts, gold, output_dir)
+    gold = load_source(gold_reward, allowed, config.compute) if gold_reward is not None else None
+    summary = best_of_n(load_source(reward, allowed, config.compute), config, pools, prompts, gold, output_dir)
     sampled = "" if summary["unfinished_samples"] is None else f", {summary['unfinished_samples']} samples cut at --max-new-tokens"
     typer.echo(f"{summary['pools']} pools, n up to {len(summary['n'])}, {summary['truncated']} responses truncated to the reward "
                f"model's max_length{sampled}, {sum(summary['skipped'].values())} rows skipped")
@@ -287,7 +287,7 @@ def optimize(
     from .sources import load_source
 
     check_output_dir(output_dir, "--output-dir", "optimize", resume)
-    history = run_optimize(load_source(reward, allow_rule_module or ()), config, prompts, output_dir, dev or [], resume)
+    history = run_optimize(load_source(reward, allow_rule_module or (), config.compute), config, prompts, output_dir, dev or [], resume)
     for record in history:
         accuracy = " ".join(f"{name}={value:.3f}" for name, value in record["accuracy"].items())
         typer.echo(f"iteration {record['iteration']}: {accuracy} pairs={record['pairs']} arms={record['arms']} {record['seconds']:.0f}s")
@@ -305,7 +305,7 @@ def serve(
     from .server import serve as run_server
     from .sources import load_source
 
-    run_server(load_source(reward, allow_rule_module or ()), config, describe(reward))
+    run_server(load_source(reward, allow_rule_module or (), config.compute), config, describe(reward))
 
 
 @app.command()

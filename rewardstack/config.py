@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import sys
 import types
 import typing
@@ -20,11 +21,33 @@ from .data.load import Columns
 from .errors import UserError, require
 from .losses import POLICY_LOSSES
 from .options import option
+from .packing import ATTENTION_IMPLEMENTATIONS
 
 OBJECTIVES = ("bt", "haf", "dpo")
 LR_SCHEDULERS = ("linear", "cosine", "constant")
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml", "aim": "aim",
             "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}  # report_to name → package
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu(:\d+)?|cuda(:\d+)?|mps(:\d+)?")
+
+
+@dataclass
+class ComputeConfig:
+    """Where and how forward passes run; the same results whatever is chosen (within float error)."""
+
+    device: str = option("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps")
+    attn_implementation: str = option("sdpa", "Attention kernel with the packed block mask: sdpa, eager or flex_attention")
+    share_prompts: bool = option(True, "Run a prompt shared by several responses (a pair, a pool) once")
+    pack_tokens: int = option(0, "Pack several prompt groups into rows of up to this many tokens (padding-free); 0: a row each")
+    bf16: bool = option(False, "Compute under bfloat16 autocast (weights, reward head and losses stay float32); for GPUs, "
+                               "slow on most CPUs")
+
+    def __post_init__(self) -> None:
+        require(self, "device", DEVICE_PATTERN.fullmatch(self.device) is not None, "auto, cpu, cuda, cuda:N or mps")
+        require(self, "attn_implementation", self.attn_implementation in ATTENTION_IMPLEMENTATIONS,
+                f"one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
+        require(self, "pack_tokens", self.pack_tokens >= 0, "0 (a row per prompt group) or a number of tokens")
 
 
 @dataclass
@@ -80,13 +103,13 @@ class TrainConfig(ModelConfig):
     save_every: int = option(0, "Steps between checkpoints; 0: none")
     keep_checkpoints: int = option(2, "Newest checkpoints kept on disk")
     eval_batch_size: int = option(16, "Sequences per forward pass when evaluating")
-    bf16: bool = option(False, "Compute under bfloat16 autocast (weights stay float32); for GPUs, slow on most CPUs")
     gradient_checkpointing: bool = option(False, "Recompute activations in the backward pass: less memory, more compute")
     report_to: str = option("none", "Trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow, … (installed "
                                     "separately; logs under OUTPUT_DIR/logs), or none")
     seed: int = option(42, "Random seed")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     columns: Columns = option(factory=Columns)
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -150,7 +173,7 @@ TRL_NAMES = {  # TRL's name → ours, where the meaning is the same
 TRL_IGNORED = {"output_dir", "logging_steps", "logging_strategy", "logging_dir", "eval_strategy", "save_strategy", "push_to_hub",
                "hub_model_id", "run_name", "remove_unused_columns", "dataloader_num_workers", "disable_dropout", "logging_first_step",
                "overwrite_output_dir", "do_train", "do_eval", "dataset_name", "dataset_test_split", "torch_dtype", "dtype",
-               "trust_remote_code", "attn_implementation", "load_best_model_at_end", "metric_for_best_model", "optim", "tf32",
+               "trust_remote_code", "load_best_model_at_end", "metric_for_best_model", "optim", "tf32",
                "dataset_num_proc", "use_liger_kernel"}
 
 
@@ -166,6 +189,7 @@ class EvalConfig:
     label_key: str = option("label", "Column of the A/B label: A>B, B>A, A=B or tie (also A, B, 1, 2, 0)")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     columns: Columns = option(factory=Columns)
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         require(self, "batch_size", self.batch_size >= 1, "at least 1")
@@ -192,6 +216,7 @@ class LaplaceConfig:
     factor_rank: int = option(128, "Eigenpairs kept of a large factor")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     columns: Columns = option(factory=Columns)
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         require(self, "subset", self.subset in LAPLACE_SUBSETS, f"one of {', '.join(LAPLACE_SUBSETS)}")
@@ -208,6 +233,7 @@ class ScoreConfig:
     response_key: str = option("response", "Column of the response")
     batch_size: int = option(16, "Sequences per forward pass")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         require(self, "batch_size", self.batch_size >= 1, "at least 1")
@@ -240,8 +266,9 @@ def from_dict(cls: type, data: dict[str, Any], where: str):
     from nested mappings); a class with `from_trl_names` also takes TRL's names."""
     if hasattr(cls, "from_trl_names"):
         data = cls.from_trl_names(data, where)
-        if "split" in data:
-            data["columns"] = {**data.get("columns", {}), "split": data.pop("split")}
+        for name, group in (("split", "columns"), ("bf16", "compute"), ("attn_implementation", "compute")):
+            if name in data:
+                data[group] = {**data.get(group, {}), name: data.pop(name)}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     values = {}

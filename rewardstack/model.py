@@ -10,7 +10,6 @@ import contextlib
 import copy
 import hashlib
 import json
-from collections import defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,23 +20,23 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .backbones import config_digest, load_backbone, model_files, resolve_model_name, score_head
+from .backbones import config_digest, resolve_device, load_backbone, model_files, resolve_model_name, score_head
 from .bayes import Posterior, reward_moments
 from .bayes.predict import evaluating
-from .config import ModelConfig
-from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages, length_batches, pad_right
+from .config import ComputeConfig, ModelConfig
+from .data.encode import PROGRESS_MIN_BATCHES, Encoded, Encoder, as_messages
 from .data.load import Message
 from .errors import UserError
 from .files import atomic_path, explain_load_error, load_tensors, read_json
 from .losses import implicit_reward
+from .packing import Packed, pack, plan_batches, prompt_segments
 from .scores import RewardScores
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "rewardstack.json"
 LOGPROB_CHUNK = 512  # response positions per LM-head chunk
-SHARE_PROMPT_MIN_RESPONSES = 4  # from this many responses to one prompt, rewards() runs the prompt once (bench/bon_scoring.py)
 
 
 class RewardModel(torch.nn.Module):
@@ -53,6 +52,7 @@ class RewardModel(torch.nn.Module):
         self.posterior = None  # a bayes.Posterior once fitted: score() then gives each reward a std
         self.backbone_is_base = False  # True: the backbone is config.model untouched, so save() does not copy it
         self._cache: dict[str, Any] = {}  # lazily loaded helpers (the reference model), not saved
+        self.compute = ComputeConfig()  # how forward passes run; set with use()
 
     @classmethod
     def create(cls, config: ModelConfig) -> "RewardModel":
@@ -109,36 +109,41 @@ class RewardModel(torch.nn.Module):
         """The transformer body without the LM head (LoRA layers included)."""
         return self._base_lm().get_decoder()
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor | None = None
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Rewards of right-padded sequences, shape (batch,); with `prompt_lengths`, also the response
-        log-probabilities log π(y|x) from the same backbone pass."""
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
-        rewards = self.head(hidden[torch.arange(hidden.shape[0]), last]).squeeze(-1)
-        if prompt_lengths is None:
-            return rewards
-        return rewards, self.response_logprobs(hidden, input_ids, attention_mask, prompt_lengths)
+    def use(self, compute: ComputeConfig) -> "RewardModel":
+        """Run forward passes as `compute` says: on its device (the posterior goes along), with its
+        attention kernel, prompt sharing, packing and autocast."""
+        self.compute = compute
+        self._base_lm().set_attn_implementation(compute.attn_implementation)
+        self.to(resolve_device(compute.device))
+        if self.posterior is not None:
+            self.posterior.to(self.head.weight.device)
+        return self
 
-    def response_logprobs(
-        self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor,
-        chunk_size: int = LOGPROB_CHUNK,
-    ) -> torch.Tensor:
+    def forward(self, packed: Packed, logprobs: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Rewards of the packed sequences, shape (members,) in `packed.indices` order; with `logprobs`,
+        also their response log-probabilities log π(y|x) from the same backbone pass. The reward head
+        and the log-probabilities compute in float32 under any autocast."""
+        mask = packed.attention_mask(self._base_lm().config._attn_implementation)
+        hidden = self.decoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids, use_cache=False).last_hidden_state
+        flat = hidden.flatten(0, 1)
+        with torch.autocast(flat.device.type, enabled=False):
+            rewards = self.head(flat[packed.last].to(self.head.weight.dtype)).squeeze(-1)
+            if not logprobs:
+                return rewards
+            return rewards, self.response_logprobs(flat, packed)
+
+    def response_logprobs(self, flat_hidden: torch.Tensor, packed: Packed, chunk_size: int = LOGPROB_CHUNK) -> torch.Tensor:
         """log π(y|x) = Σ_t log p(y_t | x, y_<t) over response tokens only. The LM head and log-softmax run
         on the positions that predict response tokens, `chunk_size` rows at a time, recomputed in the
         backward pass, so memory stays near chunk_size × vocabulary whatever the response length."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        is_response = (positions[None] >= prompt_lengths[:, None]) & (positions[None] < attention_mask.sum(1)[:, None])
-        rows, cols = is_response.nonzero(as_tuple=True)
-        states, targets = hidden[rows, cols - 1], input_ids[rows, cols]
         lm_head = self._base_lm().get_output_embeddings()
+        states, targets = flat_hidden[packed.response_state].to(lm_head.weight.dtype), packed.response_target
         parts = [
             checkpoint(_token_logprobs, lm_head, states[i : i + chunk_size], targets[i : i + chunk_size], use_reentrant=False)
-            for i in range(0, len(rows), chunk_size)
+            for i in range(0, len(targets), chunk_size)
         ]
-        token_logps = torch.cat(parts) if parts else hidden.new_zeros(0)
-        return hidden.new_zeros(input_ids.shape[0]).index_add(0, rows, token_logps)
+        token_logps = torch.cat(parts) if parts else flat_hidden.new_zeros(0, dtype=lm_head.weight.dtype)
+        return token_logps.new_zeros(len(packed.indices)).index_add(0, packed.response_owner, token_logps)
 
     def _base_lm(self) -> torch.nn.Module:
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
@@ -149,41 +154,12 @@ class RewardModel(torch.nn.Module):
         (log π_ref kept in `ref_cache_dir` when given)."""
         if self.config.objective == "dpo":
             return self.implicit_rewards(sequences, batch_size, ref_cache_dir=ref_cache_dir)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, sequence in enumerate(sequences):
-            groups[sequence.prompt_ids if sequence.response_ids else ()].append(i)
-        shared = {prompt: rows for prompt, rows in groups.items() if prompt and len(rows) >= SHARE_PROMPT_MIN_RESPONSES}
-        alone = sorted(i for prompt, rows in groups.items() if prompt not in shared for i in rows)
-        out = np.empty(len(sequences), dtype=np.float64)
-        out[alone] = self._batched([sequences[i] for i in alone], batch_size, lambda ids, mask, _: self(ids, mask))
-        with evaluating(self):
-            for prompt, rows in tqdm(shared.items(), desc="score prompts", leave=False, disable=len(shared) < PROGRESS_MIN_BATCHES):
-                out[rows] = self._shared_prompt_rewards(prompt, [sequences[i].response_ids for i in rows], batch_size)
-        return out
-
-    def _shared_prompt_rewards(self, prompt_ids: tuple[int, ...], responses: Sequence[tuple[int, ...]], batch_size: int) -> np.ndarray:
-        """Head rewards of several responses to one prompt: the prompt runs through the backbone once and
-        its KV cache is copied to `batch_size` responses at a time (equal to scoring each whole sequence)."""
-        device = self.head.weight.device
-        cache = DynamicCache(config=self._base_lm().config)
-        self.decoder(input_ids=torch.tensor([prompt_ids], device=device), past_key_values=cache, use_cache=True)
-        out = np.empty(len(responses), dtype=np.float64)
-        for start in range(0, len(responses), batch_size):
-            ids, mask = pad_right(responses[start : start + batch_size], self.tokenizer.pad_token_id)
-            ids, mask = ids.to(device), mask.to(device)
-            chunk_cache = copy.deepcopy(cache)
-            chunk_cache.batch_repeat_interleave(len(ids))
-            full_mask = torch.cat([mask.new_ones(len(ids), len(prompt_ids)), mask], dim=1)
-            positions = torch.arange(len(prompt_ids), len(prompt_ids) + ids.shape[1], device=device).expand(len(ids), -1)
-            hidden = self.decoder(input_ids=ids, attention_mask=full_mask, position_ids=positions, past_key_values=chunk_cache, use_cache=True).last_hidden_state
-            last = mask.sum(dim=1) - 1
-            out[start : start + len(ids)] = self.head(hidden[torch.arange(len(ids)), last]).squeeze(-1).double().cpu().numpy()
-        return out
+        return self._batched(sequences, batch_size, lambda packed: self(packed))
 
     @torch.no_grad()
     def head_rewards_and_logprobs(self, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """The head's reward and log π(y|x) of each sequence, from one backbone pass."""
-        both = self._batched(sequences, batch_size, lambda ids, mask, prompt: torch.stack(self(ids, mask, prompt), dim=1))
+        both = self._batched(sequences, batch_size, lambda packed: torch.stack(self(packed, logprobs=True), dim=1))
         return both[:, 0], both[:, 1]
 
     @torch.no_grad()
@@ -213,30 +189,35 @@ class RewardModel(torch.nn.Module):
         model = self._reference_model() if reference and not isinstance(self.backbone, PeftModel) else self
         context = self.backbone.disable_adapter() if reference and model is self else contextlib.nullcontext()
         with context:
-            return model._batched(sequences, batch_size, lambda ids, mask, prompt: model(ids, mask, prompt)[1])
+            return model._batched(sequences, batch_size, lambda packed: model(packed, logprobs=True)[1])
 
     def _reference_model(self) -> "RewardModel":
         if "reference" not in self._cache:
             backbone, _ = load_backbone(self.config.model)
-            self._cache["reference"] = RewardModel(backbone.to(self.head.weight.device), self.tokenizer, self.config).eval()
+            self._cache["reference"] = RewardModel(backbone, self.tokenizer, self.config).use(self.compute).eval()
         return self._cache["reference"]
 
     def _batched(self, sequences: Sequence[Encoded], batch_size: int, compute) -> np.ndarray:
-        """compute(input_ids, attention_mask, prompt_lengths) over length-grouped batches, in input order."""
+        """compute(packed) over forward passes of about `batch_size` sequences' worth of tokens (each
+        prompt run once for all its responses with `share_prompts`), in input order."""
         if not sequences:
             return np.empty(0, dtype=np.float64)
         out = None  # shaped (sequences, *per-sequence shape) from the first batch
         device = self.head.weight.device
-        with evaluating(self):
-            batches = length_batches([len(s) for s in sequences], batch_size)
-            for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
-                ids, mask = pad_right([sequences[i].ids for i in batch], self.tokenizer.pad_token_id)
-                prompt = torch.tensor([len(sequences[i].prompt_ids) for i in batch], device=device)
-                values = compute(ids.to(device), mask.to(device), prompt).double().cpu().numpy()
+        segments = prompt_segments(sequences, self.compute.share_prompts)
+        batches = plan_batches(sequences, segments, batch_size * max(len(s) for s in sequences))
+        with evaluating(self), self.autocast():
+            for segments in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
+                packed = pack(sequences, segments, self.tokenizer.pad_token_id, self.compute.pack_tokens)
+                values = compute(packed.to(device)).double().cpu().numpy()
                 if out is None:
                     out = np.empty((len(sequences),) + values.shape[1:], dtype=np.float64)
-                out[batch] = values
+                out[packed.indices] = values
         return out
+
+    def autocast(self):
+        """bfloat16 autocast on the model's device when compute.bf16, else nothing."""
+        return torch.autocast(self.head.weight.device.type, dtype=torch.bfloat16, enabled=self.compute.bf16)
 
     def score(
         self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str], batch_size: int = 16
@@ -415,4 +396,5 @@ def cached_reference_logprobs(
 
 def _token_logprobs(lm_head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) under the LM head for each row of `states`."""
-    return torch.log_softmax(lm_head(states).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    logits = lm_head(states)
+    return torch.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32)).gather(-1, targets[:, None]).squeeze(-1)

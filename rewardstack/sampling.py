@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .backbones import load_backbone
+from .backbones import load_backbone, resolve_device
 from .data.load import Message
 from .data.pools import Pool, PromptRow
 from .errors import require
@@ -111,10 +111,12 @@ def _next_tokens(logits: torch.Tensor, config: SamplingConfig, generators: list[
     return torch.cat([torch.multinomial(row, 1, generator=g)[:, 0] for row, g in zip(rows, generators)])
 
 
-def sample_pools(policy_name: str, prompts: Sequence[PromptRow], config: SamplingConfig) -> tuple[list[Pool], int]:
-    """Candidate pools sampled from the policy `policy_name` (a backbone name, path or id); a prompt row's
-    `answer` gives each response its gold: 1 when its final answer matches. Returns (pools, unfinished)."""
+def sample_pools(policy_name: str, prompts: Sequence[PromptRow], config: SamplingConfig, device: str = "auto") -> tuple[list[Pool], int]:
+    """Candidate pools sampled from the policy `policy_name` (a backbone name, path or id) on `device`; a
+    prompt row's `answer` gives each response its gold: 1 when its final answer matches. Returns (pools,
+    unfinished)."""
     policy, tokenizer = load_backbone(policy_name)
+    policy.to(resolve_device(device))
     samples = sample_responses(policy, tokenizer, [row.prompt for row in prompts], config)
     pools = []
     for row, responses in zip(prompts, samples.responses):

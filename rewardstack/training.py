@@ -14,7 +14,7 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,28 +27,30 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .config import TrainConfig
-from .data.encode import EncodedPairs, encode_pairs, pad_right
+from .config import ComputeConfig, TrainConfig
+from .data.encode import EncodedPairs, encode_pairs
 from .data.load import load_preferences, named_data
 from .errors import UserError
 from .evaluation import evaluate_encoded
 from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, read_json, write_json, write_text
 from .losses import bradley_terry_loss, policy_loss
 from .model import RewardModel, cached_reference_logprobs
+from .packing import Packed, pack
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 
 
 def float32_accelerator(config: TrainConfig | None = None, logging_dir: Path | None = None) -> Accelerator:
-    """An Accelerator computing in float32 (the CPU default), or under bf16 autocast when `config.bf16`,
+    """An Accelerator computing in float32 (the CPU default), or under bf16 autocast when `compute.bf16`,
     with the trackers of `config.report_to` writing under `logging_dir`. Without cpu=True accelerate ignores a
     multi-process launch on a machine with no accelerator. A process whose accelerate state another
     trainer set to another precision (TRL's GRPOConfig defaults to bf16) cannot change it: say so."""
-    options: dict[str, Any] = {"mixed_precision": "bf16" if config is not None and config.bf16 else "no"}
+    options: dict[str, Any] = {"mixed_precision": "bf16" if config is not None and config.compute.bf16 else "no"}
     if config is not None and config.report_to != "none":
         options.update(log_with=config.report_to.split(","), project_dir=logging_dir)
     try:
-        return Accelerator(cpu=not torch.accelerator.is_available(), **options)
+        on_cpu = not torch.accelerator.is_available() or (config is not None and config.compute.device == "cpu")
+        return Accelerator(cpu=on_cpu, **options)
     except ValueError as err:
         if "already been initialized" not in str(err):
             raise
@@ -88,27 +90,27 @@ def micro_batches(global_batch: list[int], rank: int, world: int, micro_batch_si
 
 @dataclass
 class PairBatch:
-    """Chosen sequences of some pairs followed by their rejected ones, right-padded."""
+    """Some pairs packed for one forward pass (rewardstack.packing): outputs are the chosen, then the
+    rejected, in `indices` order."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    prompt_lengths: torch.Tensor
+    packed: Packed
     response_lengths: torch.Tensor
     margin: torch.Tensor
     indices: list[int]
 
     def to(self, device) -> "PairBatch":
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
-        return PairBatch(**moved)
+        return PairBatch(self.packed.to(device), self.response_lengths.to(device), self.margin.to(device), self.indices)
 
 
-def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int) -> PairBatch:
-    encoded = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
-    ids, mask = pad_right([e.ids for e in encoded], pad_id)
+def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int, compute: ComputeConfig) -> PairBatch:
+    """A pair shares its prompt (and any common start of its responses) with `compute.share_prompts`;
+    pairs pack into rows of compute.pack_tokens."""
+    n = len(indices)
+    sequences = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
+    segments = [[k, n + k] for k in range(n)] if compute.share_prompts else [[k] for k in range(2 * n)]
     return PairBatch(
-        ids, mask,
-        torch.tensor([len(e.prompt_ids) for e in encoded]),
-        torch.tensor([len(e.response_ids) for e in encoded], dtype=torch.float32),
+        pack(sequences, segments, pad_id, compute.pack_tokens),
+        torch.tensor([len(e.response_ids) for e in sequences], dtype=torch.float32),
         torch.tensor([data.margin[i] for i in indices], dtype=torch.float32),
         indices,
     )
@@ -122,9 +124,9 @@ def objective_losses(model: torch.nn.Module, batch: PairBatch, config: TrainConf
     `reference` holds the reference log-probabilities of the pairs as (pairs, 2): chosen, rejected."""
     n = len(batch.indices)
     if config.objective == "bt":
-        rewards = model(batch.input_ids, batch.attention_mask)
+        rewards = model(batch.packed)
         return bradley_terry_loss(rewards[:n], rewards[n:], batch.margin, config.center_rewards_coefficient)
-    rewards, logps = model(batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+    rewards, logps = model(batch.packed, logprobs=True)
     ref_c, ref_r = (None, None) if reference is None else (reference[batch.indices, 0], reference[batch.indices, 1])
     policy = policy_loss(logps[:n], logps[n:], ref_c, ref_r, config.beta, config.policy_loss,
                          batch.response_lengths[:n], batch.response_lengths[n:], config.simpo_gamma)
@@ -214,7 +216,7 @@ class _Run:
     @classmethod
     def prepare(cls, config: TrainConfig, train_data: Any, eval_data: dict[str, Any], accelerator: Accelerator) -> "_Run":
         pairs, report = load_preferences(train_data, config.columns, config.skip_invalid)
-        model = RewardModel.create(config)
+        model = RewardModel.create(config).use(replace(config.compute, device=str(accelerator.device)))
         model.training_config = asdict(config)
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -285,7 +287,7 @@ class _Run:
         parts = micro_batches(global_batch, accelerator.process_index, world, self.config.micro_batch_size)
         for i, (indices, weight) in enumerate(parts):
             with contextlib.nullcontext() if i == len(parts) - 1 else accelerator.no_sync(self.model):
-                batch = collate_pairs(self.train_set, indices, self.unwrapped.tokenizer.pad_token_id).to(accelerator.device)
+                batch = collate_pairs(self.train_set, indices, self.unwrapped.tokenizer.pad_token_id, self.config.compute).to(accelerator.device)
                 with accelerator.autocast():
                     losses = objective_losses(self.model, batch, self.config, self.reference)
                 loss = losses.float().sum() * (weight * world / len(global_batch))

@@ -220,6 +220,6 @@ def test_bf16_autocast_trains_from_the_cli(rows, tmp_path):
     data = write_jsonl(rows[0], tmp_path / "t.jsonl")
     result = cli("train", "--data", data, "--output-dir", tmp_path / "run", "--model", "tiny-random", "--max-length", "128", "--lora-r", "4", "--bf16")
     assert "trained 3 steps on 24 pairs" in result.stdout
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["bf16"] is True
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["compute"]["bf16"] is True
     losses = [r["loss"] for r in map(yaml.safe_load, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())]
     assert all(math.isfinite(loss) for loss in losses) and losses[0] == pytest.approx(math.log(2), abs=0.02)  # a zero head: σ(0) = ½

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from rewardstack.config import TrainConfig, load_config
+from rewardstack.config import ComputeConfig, TrainConfig, load_config
 from rewardstack.data.load import Columns
 from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
@@ -82,7 +82,7 @@ def test_score_keeps_input_fields_and_matches_python(tmp_path, model_dir):
 
 def test_every_config_field_has_a_documented_train_flag():
     text = cli("train", "--help").stdout
-    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "columns"]
-    names += [f.name for f in dataclasses.fields(Columns)]
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("columns", "compute")]
+    names += [f.name for f in dataclasses.fields(Columns)] + [f.name for f in dataclasses.fields(ComputeConfig)]
     for name in names:
         assert "--" + name.replace("_", "-") in text, name

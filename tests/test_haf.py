@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rewardstack.config import TrainConfig
+from rewardstack.config import ComputeConfig, TrainConfig
 from rewardstack.data.encode import encode_pairs
 from rewardstack.data.load import Columns, PreferencePair
 from rewardstack.evaluation import evaluate_encoded
@@ -55,16 +55,16 @@ def pairs_of(n=4):
 def test_response_logprobs_sum_response_tokens_only_in_any_chunking():
     model = perturbed_model(config())
     data = encode_pairs(model.encoder, pairs_of(3))
-    batch = collate_pairs(data, [0, 1, 2], model.tokenizer.pad_token_id)
+    packed = collate_pairs(data, [0, 1, 2], model.tokenizer.pad_token_id, ComputeConfig()).packed
     with torch.no_grad():
-        hidden = model.decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        chunked = model.response_logprobs(hidden, batch.input_ids, batch.attention_mask, batch.prompt_lengths, chunk_size=7)
-        whole = model.response_logprobs(hidden, batch.input_ids, batch.attention_mask, batch.prompt_lengths, chunk_size=10**6)
-        logits = model.backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.log_softmax(-1)
-    for row in range(len(batch.input_ids)):
-        start, end = batch.prompt_lengths[row].item(), batch.attention_mask[row].sum().item()
-        manual = sum(logits[row, t - 1, batch.input_ids[row, t]].item() for t in range(start, end))
-        assert chunked[row].item() == pytest.approx(manual, abs=1e-4)
+        hidden = model.decoder(input_ids=packed.input_ids, attention_mask=packed.attention_mask("sdpa"), position_ids=packed.position_ids).last_hidden_state
+        chunked = model.response_logprobs(hidden.flatten(0, 1), packed, chunk_size=7)
+        whole = model.response_logprobs(hidden.flatten(0, 1), packed, chunk_size=10**6)
+        for k, sequence in enumerate(data.chosen + data.rejected):
+            logits = model.backbone(input_ids=torch.tensor([sequence.ids])).logits[0].log_softmax(-1)
+            start = len(sequence.prompt_ids)
+            manual = sum(logits[t - 1, sequence.ids[t]].item() for t in range(start, len(sequence)))
+            assert chunked[k].item() == pytest.approx(manual, abs=1e-4)
     torch.testing.assert_close(chunked, whole)
 
 
@@ -73,7 +73,7 @@ def test_alpha_zero_is_exactly_bt_and_lambda_zero_is_exactly_dpo():
     model = perturbed_model(cfg)
     data = encode_pairs(model.encoder, pairs_of(4))
     reference = reference_logprobs(model, data, cfg) - 0.3  # any reference will do for the identities
-    batch = collate_pairs(data, [0, 1, 2, 3], model.tokenizer.pad_token_id)
+    batch = collate_pairs(data, [0, 1, 2, 3], model.tokenizer.pad_token_id, ComputeConfig())
     batch.margin = torch.tensor([0.5, -0.2, 1.0, 0.0])  # identities checked away from the defaults: margins and centring on
     extra = dict(center_rewards_coefficient=0.3, beta=0.3)
 
@@ -92,7 +92,7 @@ def test_alpha_zero_is_exactly_bt_and_lambda_zero_is_exactly_dpo():
         for a, b in zip(grads_a, grads_b):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
     # haf = λ·BT(margin, centring) + α·policy(β), with every coefficient away from its default
-    rewards, logps = model(batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+    rewards, logps = model(batch.packed, logprobs=True)
     mixed = config(reward_weight=0.7, policy_weight=0.4, **extra)
     expected = 0.7 * bradley_terry_loss(rewards[:4], rewards[4:], batch.margin, 0.3) + 0.4 * policy_loss(
         logps[:4], logps[4:], reference[:, 0], reference[:, 1], 0.3)

@@ -17,7 +17,8 @@ from rewardstack.bayes.posterior import Block, Eigen
 from rewardstack.bayes.predict import probit_logit
 from rewardstack.bayes.taps import posterior_layers
 from rewardstack.sources import build_source
-from rewardstack.data.encode import encode_pairs, pad_right
+from rewardstack.data.encode import Encoded, encode_pairs
+from rewardstack.packing import pack
 from rewardstack.data.load import PreferencePair
 from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
@@ -58,14 +59,14 @@ class DenseLaplace:
         self.log_likelihood = float(torch.nn.functional.logsigmoid(delta).sum())
 
     def jacobians(self, sequences):
-        ids, mask = pad_right([s.ids for s in sequences], self.model.tokenizer.pad_token_id)
+        packed = pack(sequences, [[i] for i in range(len(sequences))], self.model.tokenizer.pad_token_id)
 
         def rewards(flat):
             params, start = {}, 0
             for key, shape in zip(self.keys, self.shapes):
                 params[key] = flat[start : start + shape.numel()].view(shape)
                 start += shape.numel()
-            return functional_call(self.model, params, (ids, mask))
+            return functional_call(self.model, params, (packed,))
 
         return rewards(self.theta).detach().double(), jacrev(rewards)(self.theta).detach().double()
 
@@ -288,23 +289,22 @@ def test_two_processes_sum_the_same_factors_as_one(tmp_path):
 
 
 def test_kfac_statistics_count_a_shared_prompt_once_by_hand():
-    """One pair: chosen 4 tokens, rejected 3, sharing a 2-token prefix. The input factor sums a aᵀ over the
-    chosen's tokens and the rejected's own tokens only (the prefix once); the output factor sums g gᵀ with
-    the prefix positions' gradients of both responses added (one token, two uses); 5 positions in all.
-    The head's exact block sums j = Σ_t g_t a_t over both sequences."""
+    """One pair: chosen 4 tokens, rejected 3, sharing a 2-token prefix, packed into one row of 5 tokens
+    (prefix, chosen's 2, rejected's 1) and 2 of padding. The factors sum a aᵀ and g gᵀ over those 5
+    positions (the prefix once, its gradient that of both responses) and none of the padding. The head's
+    exact block sums j = Σ_t g_t a_t over both sequences."""
     from rewardstack.bayes.fit import _KfacStatistics
 
+    pair = pack([Encoded((1, 2), (3, 4)), Encoded((1, 2), (5,))], [[0, 1]], pad_id=0, row_tokens=0)
+    assert pair.input_ids.tolist() == [[1, 2, 3, 4, 5]]
     torch.manual_seed(3)
     layers = {"w": torch.nn.Linear(3, 2, bias=False), "head": torch.nn.Linear(3, 1, bias=False)}
     stats = _KfacStatistics(layers, max_factor_size=16, factor_rank=2, device="cpu")
-    stats.start_batch(torch.tensor([2]), torch.tensor([4, 3]))
-    a, g = torch.randn(2, 4, 3), torch.randn(2, 4, 2)
+    stats.real = torch.tensor([[True] * 5 + [False] * 2])
+    a, g = torch.randn(1, 7, 3), torch.randn(1, 7, 2)
     stats.on_gradient("w", a, g)
-    expected_in = sum(torch.outer(a[0, t], a[0, t]) for t in range(4)) + torch.outer(a[1, 2], a[1, 2])
-    combined = [g[0, t] + (g[1, t] if t < 2 else 0) for t in range(4)]
-    expected_out = sum(torch.outer(c, c) for c in combined) + torch.outer(g[1, 2], g[1, 2])
-    torch.testing.assert_close(stats.inputs["w"].sum, expected_in)
-    torch.testing.assert_close(stats.outputs["w"].sum, expected_out)
+    torch.testing.assert_close(stats.inputs["w"].sum, sum(torch.outer(a[0, t], a[0, t]) for t in range(5)))
+    torch.testing.assert_close(stats.outputs["w"].sum, sum(torch.outer(g[0, t], g[0, t]) for t in range(5)))
     assert float(stats.positions["w"]) == 5
     head_g = torch.randn(2, 1, 1)
     head_a = torch.randn(2, 1, 3)

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from rewardstack.data.encode import as_messages, pad_right
+from rewardstack.config import ComputeConfig
+from rewardstack.data.encode import as_messages
 from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
 
@@ -34,13 +35,9 @@ def test_rewards_do_not_depend_on_batch_size_or_padding():
     one_by_one = np.concatenate([model.score([p], [r], batch_size=1).mean for p, r in zip(PROMPTS, RESPONSES)])
     np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
     np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=3).mean, one_by_one, atol=1e-5)
-    # Extra right padding on every sequence changes nothing, and the tokenizer's padding side is unused.
-    seqs = [model.encoder.encode(as_messages(p), [r])[0][0].ids for p, r in zip(PROMPTS, RESPONSES)]
-    ids, mask = pad_right(seqs, model.tokenizer.pad_token_id)
-    wide_ids = torch.cat([ids, torch.full((len(seqs), 7), model.tokenizer.pad_token_id)], dim=1)
-    wide_mask = torch.cat([mask, torch.zeros((len(seqs), 7), dtype=mask.dtype)], dim=1)
-    with torch.no_grad():
-        np.testing.assert_allclose(model(wide_ids, wide_mask).numpy(), one_by_one, atol=1e-5)
+    # Packed into one row or padded rows, the same; the tokenizer's padding side is unused.
+    model.use(ComputeConfig(device="cpu", pack_tokens=10_000))
+    np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
     model.tokenizer.padding_side = "left"
     np.testing.assert_allclose(model.score(PROMPTS, RESPONSES, batch_size=4).mean, one_by_one, atol=1e-5)
 
@@ -49,15 +46,20 @@ def test_responses_to_one_prompt_share_its_forward_pass_with_the_same_rewards(mo
     import rewardstack.model
 
     model = make_model()
-    responses = [f"Answer {i}: " + "yes " * i for i in range(10)]  # lengths differ: padding inside a chunk
+    responses = [f"Answer {i}: " + "yes " * i for i in range(10)]  # lengths differ
     prompts = ["Shared prompt?"] * 10 + ["Other prompt"]
     one_by_one = np.concatenate([model.score([p], [r], batch_size=1).mean for p, r in zip(prompts, responses + ["no"])])
-    calls = []
-    original = model._shared_prompt_rewards
-    monkeypatch.setattr(model, "_shared_prompt_rewards", lambda *a: calls.append(len(a[1])) or original(*a))
-    monkeypatch.setattr(rewardstack.model, "SHARE_PROMPT_MIN_RESPONSES", 4)
+    computed = []
+    original = rewardstack.model.pack
+    monkeypatch.setattr(rewardstack.model, "pack", lambda *a: computed.append(original(*a).computed_tokens) or original(*a))
     np.testing.assert_allclose(model.score(prompts, responses + ["no"], batch_size=4).mean, one_by_one, atol=1e-5)
-    assert calls == [10]  # the ten responses shared their prompt (in chunks of 4); the lone one did not
+    shared = sum(computed)
+    computed.clear()
+    model.use(ComputeConfig(device="cpu", share_prompts=False))
+    np.testing.assert_allclose(model.score(prompts, responses + ["no"], batch_size=4).mean, one_by_one, atol=1e-5)
+    prompt = len(model.encoder.encode(as_messages("Shared prompt?"), ["x"])[0][0].prompt_ids)
+    # Shared: the prompt runs once per forward pass (the ten responses fit in few), not once per response.
+    assert sum(computed) - shared >= 6 * prompt
 
 
 def test_new_head_starts_at_zero_and_lm_head_stays_usable():

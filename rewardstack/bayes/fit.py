@@ -9,8 +9,9 @@ Per layer, with J_Δ = Σ_k g_k a_kᵀ over the token positions k of the pair:
 - one output (the reward head): the exact block, G = 1 and A = Σ_n j_n j_nᵀ with j_n = Σ_k g_k a_k;
 - otherwise K-FAC over tokens: the cross terms between positions are dropped and
   Σ_k (g_k g_kᵀ) ⊗ (a_k a_kᵀ) ≈ G ⊗ A with G = Σ_k g_k g_kᵀ and A = Σ_k a_k a_kᵀ / K (K = positions).
-  The positions of a pair are every token of both sequences, where the two share a token prefix (the
-  prompt) counted once with g_chosen + g_rejected (the activations there are the same in both).
+  The positions of a pair are its packed tokens (rewardstack.packing): the token prefix both sequences
+  share (the prompt, and more where the responses begin alike) once, with g = g_chosen + g_rejected (the
+  activations there are the same in both), then each response's own tokens.
 A side longer than `max_factor_size` is accumulated as a Nyström sketch plus its exact diagonal (memory
 O(side·rank)) and kept as its top `factor_rank` eigenpairs plus the mean of the rest.
 """
@@ -18,7 +19,7 @@ O(side·rank)) and kept as its top `factor_rank` eigenpairs plus the mean of the
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,10 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..config import LaplaceConfig
-from ..data.encode import EncodedPairs, encode_pairs, pad_right
+from ..data.encode import EncodedPairs, encode_pairs
 from ..data.load import Columns, load_preferences
 from ..errors import UserError
+from ..packing import pack_pairs
 from .posterior import Block, Eigen, Posterior
 from .taps import posterior_layers, record
 
@@ -83,15 +85,6 @@ class FactorSum:
         return Eigen(vectors.float(), (scale * values).float(), scale * rest)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class _KfacStatistics:
     """Accumulates the factors of every posterior layer from batches of pairs (see the module docstring)."""
 
@@ -102,23 +95,15 @@ class _KfacStatistics:
             self.inputs[name] = FactorSum(in_dim, max_factor_size, factor_rank, device)
             self.outputs[name] = None if out_dim == 1 else FactorSum(out_dim, max_factor_size, factor_rank, device)
             self.positions[name] = torch.zeros((), device=device)
-        self.batch: dict[str, torch.Tensor] = {}
-
-    def start_batch(self, prefix: torch.Tensor, lengths: torch.Tensor) -> None:
-        """prefix: (pairs,) shared token prefix; lengths: (2·pairs,) tokens of chosen then rejected."""
-        self.batch = {"prefix": prefix, "lengths": lengths}
+        self.real = torch.zeros(0, dtype=torch.bool)  # (rows, T): the batch's tokens that are not padding
 
     def on_gradient(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
-        n = len(a) // 2
-        if self.outputs[name] is None:  # exact block: j = Σ_k g_k a_k per sequence, summed over the pair
+        if self.outputs[name] is None:  # exact block: j = Σ_k g_k a_k per sequence (chosen, then rejected), summed over the pair
             j = torch.einsum("sto,sti->si", g, a)
+            n = len(j) // 2
             self.inputs[name].add(j[:n] + j[n:])
             return
-        positions = torch.arange(a.shape[1], device=a.device)[None]
-        prefix, lengths = self.batch["prefix"][:, None], self.batch["lengths"][:, None]
-        shared = positions < prefix
-        g = torch.cat([g[:n] + g[n:] * shared[..., None], g[n:]])
-        keep = torch.cat([positions < lengths[:n], (positions >= prefix) & (positions < lengths[n:])])
+        keep = self.real
         self.inputs[name].add(a[keep])
         self.outputs[name].add(g[keep])
         self.positions[name] += keep.sum()
@@ -193,13 +178,11 @@ class Laplace:
         order = sorted(range(len(pairs)), key=lambda i: -pairs.tokens(i))
         size = self.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)][accelerator.process_index :: accelerator.num_processes]
-        with record(self.layers, stats.on_gradient) as backward:
+        with record(self.layers, stats.on_gradient) as backward, model.autocast():
             for batch in tqdm(batches, desc="laplace", disable=not accelerator.is_main_process or len(batches) < 5):
-                sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
-                ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
-                prefix = torch.tensor([common_prefix(pairs.chosen[i].ids, pairs.rejected[i].ids) for i in batch])
-                stats.start_batch(prefix.to(accelerator.device), mask.sum(1).to(accelerator.device))
-                rewards = model(ids.to(accelerator.device), mask.to(accelerator.device))
+                packed = pack_pairs(pairs, batch, model.tokenizer.pad_token_id, model.compute.pack_tokens).to(accelerator.device)
+                stats.real = packed.segment >= 0
+                rewards = model(packed)
                 delta = rewards[: len(batch)] - rewards[len(batch) :]
                 p = torch.sigmoid(delta.detach())
                 log_likelihood += torch.nn.functional.logsigmoid(delta.detach()).double().sum()

@@ -88,7 +88,7 @@ class Block:
         shape (outputs, len(δ)). Σ_ij (U_Gᵀ J U_A)²_ij / (γ_i α_j + δ), plus the complement terms."""
         j = jacobians.float()  # rotations in float32 (the bulk of the work), sums of squares in float64
         uo, ui = self.out.vectors.float(), self.inp.vectors.float()
-        d = prior_precisions.double()[:, None]
+        d = prior_precisions.double().to(j.device)[:, None]
         rotated_out = torch.einsum("ok,qoi->qki", uo, j)  # U_Gᵀ J
         sq = torch.einsum("qki,il->qkl", rotated_out, ui).double().square()  # (U_Gᵀ J U_A)²
         products = torch.outer(self.out.values.double(), self.inp.values.double()).flatten()
@@ -123,6 +123,13 @@ class Posterior:
     def n_params(self) -> int:
         return sum(b.size for b in self.blocks)
 
+    def to(self, device) -> "Posterior":
+        """The factors moved to `device` (in place)."""
+        for block in self.blocks:
+            for factor in (block.out, block.inp):
+                factor.vectors, factor.values = factor.vectors.to(device), factor.values.to(device)
+        return self
+
     def log_marginal_likelihood(self, prior_precision: float) -> float:
         """log p(D) ≈ log p(D|θ*) − ½δ‖θ*‖² + (P/2) log δ − ½ Σ log(λ_k + δ), the λ_k the GGN's eigenvalues
         (the 2π terms cancel)."""
@@ -155,8 +162,8 @@ class Posterior:
         tensors, blocks = {}, []
         for i, block in enumerate(self.blocks):
             for side, eigen in (("out", block.out), ("in", block.inp)):
-                tensors[f"{i}.{side}.vectors"] = eigen.vectors.contiguous()
-                tensors[f"{i}.{side}.values"] = eigen.values.contiguous()
+                tensors[f"{i}.{side}.vectors"] = eigen.vectors.cpu().contiguous()
+                tensors[f"{i}.{side}.values"] = eigen.values.cpu().contiguous()
             blocks.append({"name": block.name, "out_rest": block.out.rest, "in_rest": block.inp.rest})
         with atomic_path(directory / POSTERIOR_FILE) as temporary:
             save_file(tensors, temporary)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.encode import PROGRESS_MIN_BATCHES, Encoded, EncodedPairs, length_batches, pad_right
+from ..data.encode import PROGRESS_MIN_BATCHES, Encoded, EncodedPairs, length_batches
+from ..packing import pack
 from .posterior import PRIOR_GRID, Posterior
 from .taps import posterior_layers, record
 
@@ -39,19 +40,24 @@ def evaluating(model):
 
 def _moments(model, layers, blocks, sequences: Sequence[Encoded], combinations: torch.Tensor, deltas: torch.Tensor):
     """Rewards of `sequences` (S,) and the variance of each combination Σ_s C_qs r_s: (Q, len(deltas)).
-    `layers`: the posterior layers by name; `blocks`: their posterior blocks by name."""
+    `layers`: the posterior layers by name; `blocks`: their posterior blocks by name. The sequences are
+    packed one per segment (no shared prompt: each needs its own gradient there), so one backward pass
+    of Σ_s r_s gives each token the gradient of its own sequence's reward."""
     device = model.head.weight.device
     combinations = combinations.to(device)
     variance = torch.zeros(len(combinations), len(deltas), dtype=torch.float64, device=device)
+    packed = pack(sequences, [[i] for i in range(len(sequences))], model.tokenizer.pad_token_id, model.compute.pack_tokens).to(device)
+    present = (packed.tokens >= 0)[..., None]
 
     def on_gradient(name: str, a: torch.Tensor, g: torch.Tensor) -> None:
         nonlocal variance
+        if name != "head":  # (rows, T, ·) → each sequence's tokens, (S, longest, ·)
+            a, g = (x.flatten(0, 1)[packed.tokens.clamp_min(0)] * present for x in (a, g))
         jacobians = torch.einsum("qs,soi->qoi", combinations, g.transpose(1, 2) @ a)
         variance += blocks[name].variances(jacobians, deltas).to(device)
 
-    ids, mask = pad_right([s.ids for s in sequences], model.tokenizer.pad_token_id)
-    with record(layers, on_gradient) as backward:
-        rewards = model(ids.to(device), mask.to(device))
+    with record(layers, on_gradient) as backward, model.autocast():
+        rewards = model(packed)
         backward(rewards.sum())
     return rewards.detach().double().cpu().numpy(), variance.cpu().numpy()
 

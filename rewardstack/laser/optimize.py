@@ -41,6 +41,7 @@ from ..files import atomic_path, check_output_dir, load_tensors, load_torch, mar
 from ..gold import answer_is_correct
 from ..losses import policy_loss
 from ..model import ModelConfig, RewardModel
+from ..config import ComputeConfig
 from ..options import option
 from ..sampling import SamplingConfig, sample_responses
 from .selector import BanditSelector, score_assigned
@@ -70,6 +71,7 @@ class OptimizeConfig:
     max_prompts: int | None = option(None, "Use only the first N prompts of each data set")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     seed: int = option(0, "Random seed")
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         for name in ("iterations", "batch_prompts", "pairs_per_prompt", "max_new_tokens", "lora_r"):
@@ -155,6 +157,7 @@ class Optimizer:
         self.output_dir = Path(output_dir)
         torch.manual_seed(config.seed)  # the LoRA initialisation
         self.policy = RewardModel.create(ModelConfig(model=config.policy, max_length=config.max_length, lora_r=config.lora_r, objective="dpo", beta=config.beta))
+        self.policy.use(config.compute)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.learning_rate)
         self.ensemble = Ensemble(selector.members, "mean")
@@ -256,13 +259,14 @@ class Optimizer:
 
     def _step(self, pairs: list[PreferencePair], reference: dict[str, torch.Tensor]) -> np.ndarray:
         """One AdamW step on the mean of the pairs' losses; returns each pair's loss."""
-        batch = collate_pairs(encode_pairs(self.policy.encoder, pairs), list(range(len(pairs))), self.policy.tokenizer.pad_token_id)
-        inputs = (batch.input_ids, batch.attention_mask, batch.prompt_lengths)
+        batch = collate_pairs(encode_pairs(self.policy.encoder, pairs), list(range(len(pairs))), self.policy.tokenizer.pad_token_id,
+                              self.policy.compute)
+        batch = batch.to(self.policy.head.weight.device)
         n = len(pairs)
         with torch.no_grad(), weights_of(self.policy, reference):
-            ref_logps = self.policy(*inputs)[1]
+            ref_logps = self.policy(batch.packed, logprobs=True)[1]
         self.policy.train()
-        logps = self.policy(*inputs)[1]
+        logps = self.policy(batch.packed, logprobs=True)[1]
         lengths = batch.response_lengths[:n].clamp(min=1)
         losses = policy_loss(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], self.config.beta) \
             + self.config.nll_weight * (-logps[:n] / lengths)
@@ -270,7 +274,7 @@ class Optimizer:
         losses.mean().backward()
         self.optimizer.step()
         self.policy.eval()
-        return losses.detach().numpy()
+        return losses.detach().cpu().numpy()
 
     def _evaluate(self, iteration: int, dev: dict[str, Sequence[PromptRow]], stats: dict) -> dict:
         accuracy = {name: dev_accuracy(self.policy, rows, self.config.max_new_tokens) for name, rows in dev.items()}

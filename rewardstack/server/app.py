@@ -34,6 +34,7 @@ from .. import __version__
 from ..data.encode import as_messages
 from ..errors import UserError, require
 from ..metrics import preference_probability
+from ..config import ComputeConfig
 from ..options import option
 from ..scores import RewardScores
 from ..laser.selector import BanditSelector
@@ -60,6 +61,7 @@ class ServeConfig:
     max_items: int = option(1024, "Rows per request at most (413 above)")
     max_body_mb: float = option(8.0, "Request body size limit in MiB (413 above)")
     retry_after_s: int = option(1, "The Retry-After of a 503 when the queue is full, in seconds")
+    compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         require(self, "port", 1 <= self.port <= 65535, "a TCP port, 1 to 65535")

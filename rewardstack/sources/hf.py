@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..backbones import resolve_device
+from ..config import ComputeConfig
 from ..data.encode import MIN_MAX_LENGTH, Encoder, as_messages, length_batches, pad_right, truncate
 from ..errors import UserError
 from ..scores import RewardScores
@@ -55,6 +57,15 @@ class HFRewardModel:
         self.labels = [str(id2label.get(k, id2label.get(str(k), f"output_{k}"))) for k in range(self.num_labels)]
         self.weights = reduction_weights(reduce, self.labels, name)
         self.posterior = None
+        self.compute = ComputeConfig()
+
+    def use(self, compute: ComputeConfig) -> "HFRewardModel":
+        """Run on compute.device with its attention kernel and autocast (batches stay padded: the model
+        reads whole conversations, with no prompt boundary to share)."""
+        self.compute = compute
+        self.model.set_attn_implementation(compute.attn_implementation)
+        self.model.to(resolve_device(compute.device))
+        return self
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, max_length: int | None = None, reduce: dict | None = None) -> "HFRewardModel":
@@ -96,13 +107,15 @@ class HFRewardModel:
         device = next(self.model.parameters()).device
         text_config = self.model.config.get_text_config()
         own_pad = text_config.pad_token_id
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.compute.bf16)
         for batch in length_batches([len(s) for s in sequences], batch_size):
             rows = [sequences[i] for i in batch]
             pad = own_pad if own_pad is not None else _absent_id(rows)
             ids, mask = pad_right(rows, pad)
             text_config.pad_token_id = pad
             try:
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                with autocast:
+                    logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             finally:
                 text_config.pad_token_id = own_pad
             out[batch] = logits.double().cpu().numpy()

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ..config import ComputeConfig
 from ..data.load import HUB_ID
 from ..errors import UserError
 from ..laser import selector  # noqa: F401  (importing a kind's module registers it)
@@ -31,13 +32,18 @@ from .combine import Normalized
 from .kinds import BUILDERS, Place, number, register_kind, required
 
 
-def load_source(spec: str | Path, allowed_modules: Sequence[str] = ()):
+def load_source(spec: str | Path, allowed_modules: Sequence[str] = (), compute: ComputeConfig | None = None):
     """A reward source from a trained model directory or a YAML file describing a source tree; rules may
-    import modules beside the file and those in `allowed_modules` (see rules.import_function)."""
+    import modules beside the file and those in `allowed_modules` (see rules.import_function). Every
+    reward model in it runs as `compute` says (default: ComputeConfig())."""
     path = Path(spec)
     if path.is_dir() or (not path.exists() and HUB_ID.fullmatch(str(spec)) and path.suffix not in (".yaml", ".yml")):
-        return load_model(spec)
-    return build_source(read_tree(path), path.parent, "source", allowed_modules)
+        source = load_model(spec)
+    else:
+        source = build_source(read_tree(path), path.parent, "source", allowed_modules)
+    for model in reward_models(source):
+        model.use(compute or ComputeConfig())
+    return source
 
 
 def load_model(spec: str | Path, where: str | None = None, **options):
