@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 
 from .bayes import Laplace, Posterior, fit_laplace  # noqa: E402
 from .bon import BonConfig, Objective, best_of_n  # noqa: E402
-from .config import EvalConfig, LaplaceConfig, ModelConfig, ScoreConfig, TrainConfig, load_config  # noqa: E402
+from .config import ComputeConfig, EvalConfig, LaplaceConfig, ModelConfig, ScoreConfig, TrainConfig, load_config  # noqa: E402
 from .data.load import Columns, Mixture, PreferencePair, load_preferences  # noqa: E402
 from .data.pools import Pool, PromptRow, load_pools, load_prompts  # noqa: E402
 from .demo import DemoConfig, run_demo  # noqa: E402
@@ -36,7 +36,7 @@ from .sources.select import SelectAspectsConfig, aspect_pairs, select_aspects  #
 from .training import train  # noqa: E402
 
 __all__ = [
-    "BonConfig", "Columns", "DemoConfig", "Ensemble", "EvalConfig", "HFRewardModel", "Hierarchical", "Laplace", "LaplaceConfig",
+    "BonConfig", "Columns", "ComputeConfig", "DemoConfig", "Ensemble", "EvalConfig", "HFRewardModel", "Hierarchical", "Laplace", "LaplaceConfig",
     "Mixture", "ModelConfig", "Objective", "OptimizeConfig", "Pool", "Posterior", "PreferencePair", "PromptRow", "RewardModel",
     "RewardScores", "Rule", "SamplingConfig", "ScoreConfig", "SelectAspectsConfig", "ServeConfig", "TrainConfig", "UserError",
     "aspect_pairs", "best_of_n", "create_app", "evaluate", "export_model", "fit_laplace", "load_config", "load_pools", "load_preferences",

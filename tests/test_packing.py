@@ -134,6 +134,25 @@ def test_packed_pairs_give_the_losses_and_gradients_of_sequences_alone():
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_on_packed_rows():
+    pairs = EncodedPairs([SEQUENCES[0], SEQUENCES[1]], [SEQUENCES[2], SEQUENCES[6]], [0.0, 0.0], [None] * 2, 0)
+    config = TrainConfig(model="tiny-random", objective="haf", simpo_gamma=0.0, policy_loss="simpo")
+    grads, calls = [], []
+    for checkpointed in (False, True):
+        model = make_model().train()
+        if checkpointed:
+            model.enable_gradient_checkpointing()
+        calls.append(0)
+        model.decoder.layers[0].mlp.register_forward_pre_hook(lambda *_: calls.__setitem__(-1, calls[-1] + 1))
+        batch = collate_pairs(pairs, [0, 1], model.tokenizer.pad_token_id, ComputeConfig(pack_tokens=64))
+        loss = objective_losses(model, batch, config, None).sum()
+        grads.append(torch.autograd.grad(loss, list(model.trainable_parameters().values())))
+    assert calls == [1, 2]  # checkpointing ran the layer again in the backward pass
+    assert max(float(g.abs().max()) for g in grads[0]) > 0.1
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_posterior_variances_and_curvature_do_not_depend_on_packing():
     model = make_model(objective="bt")
     pairs = EncodedPairs([SEQUENCES[0], SEQUENCES[1], SEQUENCES[4]], [SEQUENCES[2], SEQUENCES[6], SEQUENCES[7]], [0.0] * 3, [None] * 3, 0)

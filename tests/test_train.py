@@ -107,6 +107,8 @@ def test_resume_needs_a_checkpoint_and_the_same_options(tmp_path, data):
 
 @pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
+    """Two DDP processes, with gradient checkpointing and pairs packed into rows, train the model one
+    plain process does."""
     train_file, _ = data
     common = ["train", "--data", train_file, "--model", "tiny-random", "--max-length", "256", "--lora-r", "4",
               "--batch-size", "8", "--learning-rate", "5e-3", "--warmup-ratio", "0", "--seed", "3"]
@@ -115,7 +117,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     launched = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--micro-batch-size", "4", "--output-dir", str(tmp_path / "two")],
+         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--micro-batch-size", "4", "--gradient-checkpointing", "--pack-tokens", "300",
+                                                  "--output-dir", str(tmp_path / "two")],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
