@@ -5,6 +5,7 @@ backbone. Request j carries 1, 2 or 4 (prompt, response) items (j mod 3) from hh
 split, answers alternating chosen/rejected, so lengths are mixed. The same requests run against:
 - `batched`:  the server's dynamic batching (--max-wait-ms, --max-batch-tokens as given);
 - `unbatched`: the same server with --max-batch-tokens 1, so every request is scored alone;
+- `packed`:   dynamic batching with the merged rows packed into rows of --pack-tokens, padding-free;
 - `direct`:   RewardModel.score on each request in this process, one after another (no HTTP, no server).
 Every answer is checked against `direct`'s rewards (|Δ| ≤ 1e-4); errors and mismatches are counted.
 
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6, help="per client")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--pack-tokens", type=int, default=1024, help="row length of the `packed` mode (batched, rows packed padding-free)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
@@ -128,8 +130,9 @@ def main() -> None:
             direct_latencies.append(time.perf_counter() - t)
         results = {"direct": {"wall_s": time.perf_counter() - start, "latencies": direct_latencies, "errors": 0, "mismatches": 0, "batches": len(requests)}}
         del model
-        for name, extra in (("unbatched", ["--max-batch-tokens", "1"]),
-                            ("batched", ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)])):
+        batched = ["--max-batch-tokens", str(args.max_batch_tokens), "--max-wait-ms", str(args.max_wait_ms)]
+        for name, extra in (("unbatched", ["--max-batch-tokens", "1"]), ("batched", batched),
+                            ("packed", batched + ["--pack-tokens", str(args.pack_tokens)])):
             process, url = start_server(model_dir, extra)
             try:
                 results[name] = load(url, requests, args.clients, expected)

@@ -26,7 +26,7 @@ from .bon import BonConfig
 from .config import EvalConfig, LaplaceConfig, ScoreConfig, TrainConfig, load_config
 from .demo import DemoConfig
 from .errors import UserError
-from .files import atomic_path, check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
+from .files import check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
 from .laser.optimize import OptimizeConfig
 from .options import help_of
 from .server import ServeConfig
@@ -212,19 +212,21 @@ def score(
     input: Annotated[str, typer.Option(help="Rows with a prompt (string or chat messages) and a response")],
     output: Annotated[Path, typer.Option(help="JSON lines: each input row plus its reward")],
     allow_rule_module: AllowRuleModule = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run on the same input from its last finished chunk")] = False,
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
     from .data.load import load_score_rows
+    from .scores import write_scored_rows
     from .sources import load_source
 
     check_output_file(output, "--output")
     rows, prompts, responses, report = load_score_rows(input, config.prompt_key, config.response_key, config.skip_invalid)
-    scores = load_source(reward, allow_rule_module or (), config.compute).score(prompts, responses, batch_size=config.batch_size)
-    with atomic_path(output) as temporary, open(temporary, "w") as handle:
-        for i, row in enumerate(rows):
-            handle.write(json.dumps({**row, **scores.row_fields(i)}) + "\n")
+    run = {"reward": reward, "input": input, "rows": len(rows), "prompt_key": config.prompt_key, "response_key": config.response_key,
+           "chunk_rows": config.chunk_rows}
+    source = load_source(reward, allow_rule_module or (), config.compute)
+    truncated = write_scored_rows(source, rows, prompts, responses, output, config.batch_size, config.chunk_rows, resume, run)
     skipped = sum(report.skipped.values())
-    typer.echo(f"scored {len(rows)} rows ({scores.truncated} truncated, {skipped} skipped"
+    typer.echo(f"scored {len(rows)} rows ({truncated} truncated, {skipped} skipped"
                f"{' ' + json.dumps(dict(report.skipped)) if skipped else ''}) -> {output}")
 
 

@@ -232,11 +232,14 @@ class ScoreConfig:
     prompt_key: str = option("prompt", "Column of the prompt")
     response_key: str = option("response", "Column of the response")
     batch_size: int = option(16, "Sequences per forward pass")
+    chunk_rows: int = option(4096, "score: rows scored and written at a time; a killed run continues after its last finished "
+                                   "chunk with --resume")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     compute: ComputeConfig = option(factory=ComputeConfig)
 
     def __post_init__(self) -> None:
         require(self, "batch_size", self.batch_size >= 1, "at least 1")
+        require(self, "chunk_rows", self.chunk_rows >= 1, "at least 1")
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: dict[str, Any] | None = None):

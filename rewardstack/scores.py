@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from .data.load import Message
+from .errors import UserError
+from .files import read_json, write_json
 
 
 @dataclass
@@ -66,3 +71,48 @@ class RewardSource(Protocol):
     """Anything that scores rows: models, rules, remote servers, ensembles, hierarchies, bandits."""
 
     def score(self, prompts: Sequence[str | Sequence[Message]], responses: Sequence[str], batch_size: int = 16) -> RewardScores: ...
+
+
+def write_scored_rows(source: RewardSource, rows: Sequence[dict], prompts: Sequence, responses: Sequence[str], output: str | Path,
+                      batch_size: int = 16, chunk_rows: int = 4096, resume: bool = False, run: dict | None = None) -> int:
+    """Score rows `chunk_rows` at a time and write each input row with its reward fields to `output`
+    (JSON lines, input order). Finished chunks go to a hidden `.OUTPUT.partial` file beside it, with the
+    count of rows and bytes done in `.OUTPUT.progress.json`; `output` appears only when all rows are done.
+    A run that was killed continues with `resume` from its last finished chunk, nothing scored twice or
+    lost; `run` (the reward, input and options) must be what the interrupted run had. Returns the rows
+    truncated."""
+    output = Path(output)
+    partial, progress = output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.progress.json")
+    run = run or {}
+    start, truncated = 0, 0
+    if resume:
+        if not progress.exists() or not partial.exists():
+            raise UserError(f"{output}: no interrupted run to resume (no {progress.name} beside it)")
+        state = read_json(progress)
+        changed = sorted(k for k in {*run, *state.get("run", {})} if run.get(k) != state["run"].get(k))
+        if changed:
+            raise UserError(f"{output}: the interrupted run had other {', '.join(changed)}; rerun with those, or delete "
+                            f"{partial.name} and {progress.name} to start again")
+        start, truncated = state["rows"], state["truncated"]
+        with open(partial, "r+b") as handle:  # drop what a chunk killed mid-write left after the last finished one
+            handle.truncate(state["bytes"])
+    elif partial.exists():
+        raise UserError(f"{output}: an interrupted run left {partial.name}; pass --resume to continue it, or delete it to start again")
+    else:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(b"")
+    for first in range(start, len(rows), chunk_rows):
+        last = min(first + chunk_rows, len(rows))
+        try:
+            scores = source.score(list(prompts[first:last]), list(responses[first:last]), batch_size=batch_size)
+        except UserError as err:  # its row numbers count from the chunk's first row
+            raise UserError(f"{err} (in the chunk of input rows {first + 1}–{last}; finished chunks are kept: fix it and pass --resume)") from None
+        with open(partial, "a") as handle:
+            handle.write("".join(json.dumps({**rows[first + i], **scores.row_fields(i)}) + "\n" for i in range(last - first)))
+            handle.flush()
+            os.fsync(handle.fileno())
+        truncated += scores.truncated
+        write_json(progress, {"run": run, "rows": last, "bytes": partial.stat().st_size, "truncated": truncated})
+    partial.replace(output)
+    progress.unlink(missing_ok=True)
+    return truncated

@@ -86,3 +86,35 @@ def test_every_config_field_has_a_documented_train_flag():
     names += [f.name for f in dataclasses.fields(Columns)] + [f.name for f in dataclasses.fields(ComputeConfig)]
     for name in names:
         assert "--" + name.replace("_", "-") in text, name
+
+
+def test_a_killed_score_run_resumes_without_scoring_a_row_twice(tmp_path):
+    """A rule that fails at row 7 (the run dies after two chunks of 3), then the rerun with --resume: the
+    output equals an uninterrupted run's, and rows 0–5 were scored once only."""
+    (tmp_path / "trap.py").write_text(
+        "from pathlib import Path\n"
+        "HERE = Path(__file__).parent\n"
+        "def score(prompt, response):\n"
+        "    with open(HERE / 'calls.log', 'a') as log:\n"
+        "        log.write(response + '\\n')\n"
+        "    if response == 'answer 7' and (HERE / 'armed').exists():\n"
+        "        raise RuntimeError('killed')\n"
+        "    return float(len(prompt) + 10 * int(response.split()[1]))\n")
+    (tmp_path / "tree.yaml").write_text("kind: rule\nfunction: trap:score\n")
+    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": f"p{i % 4}", "response": f"answer {i}", "id": i} for i in range(11)])
+    out = tmp_path / "scored.jsonl"
+    (tmp_path / "armed").write_text("")
+    common = ["score", "--reward", tmp_path / "tree.yaml", "--input", rows, "--output", out, "--chunk-rows", "3"]
+    failed = cli(*common, check_rc=2)
+    assert "row 2 raised RuntimeError: killed (in the chunk of input rows 7–9" in failed.stderr and not out.exists()
+    assert "interrupted run left" in cli(*common, check_rc=2).stderr  # without --resume it will not start over silently
+    assert "other chunk_rows" in cli(*common[:-1], "4", "--resume", check_rc=2).stderr
+    (tmp_path / "armed").unlink()
+    cli(*common, "--resume")
+    calls = [int(n) for n in (tmp_path / "calls.log").read_text().split()[1::2]]
+    assert calls == list(range(8)) + list(range(6, 11))  # rows 0–7 (7 raised), then the unfinished chunk 6–8 onwards
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in scored] == list(range(11))
+    assert [r["reward"] for r in scored] == [2.0 + 10 * i for i in range(11)]
+    assert not list(tmp_path.glob(".scored.jsonl.*"))
+    assert "no interrupted run to resume" in cli(*common, "--resume", check_rc=2).stderr
