@@ -9,7 +9,6 @@ time of rewards with their standard deviation (the model's posterior) against pl
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 
 from rewardstack.bayes import reward_moments
 from rewardstack.config import ComputeConfig
-from rewardstack.data.encode import as_messages
+from rewardstack.data.pools import load_pools
 from rewardstack.model import ModelConfig, RewardModel
 
 
@@ -30,7 +29,7 @@ def timed_rewards(model: RewardModel, sequences, batch_size: int, share: bool) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pools", required=True, help="generic pools (prompt + responses), e.g. the demo's data/pools.jsonl")
+    parser.add_argument("--pools", required=True, help="pools load_pools reads, e.g. the demo's data/pools.jsonl or alpaca_eval's outputs")
     parser.add_argument("--model-dir", help="a trained model (its posterior is ignored); default: a fresh SmolLM2 LoRA model")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 8, 12])
@@ -40,11 +39,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = RewardModel.from_pretrained(args.model_dir) if args.model_dir else RewardModel.create(ModelConfig(model="smollm2-135m", max_length=256))
     posterior, model.posterior = model.posterior, None
-    pools = [json.loads(line) for line in open(args.pools)][: args.prompts]
+    pools = [pool for pool in load_pools(args.pools, skip_invalid=True)[0] if len(pool.responses) >= max(args.ns)][: args.prompts]
     print(f"{'n':>4} {'responses':>10} {'prompt tok':>11} {'resp tok':>9} {'shared r/s':>11} {'alone r/s':>10} {'speed-up':>9} {'max |Δr|':>9}")
     for n in args.ns:
         sequences = [
-            model.encoder.encode(as_messages(pool["prompt"]), pool["responses"][:n])[0]
+            model.encoder.encode(pool.prompt, pool.responses[:n])[0]
             for pool in pools
         ]
         sequences = [s for group in sequences for s in group]

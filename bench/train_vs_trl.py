@@ -13,6 +13,9 @@ rewardstack runs in up to four variants: `plain` (a row per sequence, padded: th
 
     pip install -e '.[bench]'
     python bench/train_vs_trl.py [--pairs 256] [--max-length 256] [--test-pairs N] [--variants plain share pack share+pack trl]
+
+On a GPU: `--device cuda --bf16` (both tools in bfloat16 autocast); the table then adds MFU, model FLOPs
+6 · parameters · tokens/s (forward and backward, attention left out) over --peak-tflops.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ def prepare(work: Path, pairs: int, max_length: int) -> dict:
     train_pairs, train_report = load_preferences(DATA / "train.jsonl.gz", skip_invalid=True)
     test_pairs, test_report = load_preferences(DATA / "test.jsonl.gz", skip_invalid=True)
     train_pairs = train_pairs[:pairs]
-    _, tokenizer = load_backbone("smollm2-135m")
+    backbone, tokenizer = load_backbone("smollm2-135m")
     encoder = Encoder(tokenizer, max_length)
     train_enc, test_enc = encode_pairs(encoder, train_pairs), encode_pairs(encoder, test_pairs)
     untruncated = Encoder(tokenizer, 10**6)
@@ -59,6 +62,7 @@ def prepare(work: Path, pairs: int, max_length: int) -> dict:
         "test_truncated": test_enc.truncated,
         "pairs_trl_would_drop_untokenised": too_long,
         "train_tokens": sum(train_enc.tokens(i) for i in range(len(train_enc))),
+        "parameters": sum(p.numel() for p in backbone.parameters()),
     }
 
 
@@ -77,14 +81,14 @@ def padded_scores(forward, pad_id: int, sequences: list[list[int]], batch_size: 
     return out
 
 
-def run_rewardstack(work: Path, max_length: int, variant: str) -> dict:
+def run_rewardstack(work: Path, max_length: int, variant: str, device: str, bf16: bool) -> dict:
     from rewardstack.config import ComputeConfig, TrainConfig
     from rewardstack.data.encode import Encoded
     from rewardstack.data.load import Columns
     from rewardstack.model import RewardModel
     from rewardstack.training import train
 
-    compute = ComputeConfig(device="cpu", share_prompts="share" in variant, pack_tokens=2 * max_length if "pack" in variant else 0)
+    compute = ComputeConfig(device=device, bf16=bf16, share_prompts="share" in variant, pack_tokens=2 * max_length if "pack" in variant else 0)
     config = TrainConfig(model="smollm2-135m", max_length=max_length, lora_r=LORA_R, lora_alpha=LORA_ALPHA,
                          batch_size=BATCH, micro_batch_size=BATCH, learning_rate=LR, warmup_ratio=0.0,
                          seed=SEED, columns=Columns(), compute=compute)
@@ -95,7 +99,7 @@ def run_rewardstack(work: Path, max_length: int, variant: str) -> dict:
     return {"train_seconds": seconds, "score": lambda sequences: model.rewards([Encoded(tuple(s), ()) for s in sequences])}
 
 
-def run_trl(work: Path, max_length: int) -> dict:
+def run_trl(work: Path, max_length: int, device: str, bf16: bool) -> dict:
     from datasets import Dataset
     from peft import LoraConfig, TaskType
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -110,7 +114,7 @@ def run_trl(work: Path, max_length: int) -> dict:
     chosen, rejected = json.loads((work / "ids.json").read_text())["train"]
     dataset = Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected})
     args = RewardConfig(
-        output_dir=str(work / "trl-run"), use_cpu=True, bf16=False, per_device_train_batch_size=BATCH,
+        output_dir=str(work / "trl-run"), use_cpu=device == "cpu", bf16=bf16, per_device_train_batch_size=BATCH,
         num_train_epochs=1, learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, max_length=max_length,
         gradient_checkpointing=False, save_strategy="no", report_to=[], logging_steps=8, seed=SEED,
     )
@@ -120,21 +124,22 @@ def run_trl(work: Path, max_length: int) -> dict:
     trainer.train()
     seconds = time.perf_counter() - started
     trained = trainer.model.eval()
-    forward = lambda ids, mask: trained(input_ids=ids, attention_mask=mask).logits[:, 0]  # noqa: E731
+    forward = lambda ids, mask: trained(input_ids=ids.to(trained.device), attention_mask=mask.to(trained.device)).logits[:, 0].float().cpu()  # noqa: E731
     return {"train_seconds": seconds, "score": lambda sequences: padded_scores(forward, tokenizer.pad_token_id, sequences)}
 
 
-def child(tool: str, work: Path, max_length: int, test_pairs: int | None) -> None:
+def child(tool: str, work: Path, max_length: int, test_pairs: int | None, device: str, bf16: bool) -> None:
     from rewardstack.metrics import pairwise_metrics
 
     torch.manual_seed(SEED)
-    result = run_trl(work, max_length) if tool == "trl" else run_rewardstack(work, max_length, tool)
+    result = run_trl(work, max_length, device, bf16) if tool == "trl" else run_rewardstack(work, max_length, tool, device, bf16)
     train_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
     chosen, rejected = json.loads((work / "ids.json").read_text())["test"]
     chosen, rejected = chosen[:test_pairs], rejected[:test_pairs]
     rewards = result["score"](chosen + rejected)
     metrics = pairwise_metrics(rewards[: len(chosen)], rewards[len(chosen) :])
-    out = {"train_seconds": result["train_seconds"], "peak_rss_mib_training": train_rss, "test": metrics}
+    out = {"train_seconds": result["train_seconds"], "peak_rss_mib_training": train_rss, "peak_gpu_mib": gpu_peak, "test": metrics}
     (work / f"{tool}.json").write_text(json.dumps(out))
 
 
@@ -144,11 +149,14 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--test-pairs", type=int, help="score only the first N test pairs (default: all)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both tools (for GPUs)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak, for MFU (H100/H200 SXM: 989)")
     parser.add_argument("--child", choices=VARIANTS)
     parser.add_argument("--work", type=Path)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.work, args.max_length, args.test_pairs)
+        child(args.child, args.work, args.max_length, args.test_pairs, args.device, args.bf16)
         return
     if not DATA.exists():
         sys.exit(f"{DATA} is absent: this benchmark needs the shared data folder beside the checkout")
@@ -157,7 +165,8 @@ def main() -> None:
     print(json.dumps(info, indent=2))
     results = {}
     for tool in args.variants:
-        command = [sys.executable, __file__, "--child", tool, "--work", str(work), "--max-length", str(args.max_length)]
+        command = [sys.executable, __file__, "--child", tool, "--work", str(work), "--max-length", str(args.max_length), "--device", args.device]
+        command += ["--bf16"] if args.bf16 else []
         subprocess.run(command + (["--test-pairs", str(args.test_pairs)] if args.test_pairs else []), check=True)
         results[tool] = json.loads((work / f"{tool}.json").read_text())
         results[tool]["tokens_per_second"] = info["train_tokens"] / results[tool]["train_seconds"]
@@ -167,8 +176,12 @@ def main() -> None:
     for name, r in results.items():
         t = r["test"]
         ratios = f"{r['tokens_per_second'] / trl['tokens_per_second']:>10.2f}x{r['peak_rss_mib_training'] / trl['peak_rss_mib_training']:>11.2f}x" if trl else ""
+        gpu = ""
+        if r.get("peak_gpu_mib"):
+            mfu = 6 * info["parameters"] * r["tokens_per_second"] / (args.peak_tflops * 1e12)
+            gpu = f"  GPU peak {r['peak_gpu_mib']:.0f} MiB, MFU {100 * mfu:.2f} %"
         print(f"{name:<14}{r['train_seconds']:>9.1f}{r['tokens_per_second']:>10.1f}{r['peak_rss_mib_training']:>14.0f}"
-              f"{t['accuracy']:>10.3f}{t['nll']:>10.3f}{t['ece']:>10.3f}{ratios}")
+              f"{t['accuracy']:>10.3f}{t['nll']:>10.3f}{t['ece']:>10.3f}{ratios}{gpu}")
     (work / "results.json").write_text(json.dumps({"info": info, "results": results}, indent=2))
     print(f"details: {work / 'results.json'}")
 

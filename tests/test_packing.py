@@ -164,20 +164,21 @@ def test_posterior_variances_and_curvature_do_not_depend_on_packing():
         for x, y in ((a.out, b.out), (a.inp, b.inp)):
             torch.testing.assert_close(x.vectors @ torch.diag(x.values) @ x.vectors.T, y.vectors @ torch.diag(y.values) @ y.vectors.T,
                                        atol=1e-5, rtol=1e-4)
-    model.posterior = fitted[0]
-    # The reference: each sequence's own Jacobian by autograd, through the same posterior blocks.
-    layers = posterior_layers(model, "all")
-    blocks = {b.name: b for b in model.posterior.blocks}
-    expected = []
-    for sequence in SEQUENCES:
-        reward, _ = alone(model, sequence)
-        grads = torch.autograd.grad(reward, [layer.weight for layer in layers.values()], allow_unused=True)
-        expected.append(sum(float(blocks[name].variances(g[None], torch.tensor([model.posterior.prior_precision]))[0, 0])
-                            for name, g in zip(layers, grads)))
-    for compute in COMPUTES:
-        model.use(replace(compute, device="cpu"))
-        mean, var = reward_moments(model, SEQUENCES, batch_size=3)
-        np.testing.assert_allclose(var, expected, rtol=1e-4)
+    for posterior in (fitted[0], Laplace(model, subset="head", batch_size=2).fit(pairs).posterior):
+        model.posterior = posterior  # all: one sequence per segment; head: prompts shared
+        # The reference: each sequence's own Jacobian by autograd, through the same posterior blocks.
+        layers = posterior_layers(model, posterior.subset)
+        blocks = {b.name: b for b in posterior.blocks}
+        expected = []
+        for sequence in SEQUENCES:
+            reward, _ = alone(model, sequence)
+            grads = torch.autograd.grad(reward, [layer.weight for layer in layers.values()])
+            expected.append(sum(float(blocks[name].variances(g[None], torch.tensor([posterior.prior_precision]))[0, 0])
+                                for name, g in zip(layers, grads)))
+        for compute in COMPUTES:
+            model.use(replace(compute, device="cpu"))
+            _, var = reward_moments(model, SEQUENCES, batch_size=3)
+            np.testing.assert_allclose(var, expected, rtol=1e-4)
     assert min(expected) > 0
 
 

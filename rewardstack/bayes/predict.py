@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.encode import PROGRESS_MIN_BATCHES, Encoded, EncodedPairs, length_batches
-from ..packing import pack
+from ..packing import pack, plan_batches, prompt_segments
 from .posterior import PRIOR_GRID, Posterior
 from .taps import posterior_layers, record
 
@@ -38,15 +38,17 @@ def evaluating(model):
         model.train(was_training)
 
 
-def _moments(model, layers, blocks, sequences: Sequence[Encoded], combinations: torch.Tensor, deltas: torch.Tensor):
-    """Rewards of `sequences` (S,) and the variance of each combination Σ_s C_qs r_s: (Q, len(deltas)).
-    `layers`: the posterior layers by name; `blocks`: their posterior blocks by name. The sequences are
-    packed one per segment (no shared prompt: each needs its own gradient there), so one backward pass
-    of Σ_s r_s gives each token the gradient of its own sequence's reward."""
+def _moments(model, layers, blocks, sequences: Sequence[Encoded], segments: Sequence[Sequence[int]], combinations: torch.Tensor,
+             deltas: torch.Tensor):
+    """Rewards of the `segments`' sequences, (S,) in index order, and the variance of each combination
+    Σ_s C_qs r_s: (Q, len(deltas)). `layers`: the posterior layers by name; `blocks`: their posterior
+    blocks by name. One backward pass of Σ_s r_s gives each token the gradient of its sequence's reward
+    as long as no token serves two sequences: segments of one sequence each, unless the posterior is the
+    head's alone (its Jacobian, the last hidden state, needs no gradient inside the backbone)."""
     device = model.head.weight.device
     combinations = combinations.to(device)
     variance = torch.zeros(len(combinations), len(deltas), dtype=torch.float64, device=device)
-    packed = pack(sequences, [[i] for i in range(len(sequences))], model.tokenizer.pad_token_id, model.compute.pack_tokens).to(device)
+    packed = pack(sequences, segments, model.tokenizer.pad_token_id, model.compute.pack_tokens).to(device)
     present = (packed.tokens >= 0)[..., None]
 
     def on_gradient(name: str, a: torch.Tensor, g: torch.Tensor) -> None:
@@ -62,18 +64,24 @@ def _moments(model, layers, blocks, sequences: Sequence[Encoded], combinations: 
     return rewards.detach().double().cpu().numpy(), variance.cpu().numpy()
 
 
+def _segments(layers, groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """`groups` of sequences that may share their prefix (only for a head posterior), else one each."""
+    return [list(g) for g in groups] if list(layers) == ["head"] else [[i] for g in groups for i in g]
+
+
 def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of each sequence's reward under model.posterior, in input order."""
     posterior = model.posterior
     layers, blocks = posterior_layers(model, posterior.subset), {b.name: b for b in posterior.blocks}
     mean, var = np.empty(len(sequences)), np.empty(len(sequences))
     deltas = torch.tensor([posterior.prior_precision])
+    segments = _segments(layers, prompt_segments(sequences, model.compute.share_prompts))
     with evaluating(model):
-        batches = length_batches([len(s) for s in sequences], batch_size)
+        batches = plan_batches(sequences, segments, batch_size * max(len(s) for s in sequences))
         for batch in tqdm(batches, desc="score with std", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
-            eye = torch.eye(len(batch))
-            mean[batch], v = _moments(model, layers, blocks, [sequences[i] for i in batch], eye, deltas)
-            var[batch] = v[:, 0]
+            indices = sorted(i for members in batch for i in members)
+            mean[indices], v = _moments(model, layers, blocks, sequences, batch, torch.eye(len(indices)), deltas)
+            var[indices] = v[:, 0]
     return mean, var
 
 
@@ -96,7 +104,8 @@ def pair_moments(
             eye = torch.eye(b)
             combinations = torch.cat([torch.eye(2 * b), torch.cat([eye, -eye], dim=1)])
             sequences = [pairs.chosen[i] for i in batch] + [pairs.rejected[i] for i in batch]
-            r, v = _moments(model, layers, blocks, sequences, combinations, deltas)
+            segments = _segments(layers, [[k, b + k] for k in range(b)])
+            r, v = _moments(model, layers, blocks, sequences, segments, combinations, deltas)
             out["chosen"][batch], out["rejected"][batch] = r[:b], r[b:]
             out["var_chosen"][batch], out["var_rejected"][batch], out["var_delta"][batch] = v[:b], v[b : 2 * b], v[2 * b :]
     return out
