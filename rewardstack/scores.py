@@ -101,18 +101,24 @@ def write_scored_rows(source: RewardSource, rows: Sequence[dict], prompts: Seque
     else:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(b"")
-    for first in range(start, len(rows), chunk_rows):
-        last = min(first + chunk_rows, len(rows))
-        try:
-            scores = source.score(list(prompts[first:last]), list(responses[first:last]), batch_size=batch_size)
-        except UserError as err:  # its row numbers count from the chunk's first row
-            raise UserError(f"{err} (in the chunk of input rows {first + 1}–{last}; finished chunks are kept: fix it and pass --resume)") from None
-        with open(partial, "a") as handle:
-            handle.write("".join(json.dumps({**rows[first + i], **scores.row_fields(i)}) + "\n" for i in range(last - first)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        truncated += scores.truncated
-        write_json(progress, {"run": run, "rows": last, "bytes": partial.stat().st_size, "truncated": truncated})
+    try:
+        for first in range(start, len(rows), chunk_rows):
+            last = min(first + chunk_rows, len(rows))
+            try:
+                scores = source.score(list(prompts[first:last]), list(responses[first:last]), batch_size=batch_size)
+            except UserError as err:  # its row numbers count from the chunk's first row
+                kept = f"; rows 1–{first} are kept: fix it and pass --resume" if first else ""
+                raise UserError(f"{err} (in the chunk of input rows {first + 1}–{last}{kept})") from None
+            with open(partial, "a") as handle:
+                handle.write("".join(json.dumps({**rows[first + i], **scores.row_fields(i)}) + "\n" for i in range(last - first)))
+                handle.flush()
+                os.fsync(handle.fileno())
+            truncated += scores.truncated
+            write_json(progress, {"run": run, "rows": last, "bytes": partial.stat().st_size, "truncated": truncated})
+    except BaseException:
+        if not progress.exists():  # no chunk finished: nothing to resume, nothing left behind
+            partial.unlink(missing_ok=True)
+        raise
     partial.replace(output)
     progress.unlink(missing_ok=True)
     return truncated

@@ -106,7 +106,8 @@ def test_a_killed_score_run_resumes_without_scoring_a_row_twice(tmp_path):
     (tmp_path / "armed").write_text("")
     common = ["score", "--reward", tmp_path / "tree.yaml", "--input", rows, "--output", out, "--chunk-rows", "3"]
     failed = cli(*common, check_rc=2)
-    assert "row 2 raised RuntimeError: killed (in the chunk of input rows 7–9" in failed.stderr and not out.exists()
+    assert "row 2 raised RuntimeError: killed (in the chunk of input rows 7–9; rows 1–6 are kept: fix it and pass --resume)" in failed.stderr
+    assert not out.exists()
     assert "interrupted run left" in cli(*common, check_rc=2).stderr  # without --resume it will not start over silently
     assert "other chunk_rows" in cli(*common[:-1], "4", "--resume", check_rc=2).stderr
     (tmp_path / "armed").unlink()
