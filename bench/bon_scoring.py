@@ -55,6 +55,7 @@ def main() -> None:
               f"{len(sequences) / t_alone:>10.2f} {t_alone / t_shared:>8.2f}x {np.abs(shared - alone).max():>9.1e}")
         if args.std and posterior is not None:
             model.posterior = posterior
+            model.use(ComputeConfig(device="cpu"))  # prompts shared, as for `shared`
             started = time.perf_counter()
             mean, _ = reward_moments(model, sequences, args.batch_size)
             t_std = time.perf_counter() - started

@@ -53,3 +53,53 @@ def test_a_grpo_step_calls_the_reward_function_as_trl_does(tmp_path, monkeypatch
         assert rewards == [float(len(c[0]["content"])) for c in completions]
         returned += rewards
     assert trainer.state.log_history[0]["rewards/chars/mean"] == pytest.approx(np.mean(returned), rel=1e-5)
+
+
+def test_openrlhf_reward_func_file_scores_chat_rendered_rollouts(tmp_path, monkeypatch):
+    """OpenRLHF calls reward_func(queries, prompts, labels) with template-rendered texts; the file splits
+    them by the model's chat template and returns its rewards as float32 tensors."""
+    import torch
+
+    from rewardstack.errors import UserError
+    from rewardstack.integrations import openrlhf
+    from rewardstack.model import ModelConfig, RewardModel
+
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=128, lora_r=4))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.head.weight.normal_(0, 1.0)
+    model.save(tmp_path / "m")
+    conversations = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    responses = ["It is 4.", "Hello there, friend."]
+    rendered = [model.encoder.render(c, r) for c, r in zip(conversations, responses)]
+    monkeypatch.delenv("REWARDSTACK_REWARD", raising=False)
+    with pytest.raises(UserError, match="set \\$REWARDSTACK_REWARD"):
+        openrlhf.reward_func(["x"], ["x"], None)
+    monkeypatch.setenv("REWARDSTACK_REWARD", str(tmp_path / "m"))
+    out = openrlhf.reward_func([p + r for p, r in rendered], [p for p, _ in rendered], ["4", None])
+    expected = RewardModel.from_pretrained(tmp_path / "m").score(conversations, responses).mean
+    assert out["rewards"].dtype == torch.float32 and torch.equal(out["rewards"], out["scores"])
+    np.testing.assert_allclose(out["rewards"].numpy(), expected, atol=1e-5)
+    assert abs(expected[0] - expected[1]) > 1e-3
+    with pytest.raises(UserError, match=r"queries\[0\]"):
+        openrlhf.reward_func(["no template here"], ["something else"], None)
+    monkeypatch.setenv("REWARDSTACK_REWARD", "http://127.0.0.1:9/")
+    with pytest.raises(UserError, match="get_reward for OpenRLHF"):
+        openrlhf.reward_func(["x"], ["x"], None)
+
+
+def test_verl_compute_score_in_both_forms(tmp_path, monkeypatch):
+    """verl calls compute_score per row or batched; the prompt travels in extra_info."""
+    import yaml
+
+    from rewardstack.errors import UserError
+    from rewardstack.integrations import verl
+
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"kind": "rule", "builtin": "length", "unit": "characters"}))
+    monkeypatch.setenv("REWARDSTACK_REWARD", str(tmp_path / "tree.yaml"))
+    one = verl.compute_score("gsm8k", "four", "4", {"prompt": "What is 2 + 2?"})
+    assert one == 4.0
+    infos = [{"prompt": "a"}, {"prompt": [{"role": "user", "content": "b"}]}]
+    assert verl.compute_score(data_sources=["x", "y"], solution_strs=["abc", "hello"], ground_truths=[None, None], extra_infos=infos) == [3.0, 5.0]
+    with pytest.raises(UserError, match="row 0: extra_info has no `prompt`"):
+        verl.compute_score("gsm8k", "four", "4", {"question": "What is 2 + 2?"})

@@ -178,7 +178,7 @@ class Laplace:
         order = sorted(range(len(pairs)), key=lambda i: -pairs.tokens(i))
         size = self.batch_size
         batches = [order[i : i + size] for i in range(0, len(order), size)][accelerator.process_index :: accelerator.num_processes]
-        with record(self.layers, stats.on_gradient) as backward, model.autocast():
+        with record(model, self.layers, stats.on_gradient) as backward, model.autocast():
             for batch in tqdm(batches, desc="laplace", disable=not accelerator.is_main_process or len(batches) < 5):
                 packed = pack_pairs(pairs, batch, model.tokenizer.pad_token_id, model.compute.pack_tokens).to(accelerator.device)
                 stats.real = packed.segment >= 0

@@ -58,7 +58,7 @@ def _moments(model, layers, blocks, sequences: Sequence[Encoded], segments: Sequ
         jacobians = torch.einsum("qs,soi->qoi", combinations, g.transpose(1, 2) @ a)
         variance += blocks[name].variances(jacobians, deltas).to(device)
 
-    with record(layers, on_gradient) as backward, model.autocast():
+    with record(model, layers, on_gradient) as backward, model.autocast():
         rewards = model(packed)
         backward(rewards.sum())
     return rewards.detach().double().cpu().numpy(), variance.cpu().numpy()

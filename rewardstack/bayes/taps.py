@@ -48,12 +48,16 @@ GradientHook = Callable[[str, torch.Tensor, torch.Tensor], None]
 
 
 @contextlib.contextmanager
-def record(layers: dict[str, torch.nn.Linear], on_gradient: GradientHook) -> Iterator[Callable[[torch.Tensor], None]]:
+def record(model: torch.nn.Module, layers: dict[str, torch.nn.Linear], on_gradient: GradientHook) -> Iterator[Callable[[torch.Tensor], None]]:
     """Within the block, forward passes remember each layer's input a, and a backward pass started with
     the yielded function calls on_gradient(name, a, g) with a: (sequences, tokens, in) and
-    g: (sequences, tokens, out) (the head, read at one token, gets tokens = 1)."""
+    g: (sequences, tokens, out) (the head, read at one token, gets tokens = 1). Only the layers' weights
+    require gradients meanwhile, so the forward pass keeps no more than their backward needs (nothing
+    inside the backbone for the head alone)."""
     weights = [layer.weight for layer in layers.values()]
-    needed = [w.requires_grad for w in weights]
+    chosen = {id(w) for w in weights}
+    params = list(model.parameters())
+    needed = [p.requires_grad for p in params]
     handles = []
 
     def tap(name: str):
@@ -68,16 +72,16 @@ def record(layers: dict[str, torch.nn.Linear], on_gradient: GradientHook) -> Ite
         torch.autograd.grad(total, weights, allow_unused=True)
 
     try:
-        for w in weights:
-            w.requires_grad_(True)
+        for p in params:
+            p.requires_grad_(id(p) in chosen)
         handles = [layer.register_forward_hook(tap(name)) for name, layer in layers.items()]
         with torch.enable_grad():
             yield backward
     finally:
         for handle in handles:
             handle.remove()
-        for w, flag in zip(weights, needed):
-            w.requires_grad_(flag)
+        for p, flag in zip(params, needed):
+            p.requires_grad_(flag)
 
 
 def _as_tokens(x: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ..laser.selector import BanditSelector
 from ..sources.remote import redact_url
 from ..sources.tree import read_tree, reward_models
 from .batching import DynamicBatcher
-from .conversation import ConversationSplitter
+from .conversation import ConversationSplitter, split_texts
 
 CHARS_PER_TOKEN = 4  # token estimate for sources without a model
 
@@ -261,23 +261,11 @@ class _Scorer:
         return await self.scored(*await asyncio.to_thread(self.split_texts, texts, hints, field))
 
     def split_texts(self, texts: list[str], hints: list[str] | None, field: str) -> tuple[list, list[str]]:
-        """Prompts and responses of full texts rendered with the chat template, cut by the served model's
-        template or at their prompt `hints`."""
-        prompts, responses = [], []
-        for i, text in enumerate(texts):
-            hint = hints[i] if hints else None
-            if self.splitter is None:
-                if not (hint and text.startswith(hint)):
-                    raise HTTPException(422, f"{field}[{i}]: this source has no model whose chat template could split the text; send `prompts` that each text starts with")
-                messages, response = [{"role": "user", "content": hint.strip()}], text[len(hint) :]
-            else:
-                try:
-                    messages, response = self.splitter.split(text, hint)
-                except ValueError as err:
-                    raise HTTPException(422, f"{field}[{i}]: {err}") from None
-            prompts.append(messages)
-            responses.append(response)
-        return prompts, responses
+        """Prompts and responses of full chat-rendered texts (see conversation.split_texts); 422 if one does not split."""
+        try:
+            return split_texts(self.splitter, texts, hints, field)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
 
 
 def _scoring_routes(app: FastAPI, scorer: _Scorer, secured: list, served_name: str) -> None:

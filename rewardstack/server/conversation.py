@@ -109,3 +109,24 @@ class ConversationSplitter:
         while marker := next((m for m in markers if text.endswith(m)), None):
             text = text[: -len(marker)]
         return text
+
+
+def split_texts(splitter: ConversationSplitter | None, texts: list[str], hints: list[str] | None, field: str) -> tuple[list, list[str]]:
+    """Prompts (messages) and responses of full texts rendered with a chat template, cut by `splitter` or,
+    without one, at their prompt `hints` (each text must start with its hint). Raises ValueError naming
+    `field`[i] for a text that does not split."""
+    prompts, responses = [], []
+    for i, text in enumerate(texts):
+        hint = hints[i] if hints else None
+        if splitter is None:
+            if not (hint and text.startswith(hint)):
+                raise ValueError(f"{field}[{i}]: this source has no model whose chat template could split the text; send `prompts` that each text starts with")
+            messages, response = [{"role": "user", "content": hint.strip()}], text[len(hint) :]
+        else:
+            try:
+                messages, response = splitter.split(text, hint)
+            except ValueError as err:
+                raise ValueError(f"{field}[{i}]: {err}") from None
+        prompts.append(messages)
+        responses.append(response)
+    return prompts, responses
