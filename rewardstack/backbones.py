@@ -49,6 +49,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def set_attention(model: torch.nn.Module, implementation: str) -> None:
+    """Switch a Transformers model to an attention kernel; one this machine or model lacks is a UserError."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as err:
+        raise UserError(f"attn_implementation {implementation}: not available for this model here ({str(err).splitlines()[0]})") from None
+
+
 def rewardstack_home() -> Path:
     """Cache root: $REWARDSTACK_HOME, default ~/.cache/rewardstack."""
     return Path(os.environ.get("REWARDSTACK_HOME", Path.home() / ".cache" / "rewardstack"))

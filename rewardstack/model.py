@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .backbones import config_digest, resolve_device, load_backbone, model_files, resolve_model_name, score_head
+from .backbones import config_digest, load_backbone, model_files, resolve_device, resolve_model_name, score_head, set_attention
 from .bayes import Posterior, reward_moments
 from .bayes.predict import evaluating
 from .config import ComputeConfig, ModelConfig
@@ -113,7 +113,7 @@ class RewardModel(torch.nn.Module):
         """Run forward passes as `compute` says: on its device (the posterior goes along), with its
         attention kernel, prompt sharing, packing and autocast."""
         self.compute = compute
-        self._base_lm().set_attn_implementation(compute.attn_implementation)
+        set_attention(self._base_lm(), compute.attn_implementation)
         self.to(resolve_device(compute.device))
         if self.posterior is not None:
             self.posterior.to(self.head.weight.device)

@@ -206,3 +206,13 @@ def test_compute_options_from_the_cli_and_trl_names(tmp_path):
     assert "device must be auto, cpu, cuda, cuda:N or mps" in result.stderr
     config = from_dict(TrainConfig, {"bf16": True, "attn_implementation": "eager", "model": "tiny-random"}, "trl.yaml")
     assert (config.compute.bf16, config.compute.attn_implementation, config.compute.share_prompts) == (True, "eager", True)
+
+
+def test_flex_attention_reads_the_block_mask_as_sdpa_does():
+    """FlexAttention (the GPU kernel of choice for block masks) also runs on CPU: same rewards."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    model = make_model(objective="bt")
+    with torch.no_grad():
+        expected = np.array([float(alone(model, s)[0]) for s in SEQUENCES[:4]])
+    model.use(ComputeConfig(device="cpu", attn_implementation="flex_attention", pack_tokens=40))
+    np.testing.assert_allclose(model.rewards(SEQUENCES[:4], batch_size=4), expected, atol=1e-5)

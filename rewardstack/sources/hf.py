@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..backbones import resolve_device
+from ..backbones import resolve_device, set_attention
 from ..config import ComputeConfig
 from ..data.encode import MIN_MAX_LENGTH, Encoder, as_messages, length_batches, pad_right, truncate
 from ..errors import UserError
@@ -63,7 +63,7 @@ class HFRewardModel:
         """Run on compute.device with its attention kernel and autocast (batches stay padded: the model
         reads whole conversations, with no prompt boundary to share)."""
         self.compute = compute
-        self.model.set_attn_implementation(compute.attn_implementation)
+        set_attention(self.model, compute.attn_implementation)
         self.model.to(resolve_device(compute.device))
         return self
 
