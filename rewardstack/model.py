@@ -207,8 +207,8 @@ class RewardModel(torch.nn.Module):
         segments = prompt_segments(sequences, self.compute.share_prompts)
         batches = plan_batches(sequences, segments, batch_size * max(len(s) for s in sequences))
         with evaluating(self), self.autocast():
-            for segments in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
-                packed = pack(sequences, segments, self.tokenizer.pad_token_id, self.compute.pack_tokens)
+            for batch in tqdm(batches, desc="score", leave=False, disable=len(batches) < PROGRESS_MIN_BATCHES):
+                packed = pack(sequences, batch, self.tokenizer.pad_token_id, self.compute.pack_tokens)
                 values = compute(packed.to(device)).double().cpu().numpy()
                 if out is None:
                     out = np.empty((len(sequences),) + values.shape[1:], dtype=np.float64)
