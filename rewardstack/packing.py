@@ -204,9 +204,11 @@ def pack(sequences: Sequence[Encoded], segments: Sequence[Sequence[int]], pad_id
                   torch.tensor(state, dtype=torch.long), torch.tensor(target, dtype=torch.long), torch.tensor(owner, dtype=torch.long))
 
 
-def pack_pairs(pairs, indices: Sequence[int], pad_id: int, row_tokens: int = 0) -> Packed:
+def pack_pairs(pairs, indices: Sequence[int], pad_id: int, row_tokens: int = 0, share: bool = True) -> Packed:
     """The pairs `indices` of EncodedPairs as one forward pass, a segment per pair sharing the tokens
-    chosen and rejected begin with; outputs are the chosen rewards, then the rejected, in `indices` order."""
+    chosen and rejected begin with (each sequence alone without `share`); outputs are the chosen
+    rewards, then the rejected, in `indices` order."""
     sequences = [pairs.chosen[i] for i in indices] + [pairs.rejected[i] for i in indices]
     n = len(indices)
-    return pack(sequences, [[k, n + k] for k in range(n)], pad_id, row_tokens)
+    segments = [[k, n + k] for k in range(n)] if share else [[k] for k in range(2 * n)]
+    return pack(sequences, segments, pad_id, row_tokens)

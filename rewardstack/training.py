@@ -35,7 +35,7 @@ from .evaluation import evaluate_encoded
 from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, read_json, write_json, write_text
 from .losses import bradley_terry_loss, policy_loss
 from .model import RewardModel, cached_reference_logprobs
-from .packing import Packed, pack
+from .packing import Packed, pack_pairs
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 
@@ -105,11 +105,9 @@ class PairBatch:
 def collate_pairs(data: EncodedPairs, indices: list[int], pad_id: int, compute: ComputeConfig) -> PairBatch:
     """A pair shares its prompt (and any common start of its responses) with `compute.share_prompts`;
     pairs pack into rows of compute.pack_tokens."""
-    n = len(indices)
     sequences = [data.chosen[i] for i in indices] + [data.rejected[i] for i in indices]
-    segments = [[k, n + k] for k in range(n)] if compute.share_prompts else [[k] for k in range(2 * n)]
     return PairBatch(
-        pack(sequences, segments, pad_id, compute.pack_tokens),
+        pack_pairs(data, indices, pad_id, compute.pack_tokens, compute.share_prompts),
         torch.tensor([len(e.response_ids) for e in sequences], dtype=torch.float32),
         torch.tensor([data.margin[i] for i in indices], dtype=torch.float32),
         indices,
