@@ -38,14 +38,14 @@ LR, BATCH, LORA_R, LORA_ALPHA, SEED = 1e-4, 8, 16, 32, 42
 VARIANTS = ("plain", "share", "pack", "share+pack", "trl")
 
 
-def prepare(work: Path, pairs: int, max_length: int) -> dict:
+def prepare(work: Path, data: Path, pairs: int, max_length: int) -> dict:
     """Write the training rows and the encoded train/test token ids both tools use."""
     from rewardstack.backbones import load_backbone
     from rewardstack.data.encode import Encoder, encode_pairs
     from rewardstack.data.load import load_preferences
 
-    train_pairs, train_report = load_preferences(DATA / "train.jsonl.gz", skip_invalid=True)
-    test_pairs, test_report = load_preferences(DATA / "test.jsonl.gz", skip_invalid=True)
+    train_pairs, train_report = load_preferences(data / "train.jsonl.gz", skip_invalid=True)
+    test_pairs, test_report = load_preferences(data / "test.jsonl.gz", skip_invalid=True)
     train_pairs = train_pairs[:pairs]
     backbone, tokenizer = load_backbone("smollm2-135m")
     encoder = Encoder(tokenizer, max_length)
@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--test-pairs", type=int, help="score only the first N test pairs (default: all)")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder with train.jsonl.gz and test.jsonl.gz (default: %(default)s)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast in both tools (for GPUs)")
@@ -158,16 +159,18 @@ def main() -> None:
     if args.child:
         child(args.child, args.work, args.max_length, args.test_pairs, args.device, args.bf16)
         return
-    if not DATA.exists():
-        sys.exit(f"{DATA} is absent: this benchmark needs the shared data folder beside the checkout")
+    if not args.data.exists():
+        sys.exit(f"{args.data} is absent: this benchmark needs the shared data folder beside the checkout (or --data)")
     work = Path(tempfile.mkdtemp(prefix="bench-trl-"))
-    info = prepare(work, args.pairs, args.max_length)
+    info = prepare(work, args.data, args.pairs, args.max_length)
     print(json.dumps(info, indent=2))
     results = {}
     for tool in args.variants:
         command = [sys.executable, __file__, "--child", tool, "--work", str(work), "--max-length", str(args.max_length), "--device", args.device]
         command += ["--bf16"] if args.bf16 else []
-        subprocess.run(command + (["--test-pairs", str(args.test_pairs)] if args.test_pairs else []), check=True)
+        if subprocess.run(command + (["--test-pairs", str(args.test_pairs)] if args.test_pairs else [])).returncode:
+            print(f"{tool}: failed (its error is above); the table leaves it out", flush=True)
+            continue
         results[tool] = json.loads((work / f"{tool}.json").read_text())
         results[tool]["tokens_per_second"] = info["train_tokens"] / results[tool]["train_seconds"]
     trl = results.get("trl")

@@ -17,6 +17,7 @@ if os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1":
 # peft calls a transformers property deprecated in 5.x on every adapter save; nothing for users to do.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
+from .backbones import warm_up_vector_math  # noqa: E402
 from .bayes import Laplace, Posterior, fit_laplace  # noqa: E402
 from .bon import BonConfig, Objective, best_of_n  # noqa: E402
 from .config import ComputeConfig, EvalConfig, LaplaceConfig, ModelConfig, ScoreConfig, TrainConfig, load_config  # noqa: E402
@@ -34,6 +35,8 @@ from .sources import Ensemble, Hierarchical, RewardScores, Rule, load_source  # 
 from .sources.hf import HFRewardModel  # noqa: E402
 from .sources.select import SelectAspectsConfig, aspect_pairs, select_aspects  # noqa: E402
 from .training import train  # noqa: E402
+
+warm_up_vector_math()
 
 __all__ = [
     "BonConfig", "Columns", "ComputeConfig", "DemoConfig", "Ensemble", "EvalConfig", "HFRewardModel", "Hierarchical", "Laplace", "LaplaceConfig",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rewardstack.integrations import RewardFunction
+from rewardstack.integrations import AsyncRewardFunction, RewardFunction
 from rewardstack.sources import Rule
 from rewardstack.sources.rules import length_rule
 
@@ -22,19 +22,26 @@ def test_reward_function_takes_both_trl_formats_and_marks_what_it_cannot_score()
 
 
 def test_a_grpo_step_calls_the_reward_function_as_trl_does(tmp_path, monkeypatch):
-    """One GRPOTrainer step on tiny-random with conversational prompts: every call's rewards are the
-    source's own for exactly the completions TRL sampled, and TRL logs their mean."""
+    """One GRPOTrainer step on tiny-random with conversational prompts, a sync and an async reward
+    function: every call's rewards are the source's own for exactly the completions TRL sampled, TRL
+    awaits the async one, and logs each one's mean."""
     trl = pytest.importorskip("trl", reason="TRL is not installed (pip install trl)")
     from datasets import Dataset
 
     from rewardstack.backbones import tiny_random_backbone
 
-    calls = []
+    calls = {"chars": [], "words": []}
 
     class Recording(RewardFunction):
         def __call__(self, prompts, completions, **columns):
             rewards = super().__call__(prompts, completions, **columns)
-            calls.append((prompts, completions, rewards))
+            calls[self.__name__].append((prompts, completions, rewards))
+            return rewards
+
+    class AsyncRecording(AsyncRewardFunction):
+        async def __call__(self, prompts, completions, **columns):
+            rewards = await super().__call__(prompts, completions, **columns)
+            calls[self.__name__].append((prompts, completions, rewards))
             return rewards
 
     monkeypatch.chdir(tmp_path)
@@ -44,15 +51,18 @@ def test_a_grpo_step_calls_the_reward_function_as_trl_does(tmp_path, monkeypatch
     prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": f"What is {i} + {i}?"}]} for i in range(4)])
     args = trl.GRPOConfig(output_dir="out", max_steps=1, per_device_train_batch_size=4, num_generations=2, max_completion_length=12,
                           report_to=[], logging_steps=1, use_cpu=True, bf16=False, save_strategy="no")
-    trainer = trl.GRPOTrainer(model="policy", reward_funcs=[Recording(characters(), name="chars")], args=args, train_dataset=prompts)
+    words = AsyncRecording(Rule(length_rule("words"), "words"), name="words")
+    trainer = trl.GRPOTrainer(model="policy", reward_funcs=[Recording(characters(), name="chars"), words], args=args, train_dataset=prompts)
     trainer.train()
-    assert calls
-    returned = []
-    for prompts_seen, completions, rewards in calls:
-        assert all(isinstance(p, list) and p[-1]["role"] == "user" for p in prompts_seen)
-        assert rewards == [float(len(c[0]["content"])) for c in completions]
-        returned += rewards
-    assert trainer.state.log_history[0]["rewards/chars/mean"] == pytest.approx(np.mean(returned), rel=1e-5)
+    for name, count in (("chars", lambda text: len(text)), ("words", lambda text: len(text.split()))):
+        assert calls[name]
+        returned = []
+        for prompts_seen, completions, rewards in calls[name]:
+            assert all(isinstance(p, list) and p[-1]["role"] == "user" for p in prompts_seen)
+            assert rewards == [float(count(c[0]["content"])) for c in completions]
+            returned += rewards
+        assert trainer.state.log_history[0][f"rewards/{name}/mean"] == pytest.approx(np.mean(returned), rel=1e-5)
+    assert calls["chars"][0][1] == calls["words"][0][1]  # the same completions
 
 
 def test_openrlhf_reward_func_file_scores_chat_rendered_rollouts(tmp_path, monkeypatch):

@@ -191,8 +191,8 @@ def test_compute_options_from_the_cli_and_trl_names(tmp_path):
 
     model = make_model(objective="bt")
     model.save(tmp_path / "m")
-    # Responses of equal length, all packed into one row: no padding (see the known problem in docs/compute.md).
-    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Same prompt", "response": f"answer {i}{i}{i}"} for i in range(5)])
+    # Prompts of different lengths: the default pass pads rows, the packed one does not.
+    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Prompt " + "word " * i, "response": f"answer {i}" * (i + 1)} for i in range(5)])
     outputs = []
     for flags in ([], ["--device", "cpu", "--no-share-prompts", "--pack-tokens", "1000", "--attn-implementation", "eager"]):
         out = tmp_path / f"scored{len(flags)}.jsonl"

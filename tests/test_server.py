@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch
 import uvicorn
+import yaml
 
 from rewardstack.data.encode import as_messages
 from rewardstack.model import ModelConfig, RewardModel
 from rewardstack.server import ServeConfig, create_app
 from rewardstack.server.conversation import ConversationSplitter
-from rewardstack.sources import RewardScores, Remote
+from rewardstack.sources import RewardScores, Remote, load_source
 
 PROMPTS = ["What is 2 + 2?", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}], "Say hi."]
 RESPONSES = ["4", "Blue, the colour of the sky on a clear day.", "Hello there!"]
@@ -285,7 +286,7 @@ def test_feedback_needs_a_bandit(model):
     assert status == 404 and "not a bandit" in answer["detail"]
 
 
-def test_vllm_classify_shape_as_verl_sends_it(model):
+def test_vllm_classify_shape_as_verl_sends_it(model, tmp_path):
     """verl's reward loop posts conversations rendered with the chat template to /classify with
     "activation": false and reads data[i].probs[0]: the reward; with activation on, σ(reward)."""
     rendered = [model.encoder.render(as_messages(p), r) for p, r in zip(PROMPTS, RESPONSES)]
@@ -299,5 +300,11 @@ def test_vllm_classify_shape_as_verl_sends_it(model):
         assert [d["probs"][0] for d in answer["data"]] == pytest.approx(expected.tolist(), abs=1e-5)
         single = call(url + "/classify", {"input": texts[1]})[1]["data"]
         assert len(single) == 1 and single[0]["probs"][0] == pytest.approx(1 / (1 + np.exp(-expected[1])), abs=1e-6)
+        assert call(url + "/classify", {"input": texts, "use_activation": False})[1]["data"][2]["probs"][0] == pytest.approx(expected[2], abs=1e-5)
         status, answer, _ = call(url + "/classify", {"input": ["no template here"]})
         assert status == 422 and answer["detail"].startswith("input[0]:")
+        # The classify protocol of a remote source renders by the served model's chat template, as verl does.
+        tree = tmp_path / "served.yaml"
+        tree.write_text(yaml.safe_dump({"kind": "remote", "url": url, "protocol": "classify", "tokenizer": str(tmp_path / "tok"), "batch_size": 2}))
+        model.tokenizer.save_pretrained(tmp_path / "tok")
+        assert load_source(tree).score(PROMPTS, RESPONSES).mean == pytest.approx(expected, abs=1e-5)

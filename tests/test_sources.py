@@ -139,6 +139,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/get_reward":  # OpenRLHF: full texts in, rewards out
             answer = {"rewards": [float(len(q)) for q in body["query"]]}
+        elif self.path in ("/classify", "/v1/two-classes"):  # vLLM / SGLang: items in reverse order, as any order is allowed
+            assert body["activation"] is False and body["use_activation"] is False
+            probs = [[float(len(t))] + ([0.5] if self.path == "/v1/two-classes" else []) for t in body["input"]]
+            answer = {"object": "list", "model": body.get("model", "served"),
+                      "data": [{"index": i, "label": "x", "probs": probs[i], "num_classes": len(probs[i])} for i in reversed(range(len(probs)))]}
         elif self.path == "/v1/score":
             n = len(body["items"])
             answer = {"rewards": [float(len(item["response"])) for item in body["items"]], "std": [1.0] * n, "parts": {"n": [0.0] * n}}
@@ -171,6 +176,10 @@ def test_remote_source_speaks_both_protocols(server, tmp_path):
     assert ours.mean.tolist() == [3.0, 5.0] and ours.std.tolist() == [1.0, 1.0] and ours.parts["n"].tolist() == [0.0, 0.0]
     openrlhf = Remote(server, protocol="openrlhf").score(prompts, responses)
     assert openrlhf.mean.tolist() == [len("ab\nxyz"), len("c\nhello")]
+    classify = Remote(server, protocol="classify", batch_size=1 + 1).score(prompts + ["d"], responses + ["four"])
+    assert classify.mean.tolist() == [len("ab\nxyz"), len("c\nhello"), len("d\nfour")]  # by index, not by arrival order
+    with pytest.raises(UserError, match="item 1 has 2 scores; a reward model gives one"):
+        Remote(server, protocol="classify", path="/v1/two-classes").score(prompts, responses)
     with pytest.raises(UserError, match="HTTP 404"):
         Remote(server + "/missing").score(prompts, responses)
     with pytest.raises(UserError, match="cannot reach the server"):

@@ -43,6 +43,20 @@ def truncate(
     return list(prompt_ids[len(prompt_ids) - keep :]), [list(r[:budget]) for r in responses], True
 
 
+def render(tokenizer, prompt: Sequence[Message], response: str) -> tuple[str, str]:
+    """Prompt text (up to where the assistant starts) and response text (with its end-of-turn), by the
+    tokenizer's chat template, or as "Role: text" turns where it has none."""
+    messages = list(prompt)
+    if tokenizer.chat_template:
+        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        if full.startswith(prompt_text):
+            return prompt_text, full[len(prompt_text) :]
+        return prompt_text, response + (tokenizer.eos_token or "")
+    turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return turns + "Assistant: ", response + (tokenizer.eos_token or "")
+
+
 class Encoder:
     """Renders chat messages with the tokenizer's template and tokenises prompt and response apart,
     so the boundary between them is exact (the prompt is shared by all responses to it)."""
@@ -58,16 +72,7 @@ class Encoder:
 
     def render(self, prompt: Sequence[Message], response: str) -> tuple[str, str]:
         """Prompt text (up to where the assistant starts) and response text (with its end-of-turn)."""
-        messages = list(prompt)
-        tok = self.tokenizer
-        if tok.chat_template:
-            prompt_text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            full = tok.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
-            if full.startswith(prompt_text):
-                return prompt_text, full[len(prompt_text) :]
-            return prompt_text, response + (tok.eos_token or "")
-        turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-        return turns + "Assistant: ", response + (tok.eos_token or "")
+        return render(self.tokenizer, prompt, response)
 
     def encode(self, prompt: Sequence[Message], responses: Sequence[str]) -> tuple[list[Encoded], bool]:
         """Encode several responses to one prompt; returns the sequences and whether any was truncated."""

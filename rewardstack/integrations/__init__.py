@@ -1,5 +1,5 @@
 """Adapters for RL frameworks: reward sources as the reward functions their trainers call."""
 
-from .trl import RewardFunction
+from .trl import AsyncRewardFunction, RewardFunction
 
-__all__ = ["RewardFunction"]
+__all__ = ["AsyncRewardFunction", "RewardFunction"]

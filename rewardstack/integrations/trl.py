@@ -7,6 +7,7 @@ per completion, or None where the function has no reward for it. Prompts and com
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,6 +42,14 @@ class RewardFunction:
             for i, value in zip(rows, scores):
                 rewards[i] = float(value) if math.isfinite(value) else None
         return rewards
+
+
+class AsyncRewardFunction(RewardFunction):
+    """RewardFunction with an async __call__ that scores in a worker thread: TRL awaits its async reward
+    functions together, so several remote sources (servers, vLLM) are asked at the same time."""
+
+    async def __call__(self, prompts: Sequence, completions: Sequence, **columns: Any) -> list[float | None]:
+        return await asyncio.to_thread(RewardFunction.__call__, self, prompts, completions, **columns)
 
 
 def completion_text(completion: Any) -> str | None:

@@ -4,7 +4,8 @@
                       → {"rewards", "std" (or null), "parts", "arm" (or null), "truncated"}
     POST /get_reward  OpenRLHF's remote reward protocol: {"query": [full texts], "prompts": [...]}
                       → {"rewards", "scores", "extra_logs"}
-    POST /classify    vLLM's classify API (verl's reward loop): {"input": [full texts], "activation": false}
+    POST /classify    vLLM's classify API (verl's reward loop): {"input": [full texts], "activation": false}; also what
+                      the `classify` protocol of a remote source sends
                       → {"data": [{"index", "probs": [reward]}], ...}
     POST /v1/feedback a bandit source learns: {"items": [{"prompt" (or "prompts"), "arm", "feedback"}]}
                       → {"rewards" (normalised), "steps", "saved"}; with a `state` file in the tree, the
@@ -145,6 +146,7 @@ class ClassifyRequest(BaseModel, extra="allow"):
     input: str | list[str] = Field(min_length=1, description="conversations rendered with the chat template: prompt, then response")
     model: str | None = None
     activation: bool | None = Field(default=None, description="false: the raw reward; otherwise σ(reward), as vLLM's classify gives for one output")
+    use_activation: bool | None = Field(default=None, description="newer vLLM's name for `activation`")
 
 
 class ClassifyItem(BaseModel):
@@ -292,9 +294,10 @@ def _scoring_routes(app: FastAPI, scorer: _Scorer, secured: list, served_name: s
     async def classify(request: ClassifyRequest) -> dict:
         """vLLM's classify API, as verl's reward loop calls a discriminative reward model: each input is a
         conversation rendered with the chat template; `probs` holds σ(reward), or the reward itself with
-        `"activation": false`."""
+        `"activation": false` (or newer vLLM's `"use_activation": false`)."""
         scores = await scorer.scored_texts([request.input] if isinstance(request.input, str) else request.input, None, "input")
-        values = scores.mean if request.activation is False else preference_probability(scores.mean, 0.0)
+        raw = request.activation is False or request.use_activation is False
+        values = scores.mean if raw else preference_probability(scores.mean, 0.0)
         return {"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": request.model or served_name,
                 "data": [{"index": i, "label": "reward", "probs": [float(v)], "num_classes": 1} for i, v in enumerate(values)]}
 

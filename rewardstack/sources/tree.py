@@ -4,7 +4,8 @@ Nodes (paths are relative to the YAML file):
     {kind: model, path: DIR_OR_HUB_ID, posterior: true, max_length: N, reduce: {index: K} | {weights: [...]}}
     {kind: rule, function: "module:function"} (a module beside the YAML file, or one the caller allows)  or  {kind: rule, builtin: answer, answers: FILE}
         | {kind: rule, builtin: length, unit: words|characters} | {kind: rule, builtin: regex, pattern: P, ignore_case: false}
-    {kind: remote, url: URL, protocol: rewardstack|openrlhf, timeout: 60, batch_size: 64, api_key_env: NAME}
+    {kind: remote, url: URL, protocol: rewardstack|openrlhf|classify, timeout: 60, batch_size: 64, api_key_env: NAME,
+     path: ROUTE, model: NAME, tokenizer: FOLDER_OR_ID}
     {kind: ensemble, combine: mean|min|uwo:λ|weighted, weights: [...], members: [{name: N, source: NODE}, ...]}
     {kind: hierarchical, mode: hierarchical|holistic|aspects|weighted_sum, threshold: τ, holistic_weight: w_h,
      holistic: NODE, aspects: [{name: N, weight: w, source: NODE}, ...]}

@@ -2,7 +2,9 @@
 sequence run alone (float32, every attention kernel), bf16 autocast stays close to float32, and the
 throughput of scoring best-of-n pools with and without prompt sharing. Prints one line per check.
 
-    python bench/gpu_checks.py [--pools runs/demo/data/pools.jsonl] [--model smollm2-135m]
+    python bench/gpu/checks.py [--pools runs/demo/data/pools.jsonl] [--model smollm2-135m] [--device cuda]
+
+`--device cpu --model tiny-random` is a quick dry run of the script itself.
 
 For the training comparison on a GPU run bench/train_vs_trl.py with --device cuda --bf16.
 """
@@ -38,9 +40,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--pools", help="generic pools for the throughput check (default: generated responses)")
     parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: these checks are for a GPU machine")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: these checks are for a GPU machine (--device cpu for a dry run)")
+    synchronize = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     torch.manual_seed(0)
     model = RewardModel.create(ModelConfig(model=args.model, max_length=1024))
     with torch.no_grad():
@@ -49,31 +53,31 @@ def main() -> None:
     sequences = model.encoder.encode(as_messages(PROMPT), responses)[0]
     for kernel in ("sdpa", "eager", "flex_attention"):
         try:
-            model.use(ComputeConfig(device="cuda", attn_implementation=kernel, pack_tokens=4096))
+            model.use(ComputeConfig(device=args.device, attn_implementation=kernel, pack_tokens=4096))
             expected = alone_rewards(model, sequences)
             packed = model.rewards(sequences, batch_size=4)
             print(json.dumps({"check": "packed = alone", "kernel": kernel, "max_abs_diff": float(np.abs(packed - expected).max()),
                               "reward_scale": float(np.abs(expected).max())}))
         except Exception as err:  # a kernel missing on this machine is a finding, not a crash
             print(json.dumps({"check": "packed = alone", "kernel": kernel, "error": f"{type(err).__name__}: {str(err)[:200]}"}))
-    compute = ComputeConfig(device="cuda")
+    compute = ComputeConfig(device=args.device)
     model.use(compute)
     full = model.rewards(sequences)
     model.use(replace(compute, bf16=True))
     half = model.rewards(sequences)
-    print(json.dumps({"check": "bf16 vs float32", "max_abs_diff": float(np.abs(half - full).max()), "reward_std": float(full.std())}))
+    print(json.dumps({"check": "bf16 vs float32", "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device, "max_abs_diff": float(np.abs(half - full).max()), "reward_std": float(full.std())}))
 
     pools = [json.loads(line) for line in open(args.pools)] if args.pools else [{"prompt": PROMPT, "responses": responses}] * 64
     sequences = [s for pool in pools for s in model.encoder.encode(as_messages(pool["prompt"]), pool["responses"][: args.n])[0]]
     for bf16 in (False, True):
         timings = {}
         for share in (False, True):
-            model.use(ComputeConfig(device="cuda", share_prompts=share, bf16=bf16, pack_tokens=8192))
+            model.use(ComputeConfig(device=args.device, share_prompts=share, bf16=bf16, pack_tokens=8192))
             model.rewards(sequences[:64], batch_size=64)
-            torch.cuda.synchronize()
+            synchronize()
             started = time.perf_counter()
             model.rewards(sequences, batch_size=64)
-            torch.cuda.synchronize()
+            synchronize()
             timings[share] = time.perf_counter() - started
         print(json.dumps({"check": "best-of-n scoring", "bf16": bf16, "responses": len(sequences),
                           "alone_responses_per_s": len(sequences) / timings[False], "shared_responses_per_s": len(sequences) / timings[True],
