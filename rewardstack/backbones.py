@@ -38,9 +38,10 @@ CHATML_TEMPLATE = (
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU; a named device must exist."""
+    """`auto` is a CUDA device when there is one (process k of a multi-process launch gets cuda:LOCAL_RANK),
+    else the CPU; a named device must exist."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise UserError(f"device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu or auto")

@@ -216,6 +216,7 @@ def score(
 ):
     """Reward of every (prompt, response) row; all input fields are kept in the output."""
     from .data.load import load_score_rows
+    from .distributed import is_main_process
     from .scores import write_scored_rows
     from .sources import load_source
 
@@ -226,8 +227,9 @@ def score(
     source = load_source(reward, allow_rule_module or (), config.compute)
     truncated = write_scored_rows(source, rows, prompts, responses, output, config.batch_size, config.chunk_rows, resume, run)
     skipped = sum(report.skipped.values())
-    typer.echo(f"scored {len(rows)} rows ({truncated} truncated, {skipped} skipped"
-               f"{' ' + json.dumps(dict(report.skipped)) if skipped else ''}) -> {output}")
+    if is_main_process():
+            typer.echo(f"scored {len(rows)} rows ({truncated} truncated, {skipped} skipped"
+                   f"{' ' + json.dumps(dict(report.skipped)) if skipped else ''}) -> {output}")
 
 
 @config_command(app, BonConfig)

@@ -81,10 +81,13 @@ def write_scored_rows(source: RewardSource, rows: Sequence[dict], prompts: Seque
     A run that was killed continues with `resume` from its last finished chunk, nothing scored twice or
     lost; `run` (the reward, input and options) must be what the interrupted run had. Returns the rows
     truncated."""
+    from .distributed import is_main_process, score_across_processes, wait_for_everyone
+
     output = Path(output)
     partial, progress = output.with_name(f".{output.name}.partial"), output.with_name(f".{output.name}.progress.json")
     run = run or {}
     start, truncated = 0, 0
+    main = is_main_process()  # under accelerate launch every process scores a share; the main one writes
     if resume:
         if not progress.exists() or not partial.exists():
             raise UserError(f"{output}: no interrupted run to resume (no {progress.name} beside it)")
@@ -94,31 +97,37 @@ def write_scored_rows(source: RewardSource, rows: Sequence[dict], prompts: Seque
             raise UserError(f"{output}: the interrupted run had other {', '.join(changed)}; rerun with those, or delete "
                             f"{partial.name} and {progress.name} to start again")
         start, truncated = state["rows"], state["truncated"]
-        with open(partial, "r+b") as handle:  # drop what a chunk killed mid-write left after the last finished one
-            handle.truncate(state["bytes"])
     elif partial.exists():
         raise UserError(f"{output}: an interrupted run left {partial.name}; pass --resume to continue it, or delete it to start again")
-    else:
+    wait_for_everyone()  # every process has read the state before the main one changes it
+    if main and resume:
+        with open(partial, "r+b") as handle:  # drop what a chunk killed mid-write left after the last finished one
+            handle.truncate(state["bytes"])
+    elif main:
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_bytes(b"")
     try:
         for first in range(start, len(rows), chunk_rows):
             last = min(first + chunk_rows, len(rows))
             try:
-                scores = source.score(list(prompts[first:last]), list(responses[first:last]), batch_size=batch_size)
+                scores = score_across_processes(source, list(prompts[first:last]), list(responses[first:last]), batch_size)
             except UserError as err:  # its row numbers count from the chunk's first row
                 kept = f"; rows 1–{first} are kept: fix it and pass --resume" if first else ""
                 raise UserError(f"{err} (in the chunk of input rows {first + 1}–{last}{kept})") from None
+            truncated += scores.truncated
+            if not main:
+                continue
             with open(partial, "a") as handle:
                 handle.write("".join(json.dumps({**rows[first + i], **scores.row_fields(i)}) + "\n" for i in range(last - first)))
                 handle.flush()
                 os.fsync(handle.fileno())
-            truncated += scores.truncated
             write_json(progress, {"run": run, "rows": last, "bytes": partial.stat().st_size, "truncated": truncated})
     except BaseException:
-        if not progress.exists():  # no chunk finished: nothing to resume, nothing left behind
+        if main and not progress.exists():  # no chunk finished: nothing to resume, nothing left behind
             partial.unlink(missing_ok=True)
         raise
+    if not main:
+        return truncated
     partial.replace(output)
     progress.unlink(missing_ok=True)
     return truncated

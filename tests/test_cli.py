@@ -1,5 +1,8 @@
 import dataclasses
 import json
+import os
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -119,3 +122,58 @@ def test_a_killed_score_run_resumes_without_scoring_a_row_twice(tmp_path):
     assert [r["reward"] for r in scored] == [2.0 + 10 * i for i in range(11)]
     assert not list(tmp_path.glob(".scored.jsonl.*"))
     assert "no interrupted run to resume" in cli(*common, "--resume", check_rc=2).stderr
+
+
+def test_merge_shards_puts_every_field_back_in_row_order():
+    from rewardstack.distributed import merge_shards
+    from rewardstack.scores import RewardScores
+
+    first = RewardScores(mean=np.array([0.0, 2.0, 4.0]), std=np.array([0.5, 0.7, 0.9]), parts={"a": np.array([1.0, 3.0, 5.0])}, arm=np.array([1, 0, 1]), truncated=1)
+    second = RewardScores(mean=np.array([1.0, 3.0]), std=np.array([0.6, 0.8]), parts={"a": np.array([2.0, 4.0])}, arm=np.array([0, 0]), truncated=2)
+    merged = merge_shards([([1, 3], second), ([], None), ([0, 2, 4], first)], 5)
+    assert merged.mean.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and merged.std.tolist() == [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert merged.parts["a"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0] and merged.arm.tolist() == [1, 0, 0, 0, 1] and merged.truncated == 3
+    no_std = merge_shards([([0], RewardScores(mean=np.array([1.0]))), ([1], second.rows(slice(0, 1)))], 2)
+    assert no_std.std is None and no_std.arm is None and no_std.mean.tolist() == [1.0, 1.0]
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+def test_score_under_accelerate_launch_matches_one_process(tmp_path):
+    """Two processes deal the rows of each chunk between them (the last chunk of one row leaves one idle):
+    every row is scored once, by one of two processes, and the output file is one process's, in input
+    order, parts included."""
+    import subprocess
+
+    from test_packing import make_model
+
+    make_model(objective="bt").save(tmp_path / "m")
+    (tmp_path / "counted.py").write_text(
+        "import os\nfrom pathlib import Path\n"
+        "def score(prompt, response):\n"
+        "    with open(Path(__file__).parent / 'calls.log', 'a') as log:\n"
+        "        log.write(f'{os.getpid()} {response}\\n')\n"
+        "    return float(len(response))\n")
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "combine": "mean", "members": [
+        {"name": "rm", "source": {"kind": "model", "path": "m"}}, {"name": "chars", "source": {"kind": "rule", "function": "counted:score"}}]}))
+    rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Prompt " + "word " * i, "response": f"answer{i} " * (i % 3 + 1), "id": i} for i in range(9)])
+    common = ["score", "--reward", str(tmp_path / "tree.yaml"), "--input", str(rows), "--chunk-rows", "4"]
+    cli(*common, "--output", tmp_path / "one.jsonl")
+    (tmp_path / "calls.log").unlink()
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launched = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--output", str(tmp_path / "two.jsonl")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    assert launched.stdout.count("scored 9 rows") == 1  # the main process reports, once
+    calls = [line.split(" ", 1) for line in (tmp_path / "calls.log").read_text().splitlines()]
+    assert sorted(int(response.split()[0][6:]) for _, response in calls) == list(range(9))  # each row once
+    assert len({pid for pid, _ in calls}) == 2
+    one, two = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()] for name in ("one.jsonl", "two.jsonl"))
+    assert [r["id"] for r in two] == list(range(9))
+    assert [r["reward_parts"]["chars"] for r in two] == [r["reward_parts"]["chars"] for r in one]
+    np.testing.assert_allclose([r["reward"] for r in two], [r["reward"] for r in one], atol=1e-5)
+    np.testing.assert_allclose([r["reward_parts"]["rm"] for r in two], [r["reward_parts"]["rm"] for r in one], atol=1e-5)
+    assert len({round(r["reward_parts"]["rm"], 4) for r in one}) == 9
+    assert not list(tmp_path.glob(".two.jsonl.*"))
