@@ -138,6 +138,7 @@ def eval_command(
     """Accuracy (strict and ties ½, with 95 % intervals), mean margin, ECE, Brier and NLL per data set and
     subset; rows with several responses or A/B labels; RewardBench v1 and 2 scores; with a Laplace
     posterior also the Laplace predictive's, and out-of-distribution detection by reward std."""
+    from .distributed import is_main_process
     from .evaluation import evaluate, format_table, plot_evaluation
     from .sources import load_source
 
@@ -146,6 +147,8 @@ def eval_command(
             check_output_file(path, option)
     results = evaluate(load_source(reward, allow_rule_module or (), config.compute), data, config.columns, config.skip_invalid, config.batch_size,
                        config.ref_cache_dir, ood_data, config.format, config.ab_keys, per_row=bool(per_row or plot))
+    if not is_main_process():  # under accelerate launch every process has the results; the main one reports them
+        return
     typer.echo(format_table(results))
     if plot:
         for written in plot_evaluation(results, plot):

@@ -6,7 +6,7 @@ itself. A bandit source draws its choices in each process apart."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,6 +34,19 @@ def wait_for_everyone() -> None:
         state.wait_for_everyone()
 
 
+def arrays_across_processes(rows: int, compute: Callable[[list[int]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`compute(indices)` gives per-row arrays of some rows; run on this process's share of `rows` rows,
+    and the shares of all processes assembled in row order, the same on every process."""
+    state = processes()
+    if state is None:
+        return compute(list(range(rows)))
+    from accelerate.utils import gather_object
+
+    mine = list(range(state.process_index, rows, state.num_processes))
+    filled = [(index, arrays) for index, arrays in gather_object([(mine, compute(mine) if mine else None)]) if arrays is not None]
+    return {key: _assemble(filled, rows, lambda arrays, key=key: arrays[key]) for key in filled[0][1]}
+
+
 def score_across_processes(source, prompts: Sequence, responses: Sequence[str], batch_size: int = 16) -> RewardScores:
     """source.score over all rows, shared out among the launched processes; the same on every process."""
     state = processes()
@@ -51,18 +64,20 @@ def merge_shards(shards: Sequence[tuple[list[int], RewardScores | None]], rows: 
     filled = [(index, scores) for index, scores in shards if scores is not None]
     if not filled:
         return RewardScores(mean=np.empty(0))
-
-    def assemble(field, dtype):
-        out = np.empty(rows, dtype=dtype)
-        for index, scores in filled:
-            out[index] = field(scores)
-        return out
-
     first = filled[0][1]
     return RewardScores(
-        mean=assemble(lambda s: s.mean, np.float64),
-        std=None if any(s.std is None for _, s in filled) else assemble(lambda s: s.std, np.float64),
-        parts={name: assemble(lambda s, name=name: s.parts[name], np.float64) for name in first.parts},
-        arm=None if any(s.arm is None for _, s in filled) else assemble(lambda s: s.arm, np.int64),
+        mean=_assemble(filled, rows, lambda s: s.mean),
+        std=None if any(s.std is None for _, s in filled) else _assemble(filled, rows, lambda s: s.std),
+        parts={name: _assemble(filled, rows, lambda s, name=name: s.parts[name]) for name in first.parts},
+        arm=None if any(s.arm is None for _, s in filled) else _assemble(filled, rows, lambda s: s.arm),
         truncated=sum(s.truncated for _, s in filled),
     )
+
+
+def _assemble(filled: Sequence[tuple[list[int], object]], rows: int, field: Callable) -> np.ndarray:
+    """One array of `rows` rows from the `field` of each (row indices, result) share."""
+    first = np.asarray(field(filled[0][1]))
+    out = np.empty((rows, *first.shape[1:]), dtype=first.dtype)
+    for index, result in filled:
+        out[index] = field(result)
+    return out

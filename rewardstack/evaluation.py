@@ -15,6 +15,7 @@ from .data.encode import EncodedPairs, encode_pairs
 from .comparisons import AB_KEYS, as_pairs, bootstrap_interval, comparison_metrics, load_comparisons, per_row_records, rewardbench_v1, rewardbench_v2, score_comparisons
 from .config import EVAL_FORMATS
 from .data.load import Columns, PreferencePair, named_data
+from .distributed import arrays_across_processes, score_across_processes
 from .errors import UserError
 from .files import atomic_path
 from .metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics, preference_probability
@@ -52,7 +53,7 @@ def source_pair_scores(source, pairs: Sequence[PreferencePair], batch_size: int 
     """score_pairs for any reward source: (`chosen`, `rejected` and, when the source has stds, `var_chosen`,
     `var_rejected`), and the count of truncated rows. Without Jacobians there is no Var[Δ]."""
     prompts = [pair.prompt for pair in pairs] * 2
-    scores = source.score(prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size=batch_size)
+    scores = score_across_processes(source, prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs], batch_size)
     n = len(pairs)
     result = {"chosen": scores.mean[:n], "rejected": scores.mean[n:]}
     if scores.std is not None:
@@ -150,7 +151,8 @@ def _evaluate_rows(model, rows: list, format: str, batch_size: int, ref_cache_di
         return metrics, rewards, row_stds
     if isinstance(model, RewardModel):
         encoded = encode_pairs(model.encoder, pairs)
-        scores, truncated = score_pairs(model, encoded, batch_size, ref_cache_dir), encoded.truncated
+        scores = arrays_across_processes(len(pairs), lambda mine: score_pairs(model, encoded.take(mine), batch_size, ref_cache_dir))
+        truncated = encoded.truncated
     else:
         scores, truncated = source_pair_scores(model, pairs, batch_size)
     metrics = pair_metrics(scores, [pair.subset for pair in pairs], truncated)

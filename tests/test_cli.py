@@ -177,3 +177,36 @@ def test_score_under_accelerate_launch_matches_one_process(tmp_path):
     np.testing.assert_allclose([r["reward_parts"]["rm"] for r in two], [r["reward_parts"]["rm"] for r in one], atol=1e-5)
     assert len({round(r["reward_parts"]["rm"], 4) for r in one}) == 9
     assert not list(tmp_path.glob(".two.jsonl.*"))
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
+    """Two processes share the pairs (7: one process gets one more); the metrics and the per-row rewards,
+    the haf model's implicit reward included, equal one process's, and only the main process writes."""
+    import subprocess
+
+    from test_packing import make_model
+
+    make_model(objective="haf").save(tmp_path / "m")
+    pairs = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "Question " + "word " * i, "chosen": f"yes {i}" * (i % 3 + 1), "rejected": f"no {i}"}
+                                                 for i in range(7)])
+    common = ["eval", "--reward", str(tmp_path / "m"), "--data", str(pairs)]
+    cli(*common, "--output", tmp_path / "one.json", "--per-row", tmp_path / "one.jsonl")
+    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launched = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--output", str(tmp_path / "two.json"), "--per-row", str(tmp_path / "two.jsonl")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    assert launched.stdout.count("metrics written to") == 1
+    one, two = (json.loads((tmp_path / name).read_text())[str(pairs)] for name in ("one.json", "two.json"))
+    assert two["pairs"] == one["pairs"] == 7 and two["accuracy"] == one["accuracy"]
+    for key in ("nll", "mean_margin"):
+        assert two[key] == pytest.approx(one[key], abs=1e-5)
+    assert two["implicit_reward"]["accuracy"] == one["implicit_reward"]["accuracy"]
+    rows_one, rows_two = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()] for name in ("one.jsonl", "two.jsonl"))
+    assert [r["row"] for r in rows_two] == list(range(7)) and [r["all"] for r in rows_two] == [r["all"] for r in rows_one]
+    for side in ("chosen_rewards", "rejected_rewards"):
+        np.testing.assert_allclose([r[side] for r in rows_two], [r[side] for r in rows_one], atol=1e-5)
+    assert len({round(r["chosen_rewards"][0], 4) for r in rows_one}) == 7

@@ -134,6 +134,11 @@ class EncodedPairs:
     def tokens(self, index: int) -> int:
         return len(self.chosen[index]) + len(self.rejected[index])
 
+    def take(self, indices: Sequence[int]) -> "EncodedPairs":
+        """The pairs `indices`, in that order (`truncated` counts the whole set's)."""
+        return EncodedPairs([self.chosen[i] for i in indices], [self.rejected[i] for i in indices], [self.margin[i] for i in indices],
+                            [self.subset[i] for i in indices], self.truncated)
+
 
 def encode_pairs(encoder: Encoder, pairs) -> EncodedPairs:
     """Encode `PreferencePair`s; the prompt is tokenised once per pair and truncated alike for both."""
