@@ -17,6 +17,21 @@ def cli(*args, check_rc=0):
     return result
 
 
+ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
+needs_accelerate = pytest.mark.skipif(not os.path.exists(ACCELERATE), reason="accelerate CLI not installed")
+
+
+def cli_in_two_processes(*args):
+    """`accelerate launch` of `python -m rewardstack.cli ARGS` in 2 CPU processes (gloo); checks it exits 0."""
+    launched = subprocess.run(
+        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "rewardstack.cli", *map(str, args)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    return launched
+
+
 def write_rows(path: Path, rows) -> Path:
     """Rows as JSON lines; a str row is written as is (to make invalid lines)."""
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))

@@ -1,8 +1,5 @@
 import dataclasses
 import json
-import os
-import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
 from rewardstack.synthetic import arithmetic_pairs
 
-from conftest import cli, write_rows
+from conftest import cli, cli_in_two_processes, needs_accelerate, write_rows
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +134,11 @@ def test_merge_shards_puts_every_field_back_in_row_order():
     assert no_std.std is None and no_std.arm is None and no_std.mean.tolist() == [1.0, 1.0]
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+@needs_accelerate
 def test_score_under_accelerate_launch_matches_one_process(tmp_path):
     """Two processes deal the rows of each chunk between them (the last chunk of one row leaves one idle):
     every row is scored once, by one of two processes, and the output file is one process's, in input
     order, parts included."""
-    import subprocess
-
     from test_packing import make_model
 
     make_model(objective="bt").save(tmp_path / "m")
@@ -159,13 +154,7 @@ def test_score_under_accelerate_launch_matches_one_process(tmp_path):
     common = ["score", "--reward", str(tmp_path / "tree.yaml"), "--input", str(rows), "--chunk-rows", "4"]
     cli(*common, "--output", tmp_path / "one.jsonl")
     (tmp_path / "calls.log").unlink()
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--output", str(tmp_path / "two.jsonl")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    launched = cli_in_two_processes(*common, "--output", tmp_path / "two.jsonl")
     assert launched.stdout.count("scored 9 rows") == 1  # the main process reports, once
     calls = [line.split(" ", 1) for line in (tmp_path / "calls.log").read_text().splitlines()]
     assert sorted(int(response.split()[0][6:]) for _, response in calls) == list(range(9))  # each row once
@@ -179,12 +168,10 @@ def test_score_under_accelerate_launch_matches_one_process(tmp_path):
     assert not list(tmp_path.glob(".two.jsonl.*"))
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+@needs_accelerate
 def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
     """Two processes share the pairs (7: one process gets one more); the metrics and the per-row rewards,
     the haf model's implicit reward included, equal one process's, and only the main process writes."""
-    import subprocess
-
     from test_packing import make_model
 
     make_model(objective="haf").save(tmp_path / "m")
@@ -192,13 +179,7 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
                                                  for i in range(7)])
     common = ["eval", "--reward", str(tmp_path / "m"), "--data", str(pairs)]
     cli(*common, "--output", tmp_path / "one.json", "--per-row", tmp_path / "one.jsonl")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--output", str(tmp_path / "two.json"), "--per-row", str(tmp_path / "two.jsonl")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
+    launched = cli_in_two_processes(*common, "--output", tmp_path / "two.json", "--per-row", tmp_path / "two.jsonl")
     assert launched.stdout.count("metrics written to") == 1
     one, two = (json.loads((tmp_path / name).read_text())[str(pairs)] for name in ("one.json", "two.json"))
     assert two["pairs"] == one["pairs"] == 7 and two["accuracy"] == one["accuracy"]

@@ -1,7 +1,5 @@
 import json
 import math
-import os
-import shutil
 import subprocess
 import sys
 
@@ -24,7 +22,7 @@ from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
 
-from conftest import cli
+from conftest import cli, cli_in_two_processes, needs_accelerate
 
 
 def lora_model(objective="bt", lora_r=2) -> RewardModel:
@@ -264,7 +262,7 @@ def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
     assert "laplace predictive" in result.stdout and "out-of-distribution AUROC" in result.stdout
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+@needs_accelerate
 def test_two_processes_sum_the_same_factors_as_one(tmp_path):
     model = lora_model()
     for name in ("one", "two"):
@@ -272,13 +270,7 @@ def test_two_processes_sum_the_same_factors_as_one(tmp_path):
     train = str(write_jsonl(arithmetic_pairs(12, seed=0), tmp_path / "train.jsonl"))
     command = ["-m", "rewardstack.cli", "laplace", "--data", train, "--batch-size", "3", "--max-factor-size", "16", "--factor-rank", "4"]
     subprocess.run([sys.executable, *command, "--model-dir", str(tmp_path / "one")], check=True, capture_output=True)
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", *command, "--model-dir", str(tmp_path / "two")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    cli_in_two_processes(*command[2:], "--model-dir", tmp_path / "two")
     one, two = (RewardModel.from_pretrained(tmp_path / name).posterior for name in ("one", "two"))
     assert two.log_likelihood == pytest.approx(one.log_likelihood, rel=1e-5)
     for a, b in zip(one.blocks, two.blocks):

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,6 +13,8 @@ from rewardstack.errors import UserError
 from rewardstack.model import RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
 from rewardstack.training import micro_batches, plan_batches, train
+
+from conftest import cli_in_two_processes, needs_accelerate
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -105,7 +106,7 @@ def test_resume_needs_a_checkpoint_and_the_same_options(tmp_path, data):
         train(tiny_config(learning_rate=1e-2), data[0], output_dir=tmp_path / "run", resume=True)
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=os.path.dirname(sys.executable)) is None, reason="accelerate CLI not installed")
+@needs_accelerate
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     """Two DDP processes, with gradient checkpointing and pairs packed into rows, train the model one
     plain process does."""
@@ -114,14 +115,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
               "--batch-size", "8", "--learning-rate", "5e-3", "--warmup-ratio", "0", "--seed", "3"]
     rewardstack = [sys.executable, "-m", "rewardstack.cli"]
     subprocess.run(rewardstack + common + ["--output-dir", str(tmp_path / "one")], check=True, capture_output=True)
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launched = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardstack.cli"] + common + ["--micro-batch-size", "4", "--gradient-checkpointing", "--pack-tokens", "300",
-                                                  "--output-dir", str(tmp_path / "two")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    cli_in_two_processes(*common, "--micro-batch-size", "4", "--gradient-checkpointing", "--pack-tokens", "300", "--output-dir", tmp_path / "two")
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     np.testing.assert_allclose(final_rewards(tmp_path / "two"), final_rewards(tmp_path / "one"), atol=1e-4)
 
