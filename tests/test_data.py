@@ -4,9 +4,10 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from rewardstack.backbones import tiny_random_tokenizer
-from rewardstack.data.encode import Encoder, length_batches, pad_right, truncate
+from rewardstack.data.encode import Encoded, Encoder, as_messages, encode_pairs, length_batches, pad_right, prompt_key, render, truncate
 from rewardstack.data.load import Columns, PreferencePair, load_preferences, load_score_rows, parse_anthropic
 from rewardstack.errors import UserError
 
@@ -148,9 +149,74 @@ def test_encoder_applies_chat_template_with_exact_boundary():
     assert tok.decode(a.response_ids) == "Hello.<|im_end|>\n"
 
 
+def bos_tokenizer():
+    """The tiny byte-level tokenizer with a post-processor that puts <|im_start|> first, as a BOS would."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = tiny_random_tokenizer()
+    bos = tok.convert_tokens_to_ids("<|im_start|>")
+    tok._tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    return tok, bos
+
+
+def test_render_by_template_by_fallback_and_without_one():
+    tok = tiny_random_tokenizer()
+    assert render(tok, USER_HI, "Yes.") == ("<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n", "Yes.<|im_end|>\n")
+    tok.chat_template = "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    assert render(tok, USER_HI, "Yes.") == ("[Hi?]>", "Yes." + tok.eos_token)  # the full text does not begin with the prompt's
+    eos, tok.eos_token = tok.eos_token, None
+    assert render(tok, USER_HI, "Yes.") == ("[Hi?]>", "Yes.")
+    tok.eos_token, tok.chat_template = eos, None
+    system = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"})
+    assert render(tok, system, "Yes.") == ("System: Be brief.\n\nUser: Hi?\n\nAssistant: ", "Yes." + tok.eos_token)
+    tok.eos_token = None
+    assert render(tok, USER_HI, "Yes.")[1] == "Yes."
+
+
+def test_encoder_lengths_and_special_tokens():
+    tok, bos = bos_tokenizer()
+    assert Encoder(tok, max_length=8).max_length == 8  # the smallest allowed
+    assert Encoder(tok, max_length=9).max_prompt_length == 4 and isinstance(Encoder(tok, max_length=9).max_prompt_length, int)
+    assert Encoder(tok, max_length=9, max_prompt_length=1).max_prompt_length == 1
+    assert Encoder(tok, max_length=20, max_prompt_length=15).max_prompt_length == 15
+    for bad in ({"max_length": 7}, {"max_length": 9, "max_prompt_length": 0}, {"max_length": 9, "max_prompt_length": 9}):
+        with pytest.raises(ValueError):
+            Encoder(tok, **bad)
+    (templated,), _ = Encoder(tok, 256).encode(USER_HI, ["Yes."])
+    assert templated.prompt_ids.count(bos) == 2 and templated.response_ids[0] != bos  # the template's own two turn starts, no extra BOS
+    tok.chat_template = None
+    (plain,), _ = Encoder(tok, 256).encode(USER_HI, ["Yes."])
+    assert plain.prompt_ids[0] == bos and tok.decode(plain.prompt_ids[1:]) == "User: Hi?\n\nAssistant: "
+    assert bos not in plain.response_ids and len(plain) == len(plain.ids) == len(plain.prompt_ids) + len(plain.response_ids)
+    # A long prompt with long responses keeps max_prompt_length of its last tokens.
+    (cut,), was_cut = Encoder(tok, max_length=40, max_prompt_length=30).encode(as_messages("x" * 100), ["y" * 100])
+    assert was_cut and len(cut.prompt_ids) == 30 and len(cut) == 40
+
+
+def test_messages_prompt_keys_and_encoded_pairs():
+    assert as_messages("Hi?") == ({"role": "user", "content": "Hi?"},)
+    assert as_messages(USER_HI) == tuple(USER_HI)
+    for bad in ([], [{"role": "robot", "content": "x"}], [{"role": "user", "content": 3}], ["text"]):
+        with pytest.raises(UserError, match="prompt"):
+            as_messages(bad)
+    assert prompt_key("Hi?") == prompt_key(USER_HI) != prompt_key("Hi!")
+    pairs = [PreferencePair(prompt=as_messages(f"q{i}"), chosen="c" * [1, 3, 2][i], rejected="r", margin=[None, 2.0, 0.5][i], subset=["s", None, "t"][i])
+             for i in range(3)]
+    encoder = Encoder(tiny_random_tokenizer(), max_length=25, max_prompt_length=12)  # prompts are 21 tokens
+    encoded = encode_pairs(encoder, pairs)
+    assert encoded.margin == [0.0, 2.0, 0.5] and encoded.subset == ["s", None, "t"] and encoded.truncated == 1  # only the middle pair (21 + 5 tokens) is cut
+    assert [encoded.tokens(i) for i in range(3)] == [len(encoded.chosen[i]) + len(encoded.rejected[i]) for i in range(3)]
+    assert encoded.tokens(0) != encoded.tokens(2)
+    taken = encoded.take([2, 0])
+    assert taken.chosen == [encoded.chosen[2], encoded.chosen[0]] and taken.rejected == [encoded.rejected[2], encoded.rejected[0]]
+    assert taken.margin == [0.5, 0.0] and taken.subset == ["t", "s"] and taken.truncated == 1 and len(taken) == 2
+    assert Encoded((1, 2), (3,)).ids == [1, 2, 3]
+
+
 def test_padding_and_length_batches():
     ids, mask = pad_right([[1, 2, 3], [4]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert ids.dtype == mask.dtype == torch.long
     assert length_batches([1, 5, 3, 4], 2) == [[1, 3], [2, 0]]
 
 
