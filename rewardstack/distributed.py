@@ -37,26 +37,28 @@ def wait_for_everyone() -> None:
 def arrays_across_processes(rows: int, compute: Callable[[list[int]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """`compute(indices)` gives per-row arrays of some rows; run on this process's share of `rows` rows,
     and the shares of all processes assembled in row order, the same on every process."""
-    state = processes()
-    if state is None:
+    if processes() is None or rows == 0:
         return compute(list(range(rows)))
-    from accelerate.utils import gather_object
-
-    mine = list(range(state.process_index, rows, state.num_processes))
-    filled = [(index, arrays) for index, arrays in gather_object([(mine, compute(mine) if mine else None)]) if arrays is not None]
+    filled = _shares(rows, compute)
     return {key: _assemble(filled, rows, lambda arrays, key=key: arrays[key]) for key in filled[0][1]}
 
 
 def score_across_processes(source, prompts: Sequence, responses: Sequence[str], batch_size: int = 16) -> RewardScores:
     """source.score over all rows, shared out among the launched processes; the same on every process."""
-    state = processes()
-    if state is None:
+    if processes() is None:
         return source.score(prompts, responses, batch_size=batch_size)
+    shares = _shares(len(prompts), lambda mine: source.score([prompts[i] for i in mine], [responses[i] for i in mine], batch_size=batch_size))
+    return merge_shards(shares, len(prompts))
+
+
+def _shares(rows: int, compute: Callable[[list[int]], object]) -> list[tuple[list[int], object]]:
+    """(row indices, compute(indices)) for every process's share of `rows` rows (row i to process
+    i mod P), gathered on every process; shares without rows are left out."""
     from accelerate.utils import gather_object
 
-    mine = list(range(state.process_index, len(prompts), state.num_processes))
-    scores = source.score([prompts[i] for i in mine], [responses[i] for i in mine], batch_size=batch_size) if mine else None
-    return merge_shards(gather_object([(mine, scores)]), len(prompts))
+    state = processes()
+    mine = list(range(state.process_index, rows, state.num_processes))
+    return [(index, result) for index, result in gather_object([(mine, compute(mine) if mine else None)]) if result is not None]
 
 
 def merge_shards(shards: Sequence[tuple[list[int], RewardScores | None]], rows: int) -> RewardScores:
