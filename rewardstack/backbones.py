@@ -77,6 +77,16 @@ def set_attention(model: torch.nn.Module, implementation: str) -> None:
         raise UserError(f"attn_implementation {implementation}: not available for this model here ({str(err).splitlines()[0]})") from None
 
 
+def downloads_allowed() -> bool:
+    """Whether models may be fetched from the Hub: only with REWARDSTACK_ALLOW_DOWNLOAD=1."""
+    return os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") == "1"
+
+
+def download_hint() -> str:
+    """What a failed load's message adds while downloads are off."""
+    return "" if downloads_allowed() else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
+
+
 def rewardstack_home() -> Path:
     """Cache root: $REWARDSTACK_HOME, default ~/.cache/rewardstack."""
     return Path(os.environ.get("REWARDSTACK_HOME", Path.home() / ".cache" / "rewardstack"))
@@ -173,7 +183,7 @@ def _convert_smollm2(cache: Path) -> None:
 
 
 def _load_hf(name: str):
-    allow = os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") == "1"
+    allow = downloads_allowed()
     local = Path(name).expanduser()
     source = str(local) if local.exists() else name
     if not local.exists() and "/" not in name:
@@ -184,8 +194,7 @@ def _load_hf(name: str):
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=not allow, use_safetensors=True)
     except OSError as exc:
-        hint = "" if allow else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
-        raise UserError(f"cannot load model {name!r}{hint}; weights are read from safetensors only: {str(exc).splitlines()[0]}") from exc
+        raise UserError(f"cannot load model {name!r}{download_hint()}; weights are read from safetensors only: {str(exc).splitlines()[0]}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
@@ -215,7 +224,7 @@ def model_files(name: str) -> Path | None:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, local_files_only=os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") != "1"))
+        return Path(snapshot_download(name, local_files_only=not downloads_allowed()))
     except Exception:  # not cached, or not an id: the backbone loader reports that
         return None
 

@@ -231,7 +231,7 @@ def score(
     truncated = write_scored_rows(source, rows, prompts, responses, output, config.batch_size, config.chunk_rows, resume, run)
     skipped = sum(report.skipped.values())
     if is_main_process():
-            typer.echo(f"scored {len(rows)} rows ({truncated} truncated, {skipped} skipped"
+        typer.echo(f"scored {len(rows)} rows ({truncated} truncated, {skipped} skipped"
                    f"{' ' + json.dumps(dict(report.skipped)) if skipped else ''}) -> {output}")
 
 

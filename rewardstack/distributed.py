@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 from .scores import RewardScores
 
@@ -17,7 +18,6 @@ def processes():
     """accelerate's PartialState when this run was launched as several processes, else None."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    import torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.accelerator.is_available())  # without cpu=True a CPU launch counts as one process

@@ -14,14 +14,13 @@ reduces them to one reward by `reduce`: {index: k} (one output), {weights: [w_1,
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..backbones import resolve_device, set_attention
+from ..backbones import download_hint, downloads_allowed, resolve_device, set_attention
 from ..config import ComputeConfig
 from ..data.encode import MIN_MAX_LENGTH, Encoder, as_messages, length_batches, pad_right, truncate
 from ..errors import UserError
@@ -72,14 +71,13 @@ class HFRewardModel:
         """Load a local folder or a Hub id (from the local cache unless REWARDSTACK_ALLOW_DOWNLOAD=1)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        allow = os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") == "1"
+        allow = downloads_allowed()
         source = str(name_or_path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=not allow)
             model = AutoModelForSequenceClassification.from_pretrained(source, dtype=torch.float32, local_files_only=not allow, use_safetensors=True)
         except (OSError, ValueError) as err:
-            hint = "" if allow else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
-            raise UserError(f"cannot load the reward model {source!r}{hint}: {str(err).splitlines()[0]}") from None
+            raise UserError(f"cannot load the reward model {source!r}{download_hint()}: {str(err).splitlines()[0]}") from None
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return cls(model, tokenizer, source, max_length, reduce)

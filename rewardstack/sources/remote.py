@@ -138,12 +138,12 @@ def _tokenizer(name: str, where: str):
     """The tokenizer of a served model (a folder or cached Hub id), for its chat template."""
     from transformers import AutoTokenizer
 
-    allow = os.environ.get("REWARDSTACK_ALLOW_DOWNLOAD") == "1"
+    from ..backbones import download_hint, downloads_allowed
+
     try:
-        return AutoTokenizer.from_pretrained(str(name), local_files_only=not allow)
+        return AutoTokenizer.from_pretrained(str(name), local_files_only=not downloads_allowed())
     except (OSError, ValueError) as err:
-        hint = "" if allow else " (downloads are off: set REWARDSTACK_ALLOW_DOWNLOAD=1 to allow them)"
-        raise UserError(f"{where}.tokenizer: cannot load {name!r}{hint}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{where}.tokenizer: cannot load {name!r}{download_hint()}: {str(err).splitlines()[0]}") from None
 
 
 def _api_key(node: dict, where: str) -> str | None:
