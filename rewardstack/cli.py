@@ -406,7 +406,7 @@ def main() -> None:
         _fail(str(err))
     except OSError as err:
         _fail(describe_os_error(err))
-    except (click_exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         _fail("interrupted", code=130)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -23,6 +23,28 @@ def processes():
     return PartialState(cpu=not torch.accelerator.is_available())  # without cpu=True a CPU launch counts as one process
 
 
+def cpu_accelerator(**options):
+    """An Accelerator for processes on CPU. accelerate runs FSDP and DeepSpeed on accelerators only: CPU
+    processes launched with either configuration would silently run plain DDP. Both run on CPU over gloo,
+    so switch them on as accelerate does on GPUs: DeepSpeed (its CPU accelerator) in a gloo process group,
+    FSDP2 with the launch's FSDP_* settings."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    def launched_with(kind: str) -> bool:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get(f"ACCELERATE_USE_{kind}", "false").lower() == "true"
+
+    if launched_with("DEEPSPEED"):
+        PartialState(backend="gloo")
+        return Accelerator(**options)
+    accelerator = Accelerator(cpu=True, **options)
+    if launched_with("FSDP") and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        for shared in (accelerator.state, PartialState()):  # accelerate's state copies the partial state's type when read again
+            shared.distributed_type = DistributedType.FSDP
+    return accelerator
+
+
 def is_main_process() -> bool:
     state = processes()
     return state is None or state.is_main_process

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .errors import UserError
 
@@ -41,12 +41,14 @@ def load_tensors(path: str | Path) -> dict:
         raise UserError(f"{path}: not a readable safetensors file ({err})") from None
 
 
-def load_torch(path: str | Path) -> Any:
-    """A file written by torch.save, read with weights_only=True: tensors and plain containers only, no code."""
+def load_torch(path: str | Path, allowed: Sequence[type] = ()) -> Any:
+    """A file written by torch.save, read with weights_only=True: tensors, plain containers and the
+    `allowed` classes only, no code."""
     import torch
 
     try:
-        return torch.load(path, weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: missing") from None
     except Exception as err:  # pickle, zip and torch errors of a truncated or corrupt file

@@ -145,6 +145,11 @@ class RewardModel(torch.nn.Module):
         token_logps = torch.cat(parts) if parts else flat_hidden.new_zeros(0, dtype=lm_head.weight.dtype)
         return token_logps.new_zeros(len(packed.indices)).index_add(0, packed.response_owner, token_logps)
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """The backbone's decoder layer classes: accelerate's FSDP auto-wrap shards each such layer apart."""
+        return list(getattr(self._base_lm(), "_no_split_modules", None) or [])
+
     def _base_lm(self) -> torch.nn.Module:
         return self.backbone.get_base_model() if isinstance(self.backbone, PeftModel) else self.backbone
 

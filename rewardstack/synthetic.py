@@ -23,16 +23,33 @@ TEMPLATES = [
 ]
 NAMES = ["Ana", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo"]
 ITEMS = ["apple", "book", "coin", "marble", "pencil", "sticker"]
+# Shifted worlds for testing out of distribution: the same operations asked in other words, and division.
+OTHER_TEMPLATES = [
+    ("After buying {b} more {item}s, how many {item}s does {name} own if {name} started with {a}?", "+"),
+    ("{name} started with {a} {item}s and lost {b} of them. What is the count now?", "-"),
+    ("Each of {b} bags contains {a} {item}s. What is the total number of {item}s?", "*"),
+]
+DIVISION_TEMPLATES = [("{name} splits {a} {item}s equally into {b} groups. How many {item}s are in each group?", "/")]
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+WORLDS = {  # name: arithmetic_problem's keyword arguments
+    "base": {},
+    "larger numbers": {"max_a": 400, "max_b": 99},
+    "other templates": {"templates": OTHER_TEMPLATES},
+    "division": {"templates": DIVISION_TEMPLATES, "ops": "/"},
+}
 
 
-def arithmetic_problem(rng: random.Random, max_a: int = 40, max_b: int = 12, ops: str = "+-*") -> tuple[str, int, str]:
+def arithmetic_problem(rng: random.Random, max_a: int = 40, max_b: int = 12, ops: str = "+-*",
+                       templates: list[tuple[str, str]] = TEMPLATES) -> tuple[str, int, str]:
     """(question, answer, worked expression) for one templated problem with a in 2…max_a, b in 2…max_b
-    (swapped for a subtraction so the result is ≥ 0)."""
-    template, op = rng.choice([t for t in TEMPLATES if t[1] in ops])
+    (swapped for a subtraction so the result is ≥ 0; for a division a·b is divided by b, so the answer is a)."""
+    template, op = rng.choice([t for t in templates if t[1] in ops])
     a, b = rng.randint(2, max_a), rng.randint(2, max_b)
     if op == "-" and b > a:
         a, b = b, a
-    answer = {"+": a + b, "-": a - b, "*": a * b}[op]
+    if op == "/":
+        a *= b
+    answer = OPERATIONS[op](a, b)
     question = template.format(name=rng.choice(NAMES), item=rng.choice(ITEMS), a=a, b=b)
     return question, answer, f"{a} {op} {b}"
 
@@ -45,20 +62,20 @@ EVASIVE = [
 FAILURES = ["wrong result", "wrong operands", "evasive"]
 
 
-def arithmetic_pairs(count: int, seed: int = 0) -> list[dict]:
-    """`count` rows {prompt, chosen, rejected, subset}; the failure kinds take turns."""
+def arithmetic_pairs(count: int, seed: int = 0, world: str = "base") -> list[dict]:
+    """`count` rows {prompt, chosen, rejected, subset} of one of the WORLDS; the failure kinds take turns."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
-        question, answer, expression = arithmetic_problem(rng)
+        question, answer, expression = arithmetic_problem(rng, **WORLDS[world])
         a, op, b = expression.split()
         failure = FAILURES[i % len(FAILURES)]
         if failure == "wrong result":
             wrong = answer + rng.choice([-10, -2, -1, 1, 2, 10])
             rejected = f"{expression} = {wrong}. The answer is {wrong}."
         elif failure == "wrong operands":
-            other = int(a) + rng.choice([-3, -1, 1, 3, 7])
-            result = {"+": other + int(b), "-": other - int(b), "*": other * int(b)}[op]
+            other = int(a) + (int(b) * rng.choice([1, 2, 3]) if op == "/" else rng.choice([-3, -1, 1, 3, 7]))
+            result = OPERATIONS[op](other, int(b))
             rejected = f"{other} {op} {b} = {result}. The answer is {result}."
         else:
             rejected = rng.choice(EVASIVE)

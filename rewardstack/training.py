@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -30,6 +30,7 @@ from transformers import get_scheduler
 from .config import ComputeConfig, TrainConfig
 from .data.encode import EncodedPairs, encode_pairs
 from .data.load import load_preferences, named_data
+from .distributed import cpu_accelerator, is_main_process
 from .errors import UserError
 from .evaluation import evaluate_encoded
 from .files import atomic_path, check_output_dir, load_tensors, load_torch, mark_output_dir, read_json, write_json, write_text
@@ -38,19 +39,20 @@ from .model import RewardModel, cached_reference_logprobs
 from .packing import Packed, pack_pairs
 
 LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
+SHARDS_FILE = "optimizer-shards.pt"  # a sharded run's checkpoint: each process's optimizer state
 
 
 def float32_accelerator(config: TrainConfig | None = None, logging_dir: Path | None = None) -> Accelerator:
     """An Accelerator computing in float32 (the CPU default), or under bf16 autocast when `compute.bf16`,
     with the trackers of `config.report_to` writing under `logging_dir`. Without cpu=True accelerate ignores a
-    multi-process launch on a machine with no accelerator. A process whose accelerate state another
+    multi-process launch on a machine with no accelerator (see cpu_accelerator). A process whose accelerate state another
     trainer set to another precision (TRL's GRPOConfig defaults to bf16) cannot change it: say so."""
     options: dict[str, Any] = {"mixed_precision": "bf16" if config is not None and config.compute.bf16 else "no"}
     if config is not None and config.report_to != "none":
         options.update(log_with=config.report_to.split(","), project_dir=logging_dir)
     try:
         on_cpu = not torch.accelerator.is_available() or (config is not None and config.compute.device == "cpu")
-        return Accelerator(cpu=on_cpu, **options)
+        return cpu_accelerator(**options) if on_cpu else Accelerator(**options)
     except ValueError as err:
         if "already been initialized" not in str(err):
             raise
@@ -163,12 +165,10 @@ def train(config: TrainConfig, train_data: Any, eval_data: Any = None, output_di
         raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
     accelerator = float32_accelerator(config, output_dir / "logs")
     set_seed(config.seed)
-    run = _Run.prepare(config, train_data, named_data(eval_data) if eval_data is not None else {}, accelerator)
-    run_config = {"data": run.report.source, "eval_data": list(run.eval_sets), **asdict(config)}
-    start_step = 0
-    if resume:
-        check_same_run(output_dir, run_config)
-        start_step = _load_latest_checkpoint(output_dir, run.unwrapped, run.optimizer, run.scheduler)
+    run = _Run.prepare(config, train_data, named_data(eval_data) if eval_data is not None else {}, accelerator,
+                       resume_dir=output_dir if resume else None)
+    run_config = run.settings()
+    start_step = run.start_step
     if accelerator.is_main_process:
         mark_output_dir(output_dir, "train")
         write_text(output_dir / "config.yaml", yaml.safe_dump(run_config, sort_keys=False))
@@ -176,9 +176,10 @@ def train(config: TrainConfig, train_data: Any, eval_data: Any = None, output_di
     log = _MetricsLog(output_dir / "metrics.jsonl", accelerator, config.report_to, run_config)
     seconds, tokens = run.loop(start_step, output_dir, log)
     summary: dict[str, Any] = {}
+    trained = run.gathered()
     if accelerator.is_main_process:
-        final_eval = run.evaluate(len(run.batches), log)
-        _save_final(run.unwrapped, output_dir)
+        final_eval = run.evaluate(trained, len(run.batches), log)
+        _save_final(trained, output_dir)
         summary = {
             "steps": len(run.batches),
             "resumed_from_step": start_step,
@@ -192,7 +193,7 @@ def train(config: TrainConfig, train_data: Any, eval_data: Any = None, output_di
         write_json(output_dir / "summary.json", summary)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return run.unwrapped, summary
+    return trained if trained is not None else run.unwrapped, summary
 
 
 @dataclass
@@ -201,7 +202,7 @@ class _Run:
 
     config: TrainConfig
     accelerator: Accelerator
-    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped on several processes)
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped, or sharded by FSDP, on several processes)
     unwrapped: RewardModel
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -210,12 +211,21 @@ class _Run:
     eval_sets: dict[str, tuple[EncodedPairs, Any]]
     reference: torch.Tensor | None
     batches: list[list[int]]
+    start_step: int = 0
+    gathered_copy: RewardModel | None = None  # the main process's whole copy of a sharded model (gathered())
 
     @classmethod
-    def prepare(cls, config: TrainConfig, train_data: Any, eval_data: dict[str, Any], accelerator: Accelerator) -> "_Run":
+    def prepare(cls, config: TrainConfig, train_data: Any, eval_data: dict[str, Any], accelerator: Accelerator,
+                resume_dir: Path | None = None) -> "_Run":
+        """Everything a run needs. Resuming the run in `resume_dir` (same options, else an error), the
+        newest checkpoint's weights are loaded before accelerate wraps (and maybe shards) the model, and its
+        optimizer, schedule and RNG state after."""
         pairs, report = load_preferences(train_data, config.columns, config.skip_invalid)
-        model = RewardModel.create(config).use(replace(config.compute, device=str(accelerator.device)))
-        model.training_config = asdict(config)
+        checkpoint = None
+        if resume_dir is not None:
+            check_same_run(resume_dir, run_settings(config, report.source, eval_data))
+            checkpoint = _latest_checkpoint(resume_dir)
+        model = _fresh_model(config, accelerator)
         if config.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         train_set = encode_pairs(model.encoder, pairs)
@@ -233,15 +243,60 @@ class _Run:
             num_warmup_steps=math.ceil(config.warmup_ratio * len(batches)),
             **({} if config.lr_scheduler == "constant" else {"num_training_steps": len(batches)}),
         )
+        if checkpoint is not None:
+            checkpoint.load_weights(model)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:  # the loop accumulates and clips as configured
+            accelerator.state.deepspeed_plugin.deepspeed_config.update(
+                train_micro_batch_size_per_gpu=config.micro_batch_size, gradient_accumulation_steps=1, gradient_clipping=config.max_grad_norm)
         prepared, optimizer = accelerator.prepare(model, optimizer)
+        if checkpoint is not None:
+            checkpoint.load_state(optimizer, scheduler, accelerator)
         return cls(config, accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, train_set, report,
-                   eval_sets, reference, batches)
+                   eval_sets, reference, batches, checkpoint.step if checkpoint else 0)
 
-    def evaluate(self, step: int, log: "_MetricsLog") -> dict[str, Any]:
-        results = {name: evaluate_encoded(self.unwrapped, encoded, self.config.eval_batch_size) for name, (encoded, _) in self.eval_sets.items()}
+    def settings(self) -> dict[str, Any]:
+        return run_settings(self.config, self.report.source, self.eval_sets)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the weights are split across processes (FSDP, DeepSpeed), so no process holds them all."""
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def gathered(self) -> RewardModel | None:
+        """The trained model as one whole module on the main process (None on the others): the model
+        itself, or, when sharded, a copy of it that receives the gathered trainable weights (frozen
+        weights are the backbone's own). Every process must call this."""
+        if not self.sharded:
+            return self.unwrapped if self.accelerator.is_main_process else None
+        state = self.accelerator.get_state_dict(self.model)  # whole on the main process
+        if not self.accelerator.is_main_process:
+            return None
+        if self.gathered_copy is None:
+            self.gathered_copy = _fresh_model(self.config, self.accelerator)
+        with torch.no_grad():
+            for name, param in self.gathered_copy.trainable_parameters().items():
+                param.copy_(state[name])
+        return self.gathered_copy
+
+    def evaluate(self, model: RewardModel, step: int, log: "_MetricsLog") -> dict[str, Any]:
+        """Metrics of `model` (the main process's gathered()) on every eval set, logged."""
+        results = {name: evaluate_encoded(model, encoded, self.config.eval_batch_size) for name, (encoded, _) in self.eval_sets.items()}
         if results:
             log.write({"step": step, "eval": results})
         return results
+
+    def checkpoint(self, output_dir: Path, step: int, rng_state: torch.Tensor | None = None) -> None:
+        """save_checkpoint of the gathered model and this run's optimizer, whose state a sharded run
+        keeps as one shard per process. Every process must call this."""
+        model = self.gathered()
+        optimizer_state: Any = self.optimizer.state_dict()
+        if self.sharded:
+            from accelerate.utils import gather_object
+
+            optimizer_state = gather_object([_local_tensors(optimizer_state)])
+        if model is not None:
+            save_checkpoint(output_dir, step, model, optimizer_state, self.scheduler, self.config.keep_checkpoints, rng_state)
+        self.accelerator.wait_for_everyone()
 
     def loop(self, start_step: int, output_dir: Path, log: "_MetricsLog") -> tuple[float, int]:
         """Steps start_step … end, with evaluations and checkpoints on their schedules; returns the
@@ -266,13 +321,12 @@ class _Run:
             bar.set_postfix(loss=f"{step_loss:.4f}")
             done = step + 1
             if config.eval_every and done % config.eval_every == 0 and done < len(self.batches):
+                model = self.gathered()
                 if main:
-                    self.evaluate(done, log)
+                    self.evaluate(model, done, log)
                 accelerator.wait_for_everyone()
             if config.save_every and done % config.save_every == 0 and done < len(self.batches):
-                if main:
-                    save_checkpoint(output_dir, done, self.unwrapped, self.optimizer, self.scheduler, config.keep_checkpoints)
-                accelerator.wait_for_everyone()
+                self.checkpoint(output_dir, done)
         bar.close()
         seconds = time.perf_counter() - started
         return seconds, int(accelerator.reduce(torch.tensor(tokens, device=accelerator.device), "sum").item())
@@ -289,16 +343,28 @@ class _Run:
                 with accelerator.autocast():
                     losses = objective_losses(self.model, batch, self.config, self.reference)
                 loss = losses.float().sum() * (weight * world / len(global_batch))
-                accelerator.backward(loss)
+                self.backward(loss, last=i == len(parts) - 1)
             step_loss += loss.detach().double().cpu() / world
             tokens += int(weight) * sum(self.train_set.tokens(j) for j in indices)
         return accelerator.reduce(step_loss.to(accelerator.device), "sum").item(), tokens
 
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """accelerator.backward, except under DeepSpeed, whose engine accelerate would step after every
+        micro-batch: there it steps after the last one only."""
+        if self.accelerator.distributed_type != DistributedType.DEEPSPEED:
+            self.accelerator.backward(loss)
+            return
+        self.model.set_gradient_accumulation_boundary(is_boundary=last)
+        self.model.backward(loss)
+        if last:
+            self.model.step()
+
     def stop_on_nan(self, step: int, step_loss: float, rng_before: torch.Tensor, output_dir: Path) -> None:
         """Stop before the update (the weights are still those after `step` steps), checkpointing them."""
-        if self.accelerator.is_main_process and not (output_dir / "checkpoints" / f"step-{step}").exists():
-            save_checkpoint(output_dir, step, self.unwrapped, self.optimizer, self.scheduler, self.config.keep_checkpoints, rng_before)
-        self.accelerator.wait_for_everyone()
+        missing = not (output_dir / "checkpoints" / f"step-{step}").exists()
+        self.accelerator.wait_for_everyone()  # every process has looked before any writes
+        if missing:
+            self.checkpoint(output_dir, step, rng_before)
         global_batch = self.batches[step]
         raise UserError(f"training loss is {step_loss} at step {step + 1} (pairs {', '.join(map(str, global_batch[:8]))}"
                         f"{', …' if len(global_batch) > 8 else ''} of {self.report.source}): stopped before updating the model; the model after "
@@ -355,17 +421,45 @@ def _save_final(model: RewardModel, output_dir: Path) -> None:
                         f"nothing was left half-written: free space and rerun with --resume to continue from {start}") from None
 
 
-def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer, scheduler, keep: int, rng_state: torch.Tensor | None = None) -> None:
-    """Trainable weights (safetensors), optimizer, scheduler and RNG state (default: the current one),
-    written whole or not at all; older checkpoints pruned once the new one is in place."""
+def save_checkpoint(output_dir: Path, step: int, model: RewardModel, optimizer_state: dict | list[dict], scheduler, keep: int,
+                    rng_state: torch.Tensor | None = None) -> None:
+    """Trainable weights (safetensors), optimizer state (a list: one shard per process, kept in
+    SHARDS_FILE), scheduler and RNG state (default: the current one), written whole or not at all; older
+    checkpoints pruned once the new one is in place."""
     with atomic_path(output_dir / "checkpoints" / f"step-{step}", directory=True) as tmp:
         weights = {name: p.detach().cpu().contiguous() for name, p in model.trainable_parameters().items()}
         save_file(weights, tmp / "trainable.safetensors")
+        if isinstance(optimizer_state, list):
+            torch.save(optimizer_state, tmp / SHARDS_FILE)
+            optimizer_state = {"shards": len(optimizer_state)}
         torch_rng = torch.get_rng_state() if rng_state is None else rng_state
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch_rng}, tmp / "state.pt")
+        torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "torch_rng": torch_rng}, tmp / "state.pt")
         (tmp / "step.json").write_text(json.dumps({"step": step}))
     for old in _checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
+
+
+def _fresh_model(config: TrainConfig, accelerator: Accelerator) -> RewardModel:
+    """The untrained model of `config` on this process's device."""
+    model = RewardModel.create(config).use(replace(config.compute, device=str(accelerator.device)))
+    model.training_config = asdict(config)
+    return model
+
+
+def _local_tensors(state: Any) -> Any:
+    """An optimizer state with each sharded tensor (DTensor) replaced by this process's shard of it."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(state, dict):
+        return {key: _local_tensors(value) for key, value in state.items()}
+    if isinstance(state, list):
+        return [_local_tensors(value) for value in state]
+    return state.to_local() if isinstance(state, DTensor) else state
+
+
+def run_settings(config: TrainConfig, source: str, eval_data: dict[str, Any]) -> dict[str, Any]:
+    """What a run's config.yaml records, and what a resumed run must repeat."""
+    return {"data": source, "eval_data": list(eval_data), **asdict(config)}
 
 
 def check_same_run(output_dir: Path, run_config: dict[str, Any]) -> None:
@@ -385,30 +479,77 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def _load_latest_checkpoint(output_dir: Path, model: RewardModel, optimizer, scheduler) -> int:
-    """The step of the newest checkpoint, loaded into model, optimizer and scheduler; 0 (start over) when
-    an unfinished run kept none."""
+@dataclass
+class _Checkpoint:
+    """A checkpoint read back: step, trainable weights and the rest of the training state."""
+
+    path: Path
+    step: int
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    def load_weights(self, model: RewardModel) -> None:
+        params = model.trainable_parameters()
+        if set(self.weights) != set(params):
+            raise UserError(f"{self.path}: checkpoint does not match this configuration (different trainable weights)")
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                params[name].copy_(value)
+
+    def load_state(self, optimizer, scheduler, accelerator: Accelerator) -> None:
+        """Optimizer (a sharded run's: this process's shard), scheduler and RNG state."""
+        saved = self.state["optimizer"]
+        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if sharded != ("shards" in saved) or (sharded and saved["shards"] != accelerator.num_processes):
+            launch = f"{saved['shards']} sharded processes" if "shards" in saved else "unsharded weights"
+            raise UserError(f"{self.path}: the checkpoint was written by a run with {launch}: resume it with the same accelerate launch")
+        if sharded:
+            shards = load_torch(self.path / SHARDS_FILE, _deepspeed_state_classes(accelerator))
+            # DeepSpeed's ZeRO optimizer picks its own shard from the list
+            deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+            saved = shards if deepspeed else _as_dtensors(shards[accelerator.process_index], optimizer)
+        optimizer.load_state_dict(saved)
+        scheduler.load_state_dict(self.state["scheduler"])
+        torch.set_rng_state(self.state["torch_rng"])
+
+
+def _as_dtensors(state: dict, optimizer) -> dict:
+    """An FSDP2 optimizer state saved by _local_tensors, each per-parameter tensor made a DTensor again
+    laid out like its parameter."""
+    from torch.distributed.tensor import DTensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, values in state["state"].items():
+        param = params[index]
+        if isinstance(param, DTensor):
+            for key, value in values.items():
+                if value.dim() > 0:
+                    values[key] = DTensor.from_local(value, param.device_mesh, param.placements, shape=param.shape, stride=param.stride())
+    return state
+
+
+def _deepspeed_state_classes(accelerator: Accelerator) -> list[type]:
+    """The classes besides tensors in a DeepSpeed ZeRO optimizer's state (none without DeepSpeed)."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+
+
+def _latest_checkpoint(output_dir: Path) -> _Checkpoint | None:
+    """The newest checkpoint of a run; None (start over) when an unfinished run kept none."""
     found = _checkpoints(output_dir)
     if not found and (output_dir / "model").exists():
         raise UserError(f"{output_dir}: no checkpoint to resume from: the run has finished (its model is in {output_dir / 'model'})")
     if not found:
-        print(f"{output_dir}: no checkpoint was kept (--save-every 0): training again from the start")
-        return 0
+        if is_main_process():
+            print(f"{output_dir}: no checkpoint was kept (--save-every 0): training again from the start")
+        return None
     latest = found[-1]
     try:
-        weights = load_tensors(latest / "trainable.safetensors")
-        state = load_torch(latest / "state.pt")
-        step = read_json(latest / "step.json")["step"]
+        return _Checkpoint(latest, read_json(latest / "step.json")["step"], load_tensors(latest / "trainable.safetensors"), load_torch(latest / "state.pt"))
     except UserError as err:
         earlier = f"delete it to resume from {found[-2].name}" if len(found) > 1 else "delete it to train again from the start"
         raise UserError(f"checkpoint {latest.name} is damaged: {err}; {earlier}") from None
-    params = model.trainable_parameters()
-    if set(weights) != set(params):
-        raise UserError(f"{latest}: checkpoint does not match this configuration (different trainable weights)")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    return step

@@ -21,11 +21,15 @@ ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 needs_accelerate = pytest.mark.skipif(not os.path.exists(ACCELERATE), reason="accelerate CLI not installed")
 
 
-def cli_in_two_processes(*args):
-    """`accelerate launch` of `python -m rewardstack.cli ARGS` in 2 CPU processes (gloo); checks it exits 0."""
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+def cli_in_two_processes(*args, config: str = "ddp"):
+    """`accelerate launch --config_file configs/accelerate/CONFIG.yaml` of `python -m rewardstack.cli ARGS`
+    in 2 CPU processes (gloo); checks it exits 0."""
     launched = subprocess.run(
-        [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "-m", "rewardstack.cli", *map(str, args)],
+        [ACCELERATE, "launch", "--config_file", str(ACCELERATE_CONFIGS / f"{config}.yaml"), "--num_processes", "2",
+         "-m", "rewardstack.cli", *map(str, args)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]

@@ -31,6 +31,25 @@ def test_bad_row_exits_2_with_one_line(tmp_path, model_dir):
     assert result.stderr.strip() == f"error: {data}: row 2: field 'rejected': missing"
 
 
+def test_a_crash_keeps_its_own_traceback_and_an_interrupt_exits_130(monkeypatch, capsys):
+    import rewardstack.cli as cli_module
+
+    def crash(**_):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(cli_module, "app", crash)
+    with pytest.raises(RuntimeError, match="a bug, not bad input"):
+        cli_module.main()
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "app", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        cli_module.main()
+    assert stop.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+
+
 def test_train_with_yaml_config_and_flag_override(tmp_path):
     data = write_rows(tmp_path / "t.jsonl", arithmetic_pairs(8, seed=0))
     config = tmp_path / "c.yaml"

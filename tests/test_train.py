@@ -1,4 +1,6 @@
+import importlib.util
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -118,6 +120,38 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, data):
     cli_in_two_processes(*common, "--micro-batch-size", "4", "--gradient-checkpointing", "--pack-tokens", "300", "--output-dir", tmp_path / "two")
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
     np.testing.assert_allclose(final_rewards(tmp_path / "two"), final_rewards(tmp_path / "one"), atol=1e-4)
+
+
+DEEPSPEED_MISSING = importlib.util.find_spec("deepspeed") is None
+
+
+@needs_accelerate
+@pytest.mark.parametrize("lora_r", [4, 0], ids=["lora", "full"])
+@pytest.mark.parametrize("launch", ["fsdp2", "deepspeed-zero3"])
+def test_sharded_training_in_two_processes_gives_the_model_of_one_and_resumes_exactly(tmp_path, data, launch, lora_r):
+    """configs/accelerate/{fsdp2,deepspeed-zero3}.yaml shard every weight across 2 CPU processes: the saved
+    model (gathered from the shards) and the eval metrics equal one plain process's, for LoRA and full
+    fine-tuning. A run resumed from a checkpoint (each process's optimizer shard saved) ends exactly where
+    the uninterrupted one did, and a checkpoint written by sharded processes is refused by a plain one."""
+    if launch.startswith("deepspeed") and DEEPSPEED_MISSING:
+        pytest.skip("deepspeed is not installed (the test extras install it)")
+    train_file, test_file = data
+    common = ["train", "--data", train_file, "--eval-data", test_file, "--model", "tiny-random", "--max-length", "256",
+              "--lora-r", str(lora_r), "--batch-size", "8", "--learning-rate", "5e-3", "--warmup-ratio", "0", "--seed", "3"]
+    subprocess.run([sys.executable, "-m", "rewardstack.cli", *common, "--output-dir", str(tmp_path / "one")], check=True, capture_output=True)
+    cli_in_two_processes(*common, "--save-every", "2", "--output-dir", tmp_path / "two", config=launch)
+    sharded = final_rewards(tmp_path / "two")
+    np.testing.assert_allclose(sharded, final_rewards(tmp_path / "one"), atol=1e-5)
+    one, two = (json.loads((tmp_path / run / "summary.json").read_text()) for run in ("one", "two"))
+    assert two["processes"] == 2 and two["eval"][test_file]["nll"] == pytest.approx(one["eval"][test_file]["nll"], abs=1e-5)
+    if lora_r:
+        for leftover in ("model", "checkpoints/step-4"):  # as if killed after step 3
+            shutil.rmtree(tmp_path / "two" / leftover)
+        with pytest.raises(UserError, match="written by a run with 2 sharded processes: resume it with the same accelerate launch"):
+            train(tiny_config(save_every=2), train_file, eval_data=[test_file], output_dir=tmp_path / "two", resume=True)
+        cli_in_two_processes(*common, "--save-every", "2", "--output-dir", tmp_path / "two", "--resume", config=launch)
+        assert json.loads((tmp_path / "two" / "summary.json").read_text())["resumed_from_step"] == 2
+        np.testing.assert_array_equal(final_rewards(tmp_path / "two"), sharded)
 
 
 def test_non_finite_loss_stops_with_the_step_and_a_resumable_checkpoint(tmp_path, data, monkeypatch):
