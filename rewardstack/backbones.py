@@ -152,10 +152,16 @@ def _smollm2_gguf_dir() -> Path:
     return directory
 
 
-def _load_smollm2():
+def _smollm2_folder() -> Path:
+    """The embedded backbone as a safetensors folder, converted from its GGUF on first use."""
     cache = rewardstack_home() / "backbones" / EMBEDDED
     if not (cache / "model.safetensors").exists():
         _convert_smollm2(cache)
+    return cache
+
+
+def _load_smollm2():
+    cache = _smollm2_folder()
     model = AutoModelForCausalLM.from_pretrained(cache, dtype=torch.float32, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(cache, local_files_only=True)
     return model.eval(), tokenizer
@@ -227,6 +233,18 @@ def model_files(name: str) -> Path | None:
         return Path(snapshot_download(name, local_files_only=not downloads_allowed()))
     except Exception:  # not cached, or not an id: the backbone loader reports that
         return None
+
+
+def backbone_folder(name: str) -> Path:
+    """A backbone's weights as a folder another engine (vLLM) loads: the embedded backbone's converted
+    copy, a local folder or a cached Hub snapshot."""
+    if name == EMBEDDED:
+        return _smollm2_folder()
+    folder = model_files(name)
+    if folder is None:
+        why = "it is built in memory and has no folder" if name == TINY else f"not a local folder or cached Hub model{download_hint()}"
+        raise UserError(f"{name}: no folder of weights to load in another engine: {why}")
+    return folder
 
 
 def score_head(name: str) -> tuple[torch.Tensor | None, bool]:

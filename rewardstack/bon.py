@@ -21,6 +21,7 @@ import numpy as np
 from .errors import UserError, require
 from .files import atomic_path, mark_output_dir, write_json, write_text
 from .config import ComputeConfig
+from .distributed import is_main_process, score_across_processes
 from .options import option
 from .sampling import SamplingConfig
 from .scores import RewardScores
@@ -105,9 +106,10 @@ def best_of_n_kl(n: int | np.ndarray) -> np.ndarray:
 
 
 def score_pools(source, pools: Sequence["Pool"], batch_size: int = 16) -> tuple[list[RewardScores], int]:
-    """Every response of every pool scored with `source` in one call (so batches mix pools): the scores
-    of each pool, and how many responses were truncated."""
-    scores = source.score([p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size=batch_size)
+    """Every response of every pool scored with `source` in one call (so batches mix pools), shared out
+    among the processes of an `accelerate launch`: the scores of each pool, and how many responses were
+    truncated."""
+    scores = score_across_processes(source, [p.prompt for p in pools for _ in p.responses], [r for p in pools for r in p.responses], batch_size)
     per_pool, start = [], 0
     for pool in pools:
         per_pool.append(scores.rows(slice(start, start + len(pool.responses))))
@@ -236,7 +238,7 @@ def best_of_n(source, config: BonConfig, pools: Any = None, prompts: Any = None,
     else:
         prompt_rows, report = load_prompts(prompts, config.prompt_key, config.answer_key, config.skip_invalid)
         pool_list, unfinished = sample_pools(config.policy, prompt_rows[: config.max_pools], config.sampling, config.compute.device)
-        if output_dir is not None:
+        if output_dir is not None and is_main_process():
             mark_output_dir(output_dir, "bon")
             write_pools(pool_list, Path(output_dir) / "pools.jsonl")
     if gold_source is not None:
@@ -246,7 +248,7 @@ def best_of_n(source, config: BonConfig, pools: Any = None, prompts: Any = None,
     else:
         result = run_best_of_n(source, pool_list, config.objectives(), config.batch_size)
     info = {"skipped": dict(report.skipped), "source": report.source, "unfinished_samples": unfinished}
-    if output_dir is None:
+    if output_dir is None or not is_main_process():  # every process has the result; the main one writes it
         return summarize_best_of_n(result, **info)
     mark_output_dir(output_dir, "bon")
     if config.feedback is not None:

@@ -250,6 +250,7 @@ def bon(
     reward and --feedback gold: the bandit learns which member to use per prompt (LASeR), against each
     member alone, a random member and the members' mean."""
     from .bon import best_of_n, format_best_of_n
+    from .distributed import is_main_process
     from .sources import load_source
 
     if (pools is None) == (prompts is None):
@@ -258,6 +259,8 @@ def bon(
     allowed = allow_rule_module or ()
     gold = load_source(gold_reward, allowed, config.compute) if gold_reward is not None else None
     summary = best_of_n(load_source(reward, allowed, config.compute), config, pools, prompts, gold, output_dir)
+    if not is_main_process():  # under accelerate launch every process has the results; the main one reports them
+        return
     sampled = "" if summary["unfinished_samples"] is None else f", {summary['unfinished_samples']} samples cut at --max-new-tokens"
     typer.echo(f"{summary['pools']} pools, n up to {len(summary['n'])}, {summary['truncated']} responses truncated to the reward "
                f"model's max_length{sampled}, {sum(summary['skipped'].values())} rows skipped")

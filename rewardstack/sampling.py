@@ -10,8 +10,10 @@ its own generator seeded with seed + i, so its samples do not depend on the othe
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,12 +21,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
-from .backbones import load_backbone, resolve_device
+from .backbones import backbone_folder, load_backbone, resolve_device
 from .data.load import Message
 from .data.pools import Pool, PromptRow
-from .errors import require
+from .errors import UserError, require
 from .gold import answer_is_correct
 from .options import option
+
+
+BACKENDS = ("auto", "transformers", "vllm")
 
 
 @dataclass
@@ -37,12 +42,17 @@ class SamplingConfig:
     max_new_tokens: int = option(256, "Tokens per sampled response at most")
     seed: int = option(0, "Sampling seed (prompt i uses seed + i)")
     generation_batch_size: int = option(64, "Sequences generated together: generation_batch_size // n prompts (at least one)")
+    backend: str = option("auto", "Generation engine: transformers, vllm (needs the vllm package and a CUDA GPU), or auto: vllm "
+                                  "when both are there")
+    vllm_gpu_memory_utilization: float = option(0.3, "Share of the GPU's memory vLLM may take (weights and KV cache)")
 
     def __post_init__(self) -> None:
         for name in ("n", "max_new_tokens", "generation_batch_size"):
             require(self, name, getattr(self, name) >= 1, "at least 1")
         require(self, "temperature", 0 <= self.temperature < math.inf, "0 (greedy) or positive")
         require(self, "top_p", 0 < self.top_p <= 1, "in (0, 1]")
+        require(self, "backend", self.backend in BACKENDS, f"one of {', '.join(BACKENDS)}")
+        require(self, "vllm_gpu_memory_utilization", 0 < self.vllm_gpu_memory_utilization <= 1, "in (0, 1]")
 
 
 @dataclass
@@ -62,7 +72,7 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Message]], co
     per_batch = max(1, config.generation_batch_size // config.n)
     responses, unfinished = [], 0
     for first in tqdm(range(0, len(prompts), per_batch), desc="sample", disable=len(prompts) <= per_batch):
-        texts = [tokenizer.apply_chat_template(list(p), tokenize=False, add_generation_prompt=True) for p in prompts[first : first + per_batch]]
+        texts = [render_chat(tokenizer, p) for p in prompts[first : first + per_batch]]
         tokens = _generate(policy, [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], config, first, eos, pad)
         unfinished += int((tokens != eos).all(dim=1).sum()) if eos is not None else len(tokens)
         decoded = [tokenizer.decode(_until_eos(row, eos, pad), skip_special_tokens=True).strip() for row in tokens]
@@ -111,13 +121,68 @@ def _next_tokens(logits: torch.Tensor, config: SamplingConfig, generators: list[
     return torch.cat([torch.multinomial(row, 1, generator=g)[:, 0] for row, g in zip(rows, generators)])
 
 
+def generation_backend(requested: str) -> str:
+    """The engine that samples: `vllm` when asked for, or for `auto` when the vllm package and a CUDA GPU
+    are both there; `transformers` otherwise. Asking for vllm without either is an error naming which."""
+    if requested == "transformers":
+        return requested
+    has_vllm, has_gpu = importlib.util.find_spec("vllm") is not None, torch.cuda.is_available()
+    if requested == "auto":
+        return "vllm" if has_vllm and has_gpu else "transformers"
+    if not has_vllm:
+        raise UserError("backend vllm: the vllm package is not installed (pip install vllm, on a machine with a CUDA GPU); "
+                        "or sample with backend transformers")
+    if not has_gpu:
+        raise UserError("backend vllm: no CUDA GPU is visible, and vLLM samples on GPUs: use backend transformers")
+    return "vllm"
+
+
+class VllmSampler:
+    """Samples through a vLLM engine on `base` (a backbone name, folder or Hub id). A LoRA policy trained
+    elsewhere rides along as an adapter folder per call, so the engine never reloads the base weights.
+    Prompts are rendered by the same chat template as sample_responses, and prompt i draws with seed
+    config.seed + i, as there."""
+
+    def __init__(self, base: str, config: SamplingConfig, lora_rank: int = 0):
+        from vllm import LLM
+
+        self.llm = LLM(model=str(backbone_folder(base)), seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                       enable_lora=lora_rank > 0, max_lora_rank=max(lora_rank, 8))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.adapters = 0  # a changed adapter needs a new id: vLLM keeps loaded adapters by id
+
+    def sample(self, prompts: Sequence[Sequence[Message]], config: SamplingConfig, adapter: Path | None = None) -> Samples:
+        from vllm import SamplingParams
+
+        lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.adapters += 1
+            lora = LoRARequest(f"policy-{self.adapters}", self.adapters, str(adapter))
+        token_prompts = [{"prompt_token_ids": self.tokenizer(render_chat(self.tokenizer, p), add_special_tokens=False)["input_ids"]} for p in prompts]
+        params = [SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_new_tokens,
+                                 seed=config.seed + i) for i in range(len(prompts))]
+        outputs = self.llm.generate(token_prompts, params, use_tqdm=False, lora_request=lora)
+        return Samples([[c.text.strip() for c in out.outputs] for out in outputs],
+                       sum(c.finish_reason == "length" for out in outputs for c in out.outputs))
+
+
+def render_chat(tokenizer, prompt: Sequence[Message]) -> str:
+    """The prompt as the policy sees it: its chat template with the assistant's turn opened."""
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
 def sample_pools(policy_name: str, prompts: Sequence[PromptRow], config: SamplingConfig, device: str = "auto") -> tuple[list[Pool], int]:
-    """Candidate pools sampled from the policy `policy_name` (a backbone name, path or id) on `device`; a
-    prompt row's `answer` gives each response its gold: 1 when its final answer matches. Returns (pools,
-    unfinished)."""
-    policy, tokenizer = load_backbone(policy_name)
-    policy.to(resolve_device(device))
-    samples = sample_responses(policy, tokenizer, [row.prompt for row in prompts], config)
+    """Candidate pools sampled from the policy `policy_name` (a backbone name, path or id) on `device`,
+    through config.backend's engine; a prompt row's `answer` gives each response its gold: 1 when its final
+    answer matches. Returns (pools, unfinished)."""
+    if generation_backend(config.backend) == "vllm":
+        samples = VllmSampler(policy_name, config).sample([row.prompt for row in prompts], config)
+    else:
+        policy, tokenizer = load_backbone(policy_name)
+        policy.to(resolve_device(device))
+        samples = sample_responses(policy, tokenizer, [row.prompt for row in prompts], config)
     pools = []
     for row, responses in zip(prompts, samples.responses):
         gold = None if row.answer is None else np.array([float(answer_is_correct(r, row.answer)) for r in responses])

@@ -221,3 +221,132 @@ def test_cli_bon_samples_from_a_policy_and_uses_a_gold_model(tmp_path):
     assert summary["curves"]["mean"]["gold"] == pytest.approx(summary["curves"]["mean"]["proxy"])  # its own gold
     bad = cli("bon", "--reward", model_dir, "--output-dir", out, check_rc=2)
     assert "exactly one of --pools" in bad.stderr
+
+
+class FakeVllm:
+    """A stand-in for the vllm package (no GPU here): records what the engine is given and answers each
+    prompt with n texts naming the prompt's length and seed; the last sample of a prompt is cut short."""
+
+    def __init__(self, tokenizer):
+        import types
+
+        fake, self.tokenizer, self.engines, self.calls = self, tokenizer, [], []
+
+        class LLM:
+            def __init__(self, **options):
+                fake.engines.append(options)
+
+            def get_tokenizer(self):
+                return fake.tokenizer
+
+            def generate(self, prompts, params, use_tqdm=True, lora_request=None):
+                fake.calls.append((prompts, params, lora_request))
+                return [types.SimpleNamespace(outputs=[
+                    types.SimpleNamespace(text=f" {len(p['prompt_token_ids'])} tokens, seed {sp.seed}, sample {j} ",
+                                          finish_reason="length" if j == sp.n - 1 else "stop") for j in range(sp.n)])
+                    for p, sp in zip(prompts, params)]
+
+        self.module = types.ModuleType("vllm")
+        self.module.LLM, self.module.SamplingParams = LLM, lambda **kw: types.SimpleNamespace(**kw)
+        self.lora = types.ModuleType("vllm.lora.request")
+        self.lora.LoRARequest = lambda name, number, path: (name, number, path)
+
+    def install(self, monkeypatch):
+        import importlib.util
+        import sys
+
+        for name, module in (("vllm", self.module), ("vllm.lora", self.module), ("vllm.lora.request", self.lora)):
+            monkeypatch.setitem(sys.modules, name, module)
+        real_find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real_find_spec(name, *a))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_generation_backend_picks_vllm_only_with_the_package_and_a_gpu(monkeypatch):
+    import importlib.util
+
+    from rewardstack.sampling import SamplingConfig, generation_backend
+
+    real_find_spec = importlib.util.find_spec
+    for has_vllm, has_gpu in itertools.product([False, True], repeat=2):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, has=has_vllm: (object() if has else None) if name == "vllm" else real_find_spec(name, *a))
+        monkeypatch.setattr(torch.cuda, "is_available", lambda has=has_gpu: has)
+        assert generation_backend("auto") == ("vllm" if has_vllm and has_gpu else "transformers")
+        assert generation_backend("transformers") == "transformers"
+        if has_vllm and has_gpu:
+            assert generation_backend("vllm") == "vllm"
+        else:
+            with pytest.raises(UserError, match="the vllm package is not installed" if not has_vllm else "no CUDA GPU is visible"):
+                generation_backend("vllm")
+    with pytest.raises(UserError, match="backend"):
+        SamplingConfig(backend="vlm")
+
+
+def test_bon_samples_through_vllm_with_the_same_prompts_and_seeds(tmp_path, monkeypatch):
+    """Pools sampled through (a stand-in for) vLLM: the engine loads the policy's folder, gets the token ids
+    of the same chat-templated prompt the Transformers sampler feeds, one SamplingParams per prompt with seed
+    seed + i, and its texts come back stripped, in order, with gold and the cut samples counted."""
+    from rewardstack.backbones import tiny_random_backbone
+    from rewardstack.sampling import SamplingConfig, VllmSampler, render_chat, sample_pools
+    from rewardstack.data.pools import PromptRow
+
+    policy, tokenizer = tiny_random_backbone()
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    fake = FakeVllm(tokenizer)
+    fake.install(monkeypatch)
+    rows = [PromptRow("a", ({"role": "user", "content": "What is 2 + 2?"},), "2"),  # "sample 2" is right
+            PromptRow("b", ({"role": "user", "content": "Name a colour, please."},), None)]
+    config = SamplingConfig(n=3, temperature=0.9, top_p=0.8, max_new_tokens=7, seed=11, vllm_gpu_memory_utilization=0.4)
+    pools, unfinished = sample_pools(str(tmp_path / "policy"), rows, config)
+    assert fake.engines == [{"model": str(tmp_path / "policy"), "seed": 11, "gpu_memory_utilization": 0.4, "enable_lora": False, "max_lora_rank": 8}]
+    prompts, params, lora = fake.calls[0]
+    expected_ids = [tokenizer(render_chat(tokenizer, row.prompt), add_special_tokens=False)["input_ids"] for row in rows]
+    assert [p["prompt_token_ids"] for p in prompts] == expected_ids and lora is None
+    assert [(p.n, p.temperature, p.top_p, p.max_tokens, p.seed) for p in params] == [(3, 0.9, 0.8, 7, 11), (3, 0.9, 0.8, 7, 12)]
+    assert pools[1].responses == [f"{len(expected_ids[1])} tokens, seed 12, sample {j}" for j in range(3)]
+    assert pools[0].gold.tolist() == [0.0, 0.0, 1.0] and pools[1].gold is None and unfinished == 2
+    sampler = VllmSampler(str(tmp_path / "policy"), config, lora_rank=4)  # an adapter per call, each with a new id
+    for _ in range(2):
+        sampler.sample([rows[0].prompt], config, adapter=tmp_path / "adapter")
+    assert fake.engines[-1]["enable_lora"] and [call[2] for call in fake.calls[-2:]] == [
+        ("policy-1", 1, str(tmp_path / "adapter")), ("policy-2", 2, str(tmp_path / "adapter"))]
+    with pytest.raises(UserError, match="tiny-random: no folder of weights .* built in memory"):
+        sample_pools("tiny-random", rows, replace(config, backend="vllm"))
+
+
+def test_optimize_samples_through_vllm_with_the_policy_adapter_of_the_moment(tmp_path, monkeypatch):
+    """optimize --backend vllm: one engine on the base with LoRA on, and every sampling call (training
+    batches, then the greedy dev pass) hands it the adapter as the policy has it then."""
+    import yaml
+
+    from rewardstack.backbones import tiny_random_backbone
+    from rewardstack.config import ComputeConfig
+    from rewardstack.laser.optimize import OptimizeConfig, optimize
+    from rewardstack.sources import load_source
+
+    policy, tokenizer = tiny_random_backbone()
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    fake = FakeVllm(tokenizer)
+    fake.install(monkeypatch)
+    (tmp_path / "rules.py").write_text("def digits(prompt, response):\n    return float(sum(map(int, filter(str.isdigit, response))))\n"
+                                       "def few(prompt, response):\n    return -digits(prompt, response)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tree = {"kind": "bandit", "algorithm": "linucb", "context": {"kind": "words", "dim": 8},
+            "members": [{"name": "digits", "source": {"kind": "rule", "function": "rules:digits"}},
+                        {"name": "few", "source": {"kind": "rule", "function": "rules:few"}}]}
+    (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
+    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)])
+    config = OptimizeConfig(policy=str(tmp_path / "policy"), batch_prompts=2, n=3, iterations=1, lora_r=4, learning_rate=1e-2,
+                            backend="vllm", seed=5, compute=ComputeConfig(device="cpu"))  # the stand-in "has" a GPU
+    optimize(load_source(tmp_path / "bandit.yaml", allowed_modules=["rules"]), config, prompts, tmp_path / "run", dev=prompts)
+    assert len(fake.engines) == 1 and fake.engines[0]["enable_lora"] and fake.engines[0]["max_lora_rank"] == 8
+    adapters = [call[2] for call in fake.calls]
+    assert [a[1] for a in adapters] == list(range(1, 5))  # dev at iteration 0, two batches, dev at iteration 1
+    assert {a[2] for a in adapters} == {str(tmp_path / "run" / "vllm-adapter")}
+    assert [p.n for p in fake.calls[0][1]] == [1] * 4 and [p.temperature for p in fake.calls[1][1]] == [0.8, 0.8]
+    from safetensors.torch import load_file
+
+    sent, saved = (load_file(d / "adapter_model.safetensors") for d in (tmp_path / "run" / "vllm-adapter", tmp_path / "run" / "iter-1" / "adapter"))
+    assert all(torch.equal(sent[k], saved[k]) for k in saved)  # the last call had the trained policy

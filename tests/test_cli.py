@@ -210,3 +210,37 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
     for side in ("chosen_rewards", "rejected_rewards"):
         np.testing.assert_allclose([r[side] for r in rows_two], [r[side] for r in rows_one], atol=1e-5)
     assert len({round(r["chosen_rewards"][0], 4) for r in rows_one}) == 7
+
+
+@needs_accelerate
+def test_bon_under_accelerate_launch_matches_one_process(tmp_path):
+    """Two processes share the 15 responses of 5 pools: each response is scored once, and the per-pool
+    records and the curves equal one process's; only the main process writes and reports."""
+    from test_packing import make_model
+
+    make_model(objective="bt").save(tmp_path / "m")
+    (tmp_path / "counted.py").write_text(
+        "import os\nfrom pathlib import Path\n"
+        "def score(prompt, response):\n"
+        "    with open(Path(__file__).parent / 'calls.log', 'a') as log:\n"
+        "        log.write(f'{os.getpid()} {response}\\n')\n"
+        "    return float(len(response) % 5)\n")
+    (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "combine": "mean", "members": [
+        {"name": "rm", "source": {"kind": "model", "path": "m"}}, {"name": "chars", "source": {"kind": "rule", "function": "counted:score"}}]}))
+    pools = write_rows(tmp_path / "pools.jsonl", [{"prompt": f"Question {i} " + "word " * i, "responses": [f"answer {i}.{j} " * (j + 1) for j in range(3)],
+                                                   "gold": [float((i + j) % 2) for j in range(3)]} for i in range(5)])
+    common = ["bon", "--reward", str(tmp_path / "tree.yaml"), "--pools", str(pools), "--batch-size", "2"]
+    cli(*common, "--output-dir", tmp_path / "one")
+    (tmp_path / "calls.log").unlink()
+    launched = cli_in_two_processes(*common, "--output-dir", tmp_path / "two")
+    assert launched.stdout.count("5 pools, n up to 3") == 1
+    calls = [line.split(" ", 1) for line in (tmp_path / "calls.log").read_text().splitlines()]
+    assert sorted(response for _, response in calls) == sorted(f"answer {i}.{j} " * (j + 1) for i in range(5) for j in range(3))
+    assert len({pid for pid, _ in calls}) == 2
+    one, two = ([json.loads(line) for line in (tmp_path / run / "results.jsonl").read_text().splitlines()] for run in ("one", "two"))
+    assert [r["key"] for r in two] == [r["key"] for r in one] and [r["objectives"]["mean"]["best"] for r in two] == [r["objectives"]["mean"]["best"] for r in one]
+    np.testing.assert_allclose([r["reward"] for r in two], [r["reward"] for r in one], atol=1e-5)
+    assert len({round(x, 4) for r in one for x in r["reward_parts"]["rm"]}) == 15  # the model's rewards differ per response
+    curves = [json.loads((tmp_path / run / "summary.json").read_text())["curves"]["mean"] for run in ("one", "two")]
+    np.testing.assert_allclose(curves[1]["gold"], curves[0]["gold"], atol=1e-9)
+    np.testing.assert_allclose(curves[1]["proxy"], curves[0]["proxy"], atol=1e-5)

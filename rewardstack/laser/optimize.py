@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from ..losses import policy_loss
 from ..model import ModelConfig, RewardModel
 from ..config import ComputeConfig
 from ..options import option
-from ..sampling import SamplingConfig, sample_responses
+from ..sampling import Samples, SamplingConfig, VllmSampler, generation_backend, sample_responses
 from .selector import BanditSelector, score_assigned
 from ..sources.combine import Ensemble
 from ..training import check_same_run, collate_pairs
@@ -71,9 +71,17 @@ class OptimizeConfig:
     max_prompts: int | None = option(None, "Use only the first N prompts of each data set")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     seed: int = option(0, "Random seed")
+    backend: str = option("auto", "Sampling engine: transformers, vllm (needs the vllm package and a CUDA GPU; the LoRA policy goes "
+                                  "to it as an adapter after each step), or auto: vllm when both are there")
+    vllm_gpu_memory_utilization: float = option(0.3, "Share of the GPU's memory vLLM may take; the policy trains beside it")
     compute: ComputeConfig = option(factory=ComputeConfig)
 
+    def sampling(self, n: int, temperature: float, seed: int) -> SamplingConfig:
+        return SamplingConfig(n=n, temperature=temperature, max_new_tokens=self.max_new_tokens, seed=seed, backend=self.backend,
+                              vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization)
+
     def __post_init__(self) -> None:
+        self.sampling(2, 0.0, 0)  # checks backend and vllm_gpu_memory_utilization
         for name in ("iterations", "batch_prompts", "pairs_per_prompt", "max_new_tokens", "lora_r"):
             require(self, name, getattr(self, name) >= 1, "at least 1")
         require(self, "n", self.n >= 2, "at least 2 (pairs are built from the samples)")
@@ -145,9 +153,9 @@ def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewa
     return pairs, owners
 
 
-def dev_accuracy(policy: RewardModel, rows: Sequence[PromptRow], max_new_tokens: int) -> float:
-    """Share of dev prompts whose greedy response has the right answer."""
-    samples = sample_responses(policy.backbone, policy.tokenizer, [r.prompt for r in rows], SamplingConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens))
+def dev_accuracy(sample: Callable[[list, SamplingConfig], Samples], rows: Sequence[PromptRow], greedy: SamplingConfig) -> float:
+    """Share of dev prompts whose greedy response (`sample` with `greedy`) has the right answer."""
+    samples = sample([r.prompt for r in rows], greedy)
     return float(np.mean([answer_is_correct(texts[0], row.answer) for texts, row in zip(samples.responses, rows)]))
 
 
@@ -160,6 +168,8 @@ class Optimizer:
         self.policy.use(config.compute)
         self.trainable = {name: p for name, p in self.policy.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(self.trainable.values(), lr=config.learning_rate)
+        first = config.sampling(config.n, config.temperature, config.seed)
+        self.vllm = VllmSampler(config.policy, first, config.lora_r) if generation_backend(config.backend) == "vllm" else None
         self.ensemble = Ensemble(selector.members, "mean")
         self.pair_records: list[dict] = []  # the current iteration's pairs
 
@@ -183,6 +193,14 @@ class Optimizer:
             self._checkpoint(history[-1])
         return history
 
+    def sample(self, prompts: list, sampling: SamplingConfig) -> Samples:
+        """Responses of the current policy: in this process, or through vLLM with the adapter as it is now."""
+        if self.vllm is None:
+            return sample_responses(self.policy.backbone, self.policy.tokenizer, prompts, sampling)
+        adapter = self.output_dir / "vllm-adapter"
+        self.policy.backbone.save_pretrained(adapter)
+        return self.vllm.sample(prompts, sampling, adapter)
+
     def _iteration(self, iteration: int, prompts: Sequence[PromptRow]) -> dict:
         start = time.perf_counter()
         self.rng = np.random.default_rng([self.config.seed, iteration])  # random selection, reproducible on resume
@@ -199,9 +217,8 @@ class Optimizer:
                 stats["arms"][name] = stats["arms"].get(name, 0) + 1
                 by_group = stats["arms_by_group"].setdefault(row.group or "all", {})
                 by_group[name] = by_group.get(name, 0) + 1
-            sampling = SamplingConfig(n=self.config.n, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens,
-                                      seed=self.config.seed + 1000 * iteration + 100_000 * b)
-            responses = sample_responses(self.policy.backbone, self.policy.tokenizer, prompts_b, sampling).responses
+            sampling = self.config.sampling(self.config.n, self.config.temperature, self.config.seed + 1000 * iteration + 100_000 * b)
+            responses = self.sample(prompts_b, sampling).responses
             rewards = self._score(prompts_b, responses, names)
             pairs, owners = preference_pairs(prompts_b, responses, rewards, self.config.pairs_per_prompt)
             if not pairs:
@@ -277,7 +294,8 @@ class Optimizer:
         return losses.detach().cpu().numpy()
 
     def _evaluate(self, iteration: int, dev: dict[str, Sequence[PromptRow]], stats: dict) -> dict:
-        accuracy = {name: dev_accuracy(self.policy, rows, self.config.max_new_tokens) for name, rows in dev.items()}
+        greedy = self.config.sampling(1, 0.0, self.config.seed)
+        accuracy = {name: dev_accuracy(self.sample, rows, greedy) for name, rows in dev.items()}
         return {"iteration": iteration, "accuracy": accuracy, **stats, "bandit_counts": self.selector.arm_counts()}
 
     def _checkpoint(self, record: dict) -> None:
