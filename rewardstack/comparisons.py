@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from .data.load import Columns, LoadReport, Message, PreferencePair, RowError, _is_pandalm, _prompt_messages, _response_after, _string, pandalm_pair, parse_rows, row_to_pair, source_name
+from .distributed import score_across_processes
 from .errors import UserError
 
 # allenai/reward-bench, rewardbench/constants.py: prompts per v1 subset (math-prm up-weighted) and sections.
@@ -140,11 +141,12 @@ def _labelled(row: dict, columns: Columns, keys: tuple[str, str, str], row_id: s
 
 
 def score_comparisons(source, rows: Sequence[Comparison], batch_size: int = 16) -> tuple[list[tuple[np.ndarray, np.ndarray]], list, int]:
-    """Every response of every row scored in one call: per row (chosen rewards, rejected rewards), per
-    row (chosen stds, rejected stds) or None when the source has no std, and the truncated count."""
+    """Every response of every row scored in one call, shared out among the processes of an `accelerate
+    launch`: per row (chosen rewards, rejected rewards), per row (chosen stds, rejected stds) or None when
+    the source has no std, and the truncated count."""
     prompts = [row.prompt for row in rows for _ in (*row.chosen, *row.rejected)]
     responses = [text for row in rows for text in (*row.chosen, *row.rejected)]
-    scores = source.score(prompts, responses, batch_size=batch_size)
+    scores = score_across_processes(source, prompts, responses, batch_size)
     rewards, stds, start = [], [], 0
     for row in rows:
         k = len(row.chosen)

@@ -196,16 +196,23 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
     make_model(objective="haf").save(tmp_path / "m")
     pairs = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "Question " + "word " * i, "chosen": f"yes {i}" * (i % 3 + 1), "rejected": f"no {i}"}
                                                  for i in range(7)])
-    common = ["eval", "--reward", str(tmp_path / "m"), "--data", str(pairs)]
+    listed = write_rows(tmp_path / "listed.jsonl", [{"prompt": f"Pick {i}", "chosen": [f"good {i}", f"fine {i} " * (i + 1)],
+                                                     "rejected": [f"bad {i}", "worse", f"worst {i}" * 2]} for i in range(3)])
+    common = ["eval", "--reward", str(tmp_path / "m"), "--data", str(pairs), "--data", str(listed)]
     cli(*common, "--output", tmp_path / "one.json", "--per-row", tmp_path / "one.jsonl")
     launched = cli_in_two_processes(*common, "--output", tmp_path / "two.json", "--per-row", tmp_path / "two.jsonl")
     assert launched.stdout.count("metrics written to") == 1
+    listed_one, listed_two = (json.loads((tmp_path / name).read_text())[str(listed)] for name in ("one.json", "two.json"))
+    assert listed_two == listed_one and listed_one["comparisons"] == 18  # several responses per row: 3 × 2 × 3
     one, two = (json.loads((tmp_path / name).read_text())[str(pairs)] for name in ("one.json", "two.json"))
     assert two["pairs"] == one["pairs"] == 7 and two["accuracy"] == one["accuracy"]
     for key in ("nll", "mean_margin"):
         assert two[key] == pytest.approx(one[key], abs=1e-5)
     assert two["implicit_reward"]["accuracy"] == one["implicit_reward"]["accuracy"]
     rows_one, rows_two = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()] for name in ("one.jsonl", "two.jsonl"))
+    np.testing.assert_allclose([r["rejected_rewards"] for r in rows_two[7:]], [r["rejected_rewards"] for r in rows_one[7:]], atol=1e-5)
+    assert len({round(x, 4) for r in rows_one[7:] for x in r["rejected_rewards"]}) == 9
+    rows_one, rows_two = rows_one[:7], rows_two[:7]
     assert [r["row"] for r in rows_two] == list(range(7)) and [r["all"] for r in rows_two] == [r["all"] for r in rows_one]
     for side in ("chosen_rewards", "rejected_rewards"):
         np.testing.assert_allclose([r[side] for r in rows_two], [r[side] for r in rows_one], atol=1e-5)
