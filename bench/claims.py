@@ -11,6 +11,9 @@ noise), and its verdict is "holds" or "fails" when the interval excludes zero, "
 spans zero. The report goes to the terminal, <out>/<claim>.md and <out>/<claim>.png.
 
 Claims:
+- laplace: best-of-n with the reward's lower confidence bound lcb:k (k chosen on validation problems)
+  against its mean, on the policy's own samples of generated word problems with a verifiable answer:
+  gold at the largest n, and the over-optimisation (gold lost between the peak and the largest n).
 - haf: the HaF objective (reward head + token-level policy loss) against Bradley–Terry and DPO, on
   generated arithmetic pairs (rewardstack.synthetic): held-out pairs of the training world and of three
   shifted worlds (larger numbers, other templates, division). Accuracy of the reward head (bt, haf) or the
@@ -23,7 +26,7 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,17 +35,18 @@ import numpy as np
 BOOTSTRAP_SAMPLES = 4000
 
 
-def paired_bootstrap(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a (seeds, items) matrix of paired differences and its 95 % percentile interval, resampling
-    seeds and items with replacement in each of `samples` replicates."""
+def paired_bootstrap(differences: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                     statistic: Callable[[np.ndarray], float] = np.mean) -> tuple[float, float, float]:
+    """`statistic` (default: the mean) of a (seeds, items, …) array of paired differences and its 95 %
+    percentile interval, resampling seeds and items with replacement in each of `samples` replicates."""
     rng = np.random.default_rng(seed)
-    seeds, items = differences.shape
-    means = np.empty(samples)
+    seeds, items = differences.shape[:2]
+    values = np.empty(samples)
     for b in range(samples):
         rows, cols = rng.integers(seeds, size=seeds), rng.integers(items, size=items)
-        means[b] = differences[np.ix_(rows, cols)].mean()
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(differences.mean()), float(low), float(high)
+        values[b] = statistic(differences[rows][:, cols])
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(statistic(differences)), float(low), float(high)
 
 
 def verdict(low: float, high: float) -> str:
@@ -156,7 +160,100 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
     return effects, {"accuracy": table, "seconds": seconds}, plot
 
 
-CLAIMS = {"haf": haf_claim}
+# --- laplace ------------------------------------------------------------------------------------------
+
+LCB_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: lcb is the mean, so validation may reject the penalty
+
+
+def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
+    """Best-of-n on generated word problems with a verifiable answer, the policy's own samples as pools.
+    Pools are sampled once (seed 0) and kept in <out>/laplace-pools/; a seed trains a BT reward model on
+    gold pairs of the training problems' pools and fits the Laplace posterior (head, or LoRA + head). On
+    the validation problems k of lcb:k is chosen from LCB_GRID by gold at the largest n; the test
+    problems (in distribution, and with numbers up to 30) then compare lcb:k* with mean."""
+    from rewardstack.bayes import Laplace
+    from rewardstack.bon import Objective, run_best_of_n
+    from rewardstack.config import TrainConfig
+    from rewardstack.data.load import Columns
+    from rewardstack.data.pools import gold_pairs, load_pools, load_prompts, write_pools
+    from rewardstack.sampling import SamplingConfig, sample_pools
+    from rewardstack.synthetic import word_problems
+    from rewardstack.training import train
+
+    splits = {"train": (args.train_problems, 9, 1), "validation": (args.test_problems // 2, 9, 2),
+              "test": (args.test_problems, 9, 3), "test, numbers to 30": (args.test_problems, 30, 4)}
+    sampling = SamplingConfig(n=args.n, temperature=0.7, max_new_tokens=40, seed=0)
+    pools = {}
+    for name, (count, largest, seed) in splits.items():
+        n = 8 if name == "train" else args.n
+        path = args.out / "laplace-pools" / f"{name.replace(' ', '_').replace(',', '')}-{count}-{n}.jsonl"
+        if not path.exists():
+            prompts, _ = load_prompts(word_problems(count, seed=1000 * seed, largest=largest))
+            sampled, _ = sample_pools(args.model, prompts, replace(sampling, n=n))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_pools(sampled, path)
+        pools[name] = load_pools(path)[0]
+        print(f"{name}: {len(pools[name])} problems × {n} samples, policy accuracy {np.mean([p.gold.mean() for p in pools[name]]):.3f}", flush=True)
+
+    settings = {"train_problems": args.train_problems, "test_problems": args.test_problems, "n": args.n, "model": args.model}
+    records = Records(args.out / "laplace.jsonl", settings)
+    objectives = [Objective("mean")] + [Objective("lcb", k) for k in LCB_GRID]
+    for seed in args.seeds:
+        model = None
+        for subset in args.subsets:
+            if records.find(seed=seed, subset=subset):
+                continue
+            started = time.perf_counter()
+            pairs = gold_pairs(pools["train"], 6, seed)
+            if model is None:  # one reward model per seed, each posterior fitted to it
+                config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=5e-4, seed=seed, columns=Columns())
+                model, _ = train(config, pairs)
+            posterior = Laplace(model, subset=subset).fit(pairs).posterior
+            curves = {}  # split → objective → per-pool gold curve over n = 1 … N
+            for name in list(splits)[1:]:
+                result = run_best_of_n(model, pools[name], objectives)
+                curves[name] = {o.name: [r["objectives"][o.name]["gold"] for r in result["pools"]] for o in objectives}
+            seconds = time.perf_counter() - started
+            records.add({"seed": seed, "subset": subset, "train_pairs": len(pairs), "prior_precision": posterior.prior_precision,
+                         "curves": curves, "seconds": seconds})
+            end = {name: {o: float(np.mean(c, axis=0)[-1]) for o, c in by_objective.items()} for name, by_objective in curves.items()}
+            print(f"seed {seed} {subset}: gold at n={args.n}: {json.dumps(end)} ({seconds:.0f} s)", flush=True)
+
+    def overoptimisation(curves: np.ndarray) -> float:
+        """Gold lost between the peak of the mean curve and its largest n: max_n g(n) − g(N)."""
+        mean_curve = curves.reshape(-1, curves.shape[-1]).mean(axis=0)
+        return float(mean_curve.max() - mean_curve[-1])
+
+    effects, table = [], {}
+    for subset in args.subsets:
+        runs = [records.find(seed=s, subset=subset) for s in args.seeds]
+        chosen_k = [max(LCB_GRID, key=lambda k: np.mean(run["curves"]["validation"][f"lcb:{k:g}"], axis=0)[-1]) for run in runs]
+        for name in list(splits)[2:]:
+            mean = np.array([run["curves"][name]["mean"] for run in runs])  # (seeds, pools, n)
+            lcb = np.array([run["curves"][name][f"lcb:{k:g}"] for run, k in zip(runs, chosen_k)])
+            both = np.stack([lcb, mean], axis=-1)
+            effects.append(Effect(f"{subset} posterior: lcb:k* − mean, gold at n={args.n}, {name}",
+                                  *paired_bootstrap(lcb[..., -1] - mean[..., -1]), len(runs), mean.shape[1]))
+            effects.append(Effect(f"{subset} posterior: over-optimisation of mean − of lcb:k*, {name}",
+                                  *paired_bootstrap(both, statistic=lambda a: overoptimisation(a[..., 1]) - overoptimisation(a[..., 0])),
+                                  len(runs), mean.shape[1]))
+            table[f"{subset}, {name}"] = {"k*": chosen_k, "mean": mean.mean(axis=(0, 1)).tolist(), "lcb:k*": lcb.mean(axis=(0, 1)).tolist()}
+    seconds = sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds)
+
+    def plot(axis) -> None:
+        ns = np.arange(1, args.n + 1)
+        for label, curves in table.items():
+            line, = axis.plot(ns, curves["mean"], label=f"mean, {label}")
+            axis.plot(ns, curves["lcb:k*"], "--", color=line.get_color(), label=f"lcb:k*, {label}")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("n")
+        axis.set_ylabel("expected gold of best-of-n")
+        axis.legend(fontsize=7)
+
+    return effects, {"curves": table, "seconds": seconds}, plot
+
+
+CLAIMS = {"haf": haf_claim, "laplace": laplace_claim}
 
 
 def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: Path, command: str) -> str:
@@ -169,6 +266,13 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
     lines = [f"### {claim}", "", f"`{command}`", "",
              "| effect | mean | 95 % interval | verdict | items | seeds |", "|---|---|---|---|---|---|"]
     lines += [e.row() for e in effects]
+    if "curves" in extra:
+        lines += ["", f"| posterior, test set | k* per seed | gold at n=1 | mean: peak (n) | mean at n={len(next(iter(extra['curves'].values()))['mean'])} | lcb:k* at the largest n |",
+                  "|---|---|---|---|---|---|"]
+        for label, c in extra["curves"].items():
+            peak = int(np.argmax(c["mean"]))
+            lines.append(f"| {label} | {', '.join(f'{k:g}' for k in c['k*'])} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | "
+                         f"{c['mean'][-1]:.3f} | {c['lcb:k*'][-1]:.3f} |")
     if "accuracy" in extra:
         worlds = list(next(iter(extra["accuracy"].values())))
         lines += ["", "| arm | " + " | ".join(worlds) + " |", "|---|" + "---|" * len(worlds)]
@@ -192,12 +296,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run to check the harness (2 seeds, few pairs)")
     parser.add_argument("--pairs", type=int, default=256, help="training pairs per run")
     parser.add_argument("--test-pairs", type=int, default=200, help="held-out pairs per test world")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="haf: the three objectives' learning rate")
+    parser.add_argument("--train-problems", type=int, default=48, help="laplace: problems whose pools train the reward model")
+    parser.add_argument("--test-problems", type=int, default=96, help="laplace: test problems per world (validation: half as many)")
+    parser.add_argument("--n", type=int, default=32, help="laplace: samples per test problem (best-of-n up to n)")
+    parser.add_argument("--subsets", nargs="+", default=["head"], choices=["head", "all"],
+                        help="laplace: posteriors compared (all: LoRA + head, about 3× the time of head on this CPU)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("bench/results/claims"))
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.pairs, args.test_pairs = args.seeds[:2], 32, 24
+        args.seeds, args.pairs, args.test_pairs, args.train_problems, args.test_problems, args.n = args.seeds[:2], 32, 24, 8, 8, 4
     command = "python bench/claims.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
         if k not in ("quick", "out") and v is not None)

@@ -88,13 +88,13 @@ def arithmetic_pairs(count: int, seed: int = 0, world: str = "base") -> list[dic
 WORD_PROBLEM_INSTRUCTION = " Reply in one short sentence."
 
 
-def word_problems(count: int, seed: int = 0) -> list[dict]:
-    """`count` rows {id, prompt, answer}: additions and subtractions of numbers 2…9 (SmolLM2-135M-Instruct
-    answers about 30 % of its samples correctly), asking for a one-sentence reply."""
+def word_problems(count: int, seed: int = 0, largest: int = 9) -> list[dict]:
+    """`count` rows {id, prompt, answer}: additions and subtractions of numbers 2…largest (at 9,
+    SmolLM2-135M-Instruct answers about 30 % of its samples correctly), asking for a one-sentence reply."""
     rng = random.Random(seed)
     rows = []
     for i in range(count):
-        question, answer, _ = arithmetic_problem(rng, max_a=9, max_b=9, ops="+-")
+        question, answer, _ = arithmetic_problem(rng, max_a=largest, max_b=largest, ops="+-")
         rows.append({"id": f"problem {i}", "prompt": question + WORD_PROBLEM_INSTRUCTION, "answer": str(answer)})
     return rows
 
