@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -157,7 +158,7 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
         axis.set_ylim(0.4, 1.0)
         axis.legend()
 
-    return effects, {"accuracy": table, "seconds": seconds}, plot
+    return effects, {"accuracy": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
 # --- laplace ------------------------------------------------------------------------------------------
@@ -250,7 +251,7 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
         axis.set_ylabel("expected gold of best-of-n")
         axis.legend(fontsize=7)
 
-    return effects, {"curves": table, "seconds": seconds}, plot
+    return effects, {"curves": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
 CLAIMS = {"haf": haf_claim, "laplace": laplace_claim}
@@ -263,7 +264,7 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = [f"### {claim}", "", f"`{command}`", "",
+    lines = [f"### {claim}", "", f"`{command}`", "", f"Settings: {json.dumps(extra['settings'])}; seeds {extra['seeds']}.", "",
              "| effect | mean | 95 % interval | verdict | items | seeds |", "|---|---|---|---|---|---|"]
     lines += [e.row() for e in effects]
     if "curves" in extra:
@@ -307,9 +308,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.pairs, args.test_pairs, args.train_problems, args.test_problems, args.n = args.seeds[:2], 32, 24, 8, 8, 4
-    command = "python bench/claims.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
-        if k not in ("quick", "out") and v is not None)
+    command = "python bench/claims.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="claims-") as work:
         effects, extra, plot = CLAIMS[args.claim](args, Path(work))
     print(report(args.claim, effects, extra, plot, args.out, command))

@@ -328,6 +328,9 @@ def test_mutation_survivors_in_the_hierarchy():
     with pytest.raises(UserError, match="needs at least one aspect"):
         Hierarchical(h, {}, mode="aspects")
     assert combine_hierarchy(np.array([-0.5, 0.5]), np.array([[1.0, 1.0]]), "hierarchical", aspect_weights=[1.0])[1].tolist() == [0.0, 1.0]  # τ = 0
+    half = Fixed([0.5, -1.0], None, 0)  # τ's default, 0, opens the gate at z_h = 0.5 (τ = 1 would not)
+    assert Hierarchical(half, {"x": (x, 0.5)}).score(*rows).mean.tolist() == [1.5, -1.0]
+    assert half.batch_sizes == [16] and x.batch_sizes[-1] == 16  # score's default batch size, handed down
 
 
 def test_spec_grammar_edges_and_normalized_pass_through():
