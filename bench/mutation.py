@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -58,7 +59,10 @@ def main() -> None:
         copy_tree(work)
         write_config(work, args.modules)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, check=False)
+    # One OpenMP thread: mutmut forks its children from a process that has run torch, and a forked child
+    # that enters an OpenMP parallel region of its parent's thread pool deadlocks (GNU libgomp).
+    single_threaded = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)], cwd=work, check=False, env=single_threaded)
     results = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, capture_output=True, text=True).stdout
     report(*parse_results(results), equivalent_mutants(), time.perf_counter() - started)
     if args.keep is None:

@@ -60,6 +60,11 @@ def float32_accelerator(config: TrainConfig | None = None, logging_dir: Path | N
                         "bf16 default); rewardstack computes in float32: run it in its own process, or set that trainer's bf16=False") from None
 
 
+def weights_sharded(accelerator: Accelerator) -> bool:
+    """Whether the weights are split across processes (FSDP, DeepSpeed), so no process holds them all."""
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
     """Global batches for all epochs: per epoch a seeded shuffle, sorted by length within chunks of
     LENGTH_GROUP batches (little padding), then the batches shuffled. Every pair is used once per epoch."""
@@ -259,8 +264,7 @@ class _Run:
 
     @property
     def sharded(self) -> bool:
-        """Whether the weights are split across processes (FSDP, DeepSpeed), so no process holds them all."""
-        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        return weights_sharded(self.accelerator)
 
     def gathered(self) -> RewardModel | None:
         """The trained model as one whole module on the main process (None on the others): the model
@@ -499,7 +503,7 @@ class _Checkpoint:
     def load_state(self, optimizer, scheduler, accelerator: Accelerator) -> None:
         """Optimizer (a sharded run's: this process's shard), scheduler and RNG state."""
         saved = self.state["optimizer"]
-        sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        sharded = weights_sharded(accelerator)
         if sharded != ("shards" in saved) or (sharded and saved["shards"] != accelerator.num_processes):
             launch = f"{saved['shards']} sharded processes" if "shards" in saved else "unsharded weights"
             raise UserError(f"{self.path}: the checkpoint was written by a run with {launch}: resume it with the same accelerate launch")

@@ -330,17 +330,17 @@ def test_optimize_samples_through_vllm_with_the_policy_adapter_of_the_moment(tmp
     tokenizer.save_pretrained(tmp_path / "policy")
     fake = FakeVllm(tokenizer)
     fake.install(monkeypatch)
-    (tmp_path / "rules.py").write_text("def digits(prompt, response):\n    return float(sum(map(int, filter(str.isdigit, response))))\n"
+    (tmp_path / "digit_rules.py").write_text("def digits(prompt, response):\n    return float(sum(map(int, filter(str.isdigit, response))))\n"
                                        "def few(prompt, response):\n    return -digits(prompt, response)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     tree = {"kind": "bandit", "algorithm": "linucb", "context": {"kind": "words", "dim": 8},
-            "members": [{"name": "digits", "source": {"kind": "rule", "function": "rules:digits"}},
-                        {"name": "few", "source": {"kind": "rule", "function": "rules:few"}}]}
+            "members": [{"name": "digits", "source": {"kind": "rule", "function": "digit_rules:digits"}},
+                        {"name": "few", "source": {"kind": "rule", "function": "digit_rules:few"}}]}
     (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
     prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(4)])
     config = OptimizeConfig(policy=str(tmp_path / "policy"), batch_prompts=2, n=3, iterations=1, lora_r=4, learning_rate=1e-2,
                             backend="vllm", seed=5, compute=ComputeConfig(device="cpu"))  # the stand-in "has" a GPU
-    optimize(load_source(tmp_path / "bandit.yaml", allowed_modules=["rules"]), config, prompts, tmp_path / "run", dev=prompts)
+    optimize(load_source(tmp_path / "bandit.yaml", allowed_modules=["digit_rules"]), config, prompts, tmp_path / "run", dev=prompts)
     assert len(fake.engines) == 1 and fake.engines[0]["enable_lora"] and fake.engines[0]["max_lora_rank"] == 8
     adapters = [call[2] for call in fake.calls]
     assert [a[1] for a in adapters] == list(range(1, 5))  # dev at iteration 0, two batches, dev at iteration 1
