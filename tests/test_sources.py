@@ -299,18 +299,21 @@ def test_rule_modules_load_from_beside_the_tree_or_an_allow_list(tmp_path):
         allowed.score(["p"], ["r"])
 
 
+class Recorded:
+    """A source with set rewards, stds and truncation count that records the batch sizes it is given."""
+
+    def __init__(self, mean, std, truncated):
+        self.mean, self.std, self.truncated, self.batch_sizes = np.array(mean), None if std is None else np.array(std), truncated, []
+
+    def score(self, prompts, responses, batch_size=16):
+        self.batch_sizes.append(batch_size)
+        return RewardScores(mean=self.mean, std=self.std, truncated=self.truncated)
+
+
 def test_mutation_survivors_in_the_hierarchy():
     """Bugs bench/mutation.py showed the suite missed: the hierarchy's defaults, its std in every mode,
     a std only when every source has one, truncation counts, and batch sizes handed down."""
-    class Fixed:
-        def __init__(self, mean, std, truncated):
-            self.mean, self.std, self.truncated, self.batch_sizes = np.array(mean), None if std is None else np.array(std), truncated, []
-
-        def score(self, prompts, responses, batch_size=16):
-            self.batch_sizes.append(batch_size)
-            return RewardScores(mean=self.mean, std=self.std, truncated=self.truncated)
-
-    h, x = Fixed([1.0, -1.0], [0.5, 0.5], 1), Fixed([2.0, 4.0], [1.0, 2.0], 3)
+    h, x = Recorded([1.0, -1.0], [0.5, 0.5], 1), Recorded([2.0, 4.0], [1.0, 2.0], 3)
     rows = (["p", "p"], ["a", "b"])
     default = Hierarchical(h, {"x": (x, 0.5)})  # hierarchical, τ = 0, w_h = 1: gate [1, 0]
     scores = default.score(*rows, batch_size=7)
@@ -324,13 +327,38 @@ def test_mutation_survivors_in_the_hierarchy():
     alone = Hierarchical(h, {}, mode="holistic").score(*rows)
     assert alone.mean.tolist() == [1.0, -1.0] and alone.std.tolist() == [0.5, 0.5] and alone.truncated == 1
     assert alone.mean.dtype == aspects.mean.dtype == np.float64  # not an object array from a placeholder zero
-    assert Hierarchical(Fixed([1.0, -1.0], None, 0), {"x": (x, 0.5)}).score(*rows).std is None  # the holistic source has none
+    assert Hierarchical(Recorded([1.0, -1.0], None, 0), {"x": (x, 0.5)}).score(*rows).std is None  # the holistic source has none
     with pytest.raises(UserError, match="needs at least one aspect"):
         Hierarchical(h, {}, mode="aspects")
     assert combine_hierarchy(np.array([-0.5, 0.5]), np.array([[1.0, 1.0]]), "hierarchical", aspect_weights=[1.0])[1].tolist() == [0.0, 1.0]  # τ = 0
-    half = Fixed([0.5, -1.0], None, 0)  # τ's default, 0, opens the gate at z_h = 0.5 (τ = 1 would not)
+    half = Recorded([0.5, -1.0], None, 0)  # τ's default, 0, opens the gate at z_h = 0.5 (τ = 1 would not)
     assert Hierarchical(half, {"x": (x, 0.5)}).score(*rows).mean.tolist() == [1.5, -1.0]
     assert half.batch_sizes == [16] and x.batch_sizes[-1] == 16  # score's default batch size, handed down
+
+
+def test_mutation_survivors_in_the_ensemble():
+    """Bugs bench/mutation.py showed the suite missed in ensembles: the default rule, λ and batch size;
+    the members' own stds in the combined std; λ and the batch size handed down; the largest truncation
+    count; the weighted rule's checks; k = 0 and the message of the rule grammar."""
+    from rewardstack.sources.combine import parse_ensemble_rule
+
+    a, b = Recorded([1.0, 3.0], [0.5, 1.0], 2), Recorded([3.0, 3.0], [1.5, 0.0], 5)
+    rows = (["p", "p"], ["x", "y"])
+    plain = Ensemble({"a": a, "b": b}).score(*rows)  # mean, batch size 16
+    assert plain.mean.tolist() == [2.0, 3.0] and plain.truncated == 5 and a.batch_sizes == b.batch_sizes == [16]
+    np.testing.assert_allclose(plain.std, np.sqrt([1.0 + 1.25, 0.0 + 0.5]))  # spread + mean of the members' σ²
+    uwo = Ensemble({"a": a, "b": b}, "uwo:0.5").score(*rows, batch_size=7)
+    assert uwo.mean.tolist() == [1.5, 3.0] and a.batch_sizes[-1] == b.batch_sizes[-1] == 7  # m̄ − λ·spread
+    assert combine_ensemble(np.array([[1.0, 3.0], [3.0, 3.0]]), None, "uwo").mean.tolist() == [2.0, 3.0]  # λ = 0
+    assert combine_ensemble(np.array([[1, 3], [2, 0]]), None, "min").mean.dtype == np.float64  # int rewards
+    for weights in (None, [1.0]):
+        with pytest.raises(UserError, match=r"weighted needs `weights`, one per member \(2\)"):
+            Ensemble({"a": a, "b": b}, "weighted", weights)
+    assert parse_ensemble_rule("uwo:0") == ("uwo", 0.0)
+    with pytest.raises(UserError, match=r"^ensemble combine 'median': use mean, min, uwo:λ \(mean − λ·variance across members, λ ≥ 0\) or weighted$"):
+        parse_ensemble_rule("median")
+    Normalized(a, 1.0, 2.0).score(*rows)
+    assert a.batch_sizes[-1] == 16
 
 
 def test_spec_grammar_edges_and_normalized_pass_through():
