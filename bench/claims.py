@@ -156,7 +156,7 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
         axis.set_xticks(np.arange(len(WORLDS)) + 1.5 * width, list(WORLDS))
         axis.set_ylabel("held-out pair accuracy")
         axis.set_ylim(0.4, 1.0)
-        axis.legend()
+        axis.legend(loc="lower left", ncols=4, fontsize=8)
 
     return effects, {"accuracy": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
