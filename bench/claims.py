@@ -92,9 +92,9 @@ class Records:
 
 
 def pair_correct(chosen: np.ndarray, rejected: np.ndarray) -> list[float]:
-    """1 where the chosen response gets the higher reward, 0.5 for a tie, 0 otherwise."""
-    delta = np.asarray(chosen) - np.asarray(rejected)
-    return ((delta > 0) + 0.5 * (delta == 0)).tolist()
+    from rewardstack.metrics import tie_half_correct
+
+    return tie_half_correct(np.asarray(chosen) - np.asarray(rejected)).tolist()
 
 
 # --- haf ----------------------------------------------------------------------------------------------

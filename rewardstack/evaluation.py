@@ -18,7 +18,7 @@ from .data.load import Columns, PreferencePair, named_data
 from .distributed import arrays_across_processes, score_across_processes
 from .errors import UserError
 from .files import atomic_path
-from .metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics, preference_probability
+from .metrics import auroc, expected_calibration_error, logit_metrics, pairwise_metrics, preference_probability, tie_half_correct
 from .model import RewardModel
 
 
@@ -68,7 +68,7 @@ def pair_metrics(scores: dict[str, np.ndarray], subsets: Sequence[str | None], t
     breakdown by the pairs' `subsets`; `truncated` is reported as given."""
     result: dict[str, Any] = pairwise_metrics(scores["chosen"], scores["rejected"])
     delta = scores["chosen"] - scores["rejected"]
-    result["accuracy_ci"] = bootstrap_interval((delta > 0) + 0.5 * (delta == 0))
+    result["accuracy_ci"] = bootstrap_interval(tie_half_correct(delta))
     result["strict_accuracy_ci"] = bootstrap_interval(delta > 0)
     result["truncated"] = truncated
     if "implicit_chosen" in scores:

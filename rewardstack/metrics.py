@@ -29,6 +29,12 @@ def expected_calibration_error(p: np.ndarray, bins: int = 10) -> float:
     return float(total / len(probs))
 
 
+def tie_half_correct(delta: np.ndarray) -> np.ndarray:
+    """Per pair with reward margin Δ = r_chosen − r_rejected: 1 when Δ > 0, ½ when Δ = 0, else 0."""
+    delta = np.asarray(delta, dtype=np.float64)
+    return (delta > 0) + 0.5 * (delta == 0)
+
+
 def logit_metrics(logits: np.ndarray) -> dict[str, float]:
     """Metrics of P(chosen ≻ rejected) = σ(z) for pairs whose outcome is "chosen": accuracy (z = 0 counts
     ½), strict_accuracy (z = 0 counts 0, RewardBench's convention), ECE (10 bins), Brier = mean (1 − p)²,
@@ -36,7 +42,7 @@ def logit_metrics(logits: np.ndarray) -> dict[str, float]:
     z = np.asarray(logits, dtype=np.float64)
     p = preference_probability(z, 0.0)
     return {
-        "accuracy": float(np.mean((z > 0) + 0.5 * (z == 0))),
+        "accuracy": float(np.mean(tie_half_correct(z))),
         "strict_accuracy": float(np.mean(z > 0)),
         "ece": expected_calibration_error(p),
         "brier": float(np.mean((1.0 - p) ** 2)),

@@ -147,7 +147,7 @@ class VllmSampler:
         from vllm import LLM
 
         self.llm = LLM(model=str(backbone_folder(base)), seed=config.seed, gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                       enable_lora=lora_rank > 0, max_lora_rank=max(lora_rank, 8))
+                       enable_lora=lora_rank > 0, max_lora_rank=max(8, 1 << (lora_rank - 1).bit_length()))  # vLLM takes powers of 2
         self.tokenizer = self.llm.get_tokenizer()
         self.adapters = 0  # a changed adapter needs a new id: vLLM keeps loaded adapters by id
 

@@ -153,11 +153,9 @@ def test_merge_shards_puts_every_field_back_in_row_order():
     assert no_std.std is None and no_std.arm is None and no_std.mean.tolist() == [1.0, 1.0]
 
 
-@needs_accelerate
-def test_score_under_accelerate_launch_matches_one_process(tmp_path):
-    """Two processes deal the rows of each chunk between them (the last chunk of one row leaves one idle):
-    every row is scored once, by one of two processes, and the output file is one process's, in input
-    order, parts included."""
+def counted_tree(tmp_path, rule: str) -> None:
+    """tmp_path/tree.yaml: the mean of a seeded model `m` (rewards differ per row) and a rule returning
+    `rule`, which logs each call as `pid response` to calls.log, so a test sees which process scored what."""
     from test_packing import make_model
 
     make_model(objective="bt").save(tmp_path / "m")
@@ -166,9 +164,17 @@ def test_score_under_accelerate_launch_matches_one_process(tmp_path):
         "def score(prompt, response):\n"
         "    with open(Path(__file__).parent / 'calls.log', 'a') as log:\n"
         "        log.write(f'{os.getpid()} {response}\\n')\n"
-        "    return float(len(response))\n")
+        f"    return float({rule})\n")
     (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "combine": "mean", "members": [
         {"name": "rm", "source": {"kind": "model", "path": "m"}}, {"name": "chars", "source": {"kind": "rule", "function": "counted:score"}}]}))
+
+
+@needs_accelerate
+def test_score_under_accelerate_launch_matches_one_process(tmp_path):
+    """Two processes deal the rows of each chunk between them (the last chunk of one row leaves one idle):
+    every row is scored once, by one of two processes, and the output file is one process's, in input
+    order, parts included."""
+    counted_tree(tmp_path, "len(response)")
     rows = write_rows(tmp_path / "rows.jsonl", [{"prompt": "Prompt " + "word " * i, "response": f"answer{i} " * (i % 3 + 1), "id": i} for i in range(9)])
     common = ["score", "--reward", str(tmp_path / "tree.yaml"), "--input", str(rows), "--chunk-rows", "4"]
     cli(*common, "--output", tmp_path / "one.jsonl")
@@ -223,17 +229,7 @@ def test_eval_under_accelerate_launch_matches_one_process(tmp_path):
 def test_bon_under_accelerate_launch_matches_one_process(tmp_path):
     """Two processes share the 15 responses of 5 pools: each response is scored once, and the per-pool
     records and the curves equal one process's; only the main process writes and reports."""
-    from test_packing import make_model
-
-    make_model(objective="bt").save(tmp_path / "m")
-    (tmp_path / "counted.py").write_text(
-        "import os\nfrom pathlib import Path\n"
-        "def score(prompt, response):\n"
-        "    with open(Path(__file__).parent / 'calls.log', 'a') as log:\n"
-        "        log.write(f'{os.getpid()} {response}\\n')\n"
-        "    return float(len(response) % 5)\n")
-    (tmp_path / "tree.yaml").write_text(yaml.safe_dump({"kind": "ensemble", "combine": "mean", "members": [
-        {"name": "rm", "source": {"kind": "model", "path": "m"}}, {"name": "chars", "source": {"kind": "rule", "function": "counted:score"}}]}))
+    counted_tree(tmp_path, "len(response) % 5")
     pools = write_rows(tmp_path / "pools.jsonl", [{"prompt": f"Question {i} " + "word " * i, "responses": [f"answer {i}.{j} " * (j + 1) for j in range(3)],
                                                    "gold": [float((i + j) % 2) for j in range(3)]} for i in range(5)])
     common = ["bon", "--reward", str(tmp_path / "tree.yaml"), "--pools", str(pools), "--batch-size", "2"]
