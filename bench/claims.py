@@ -1,6 +1,6 @@
 """Do the methods do what their papers claim, here? Paired experiments with intervals.
 
-    python bench/claims.py --claim haf [--seeds 0 1 2 3 4] [--quick] [--out bench/results/claims]
+    python bench/claims.py --claim haf|laplace|alarm|laser [--seeds 0 1 2 3 4] [--quick] [--out bench/results/claims]
 
 Every arm of a claim runs on the same data with the same seeds (a seed picks the training rows and their
 order), so arms are compared run by run. Each finished run is appended to <out>/<claim>.jsonl with its
@@ -18,6 +18,12 @@ Claims:
   generated arithmetic pairs (rewardstack.synthetic): held-out pairs of the training world and of three
   shifted worlds (larger numbers, other templates, division). Accuracy of the reward head (bt, haf) or the
   implicit reward (dpo); haf's implicit reward reported beside.
+- alarm: ALaRM's combination modes (holistic, aspects, weighted_sum, hierarchical) on generated answers
+  with style: a holistic reward model trained per seed, rule aspects of which one is wrong, selection by
+  consistency on a split apart from the test; gold of best-of-n under a gated and an additive gold.
+- laser: LASeR's bandit best-of-n with gold feedback on a mixture of three generated tasks where
+  different members (a reward model, a format rule, length) are right: bandit against the best single member,
+  a random member and the ensemble, with the regret curve and arm shares per task.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ class Records:
         self.runs = [r for r in map(json.loads, filter(None, lines)) if r["settings"] == settings]
 
     def find(self, **key) -> dict | None:
-        return next((r for r in self.runs if all(r[k] == v for k, v in key.items())), None)
+        return next((r for r in self.runs if all(r.get(k) == v for k, v in key.items())), None)
 
     def add(self, record: dict) -> None:
         record = {"settings": self.settings, **record}
@@ -254,7 +260,218 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     return effects, {"curves": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
-CLAIMS = {"haf": haf_claim, "laplace": laplace_claim}
+# --- alarm --------------------------------------------------------------------------------------------
+
+ALARM_ASPECTS = {  # name: (rule, sign); concise and stated carry real signal, preamble is wrong
+    "concise": (r"words", -1.0),
+    "stated": (r"The answer is -?\d+\.", 1.0),
+    "preamble": (r"^(Let me|Good question|I will)", 1.0),
+}
+ALARM_MODES = ("holistic", "aspects", "weighted_sum", "hierarchical")
+
+
+def rule_scores(pools: list, aspect: str) -> list[np.ndarray]:
+    """Each pool's rewards from a rule aspect of ALARM_ASPECTS (the word count or a regex, through the
+    library's rule sources), times its sign."""
+    from rewardstack.bon import score_pools
+    from rewardstack.sources.rules import Rule, length_rule, regex_rule
+
+    pattern, sign = ALARM_ASPECTS[aspect]
+    rule = Rule(length_rule() if pattern == "words" else regex_rule(pattern), aspect)
+    return [sign * s.mean for s in score_pools(rule, pools)[0]]
+
+
+def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
+    """ALaRM on generated answers with style (synthetic.aspect_pools): a Bradley–Terry holistic reward
+    trained per seed on arithmetic pairs (it learns correctness, not style), and three rule aspects:
+    concise (−words) and stated ("The answer is N.") carry real signal, preamble (a filler sentence
+    first) is wrong.
+    All rewards are z-scored on the selection pools; aspects are kept when their inconsistency with the
+    holistic reward on one random response pair per selection pool is ≤ 0.5 (a split apart from the
+    test); modes combine with w_h = 1, every aspect w = 0.5, τ = 0. Gold of best-of-n on the test pools,
+    under a gated gold (style counts only for correct answers, ALaRM's premise) and an additive one."""
+    from rewardstack.bon import expected_best_of_n, score_pools
+    from rewardstack.config import TrainConfig
+    from rewardstack.data.pools import load_pools
+    from rewardstack.sources.combine import combine_hierarchy
+    from rewardstack.sources.select import aspect_consistency
+    from rewardstack.synthetic import ASPECT_GOLDS, aspect_pools, arithmetic_pairs, write_jsonl
+    from rewardstack.training import train
+
+    settings = {"pairs": args.pairs, "test_pools": args.test_pools, "selection_pools": args.selection_pools, "pool_size": args.pool_size,
+                "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model}
+    records = Records(args.out / "alarm.jsonl", settings)
+    test = {gold: load_pools(aspect_pools(args.test_pools, args.pool_size, seed=20_000, gold=gold))[0] for gold in ASPECT_GOLDS}
+    selection = load_pools(aspect_pools(args.selection_pools, args.pool_size, seed=30_000))[0]
+    ns = list(range(1, args.pool_size + 1))
+    for seed in args.seeds:
+        if records.find(seed=seed):
+            continue
+        started = time.perf_counter()
+        config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate, seed=seed)
+        model, _ = train(config, write_jsonl(arithmetic_pairs(args.pairs, seed=seed), work / f"train-{seed}.jsonl"))
+        raw = {"holistic": {name: [s.mean for s in score_pools(model, pools)[0]] for name, pools in (("selection", selection), ("test", test["gated"]))}}
+        raw.update({a: {"selection": rule_scores(selection, a), "test": rule_scores(test["gated"], a)} for a in ALARM_ASPECTS})
+        z = {}  # z-scores with the selection responses' mean and std
+        for name, by_split in raw.items():
+            values = np.concatenate(by_split["selection"])
+            mean, std = values.mean(), values.std() or 1.0
+            z[name] = {split: [(v - mean) / std for v in pools] for split, pools in by_split.items()}
+        rng = np.random.default_rng(seed)
+        picks = [rng.choice(len(pool.responses), size=2, replace=False) for pool in selection]
+        consistency = {a: aspect_consistency(np.array([z["holistic"]["selection"][i][p] for i, p in enumerate(picks)]),
+                                             np.array([z[a]["selection"][i][p] for i, p in enumerate(picks)]))
+                       for a in ALARM_ASPECTS}
+        kept = [a for a, c in consistency.items() if c["inconsistency"] <= 0.5]
+        curves = {gold: {} for gold in ASPECT_GOLDS}  # gold → "mode, aspects" → per-pool curve
+        for aspects_label, aspects in (("selected", kept), ("all", list(ALARM_ASPECTS))):
+            for mode in ALARM_MODES[aspects_label == "all":]:  # holistic ignores the aspects
+                label = f"{mode}, {aspects_label}"
+                for gold, pools in test.items():
+                    curves[gold][label] = [
+                        expected_best_of_n(combine_hierarchy(z["holistic"]["test"][i], np.array([z[a]["test"][i] for a in aspects]).reshape(len(aspects), -1),
+                                                             mode, 0.0, 1.0, [0.5] * len(aspects))[0], pool.gold, ns).tolist()
+                        for i, pool in enumerate(pools)]
+        seconds = time.perf_counter() - started
+        records.add({"seed": seed, "consistency": consistency, "kept": kept, "curves": curves, "seconds": seconds})
+        print(f"seed {seed}: kept {kept}; gold at n={ns[-1]} (gated): "
+              + ", ".join(f"{k} {np.mean(c, axis=0)[-1]:.3f}" for k, c in curves["gated"].items()) + f" ({seconds:.0f} s)", flush=True)
+
+    runs = [records.find(seed=s) for s in args.seeds]
+
+    def at_n(gold: str, label: str) -> np.ndarray:
+        return np.array([run["curves"][gold][label] for run in runs])[..., -1]  # (seeds, pools)
+
+    effects = []
+    for gold in ASPECT_GOLDS:
+        for name, a, b in (("hierarchical − holistic", "hierarchical, selected", "holistic, selected"),
+                           ("hierarchical − weighted_sum", "hierarchical, selected", "weighted_sum, selected"),
+                           ("weighted_sum − holistic", "weighted_sum, selected", "holistic, selected"),
+                           ("aspects − holistic", "aspects, selected", "holistic, selected"),
+                           ("hierarchical: selected − all aspects", "hierarchical, selected", "hierarchical, all")):
+            effects.append(Effect(f"{name}, gold at n={ns[-1]}, {gold} gold", *paired_bootstrap(at_n(gold, a) - at_n(gold, b)), len(runs), args.test_pools))
+    labels = list(runs[0]["curves"]["gated"])
+    table = {label: {gold: float(at_n(gold, label).mean()) for gold in ASPECT_GOLDS} for label in labels}
+    selections = {"kept per seed": [run["kept"] for run in runs],
+                  "inconsistency (mean over seeds)": {a: float(np.nanmean([run["consistency"][a]["inconsistency"] for run in runs])) for a in ALARM_ASPECTS}}
+    seconds = sum(run["seconds"] for run in runs)
+
+    def plot(axis) -> None:
+        width = 0.1
+        for k, label in enumerate(labels):
+            axis.bar(np.arange(len(ASPECT_GOLDS)) + k * width, [table[label][g] for g in ASPECT_GOLDS], width, label=label)
+        axis.set_xticks(np.arange(len(ASPECT_GOLDS)) + (len(labels) - 1) / 2 * width, [f"{g} gold" for g in ASPECT_GOLDS])
+        axis.set_ylabel(f"gold of best-of-{ns[-1]}")
+        axis.legend(fontsize=7, ncols=2)
+
+    return effects, {"modes": table, "selection": selections, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
+
+
+# --- laser --------------------------------------------------------------------------------------------
+
+class Cached:
+    """A reward source answering from scores computed once: {(prompt text, response): reward}."""
+
+    def __init__(self, rewards: dict[tuple[str, str], float]):
+        self.rewards = rewards
+
+    def score(self, prompts, responses, batch_size: int = 16):
+        from rewardstack.scores import RewardScores
+        from rewardstack.sources.rules import prompt_text
+
+        return RewardScores(mean=np.array([self.rewards[prompt_text(p), r] for p, r in zip(prompts, responses)]))
+
+
+def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
+    """LASeR best-of-n on a mixture of three tasks (synthetic.mixed_task_pools: plain, number only,
+    explain) where different members are right: `arith` (a Bradley–Terry model trained once on
+    arithmetic pairs, seed 0), `terse` (1 when the response is a bare number) and `length` (words). Each seed shows the pools in its
+    own order to a LinUCB bandit on word-hash contexts with gold feedback (the gold of its member's pick
+    at n = pool size); beside it each member alone, a random member and the z-scored ensemble mean, on
+    the same pools. The members score every pool once; the scores are kept in the records."""
+    from rewardstack.bon import run_bandit_best_of_n, score_pools
+    from rewardstack.config import TrainConfig
+    from rewardstack.data.pools import load_pools
+    from rewardstack.laser.context import ContextEncoder
+    from rewardstack.laser.selector import BanditSelector
+    from rewardstack.sources.rules import Rule, length_rule, prompt_text, regex_rule
+    from rewardstack.synthetic import TASK_INSTRUCTIONS, arithmetic_pairs, mixed_task_pools, write_jsonl
+    from rewardstack.training import train
+
+    settings = {"pairs": args.pairs, "per_task": args.per_task, "pool_size": args.pool_size, "alpha": args.alpha,
+                "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model}
+    records = Records(args.out / "laser.jsonl", settings)
+    pools = load_pools(mixed_task_pools(args.per_task, args.pool_size, seed=40_000))[0]
+    scores = records.find(kind="member scores")
+    if scores is None:
+        started = time.perf_counter()
+        config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate, seed=0)
+        model, _ = train(config, write_jsonl(arithmetic_pairs(args.pairs, seed=0), work / "train.jsonl"))
+        members = {"arith": model, "terse": Rule(regex_rule(r"^-?\d+$"), "terse"), "length": Rule(length_rule(), "length")}
+        scores = {"kind": "member scores", "rewards": {name: [s.mean.tolist() for s in score_pools(member, pools)[0]] for name, member in members.items()}}
+        scores["seconds"] = time.perf_counter() - started
+        records.add(scores)
+        print(f"members scored {len(pools)} pools ({scores['seconds']:.0f} s)", flush=True)
+    members = {name: Cached({(prompt_text(pool.prompt), r): v for pool, values in zip(pools, by_pool) for r, v in zip(pool.responses, values)})
+               for name, by_pool in scores["rewards"].items()}
+    for seed in args.seeds:
+        if records.find(seed=seed):
+            continue
+        started = time.perf_counter()
+        order = np.random.default_rng(seed).permutation(len(pools))
+        selector = BanditSelector(members, ContextEncoder("words", dim=args.context_dim), "linucb", seed=seed, alpha=args.alpha)
+        result = run_bandit_best_of_n(selector, [pools[i] for i in order])
+        gold = {method: [r["objectives"][method]["gold"][-1] for r in result["pools"]] for method in result["pools"][0]["objectives"]}
+        records.add({"seed": seed, "keys": [r["key"] for r in result["pools"]], "groups": [r["group"] for r in result["pools"]],
+                     "arms": result["arms"], "gold": gold, "seconds": time.perf_counter() - started})
+        print(f"seed {seed}: gold at n={args.pool_size}: " + ", ".join(f"{m} {np.mean(g):.3f}" for m, g in gold.items()), flush=True)
+
+    runs = [records.find(seed=s) for s in args.seeds]
+    keys = sorted(runs[0]["keys"])
+
+    def by_key(run: dict, method: str, half: str = "all") -> np.ndarray:
+        """A run's gold per pool in key order; half 'late': pools shown in the second half, others NaN."""
+        position = {k: t for t, k in enumerate(run["keys"])}
+        values = dict(zip(run["keys"], run["gold"][method]))
+        return np.array([values[k] if half == "all" or position[k] >= len(keys) // 2 else np.nan for k in keys])
+
+    def gold(method: str, half: str = "all") -> np.ndarray:
+        return np.array([by_key(run, method, half) for run in runs])  # (seeds, pools)
+
+    singles = [m for m in runs[0]["gold"] if m.startswith("only:")]
+    best_single = max(singles, key=lambda m: gold(m).mean())
+    effects = []
+    for half, statistic in (("all", np.mean), ("late", np.nanmean)):
+        for other in (best_single, "random", "ensemble"):
+            name = f"bandit − {other}, gold at n={args.pool_size}, {'all pools' if half == 'all' else 'second half of each order'}"
+            effects.append(Effect(name, *paired_bootstrap(gold("bandit", half) - gold(other, half), statistic=statistic), len(runs), len(keys)))
+    groups = list(TASK_INSTRUCTIONS)
+    group_of = dict(zip(runs[0]["keys"], runs[0]["groups"]))
+    in_group = {g: np.array([group_of[k] == g for k in keys]) for g in groups}
+    table = {m: {g: float(gold(m)[:, in_group[g]].mean()) for g in groups} | {"all": float(gold(m).mean())} for m in runs[0]["gold"]}
+    shares = {g: {name: float(np.mean([arm == name for run in runs for arm, group in zip(run["arms"], run["groups"]) if group == g]))
+                  for name in members} for g in groups}
+    hindsight = np.max([gold(m) for m in singles], axis=0)  # (seeds, pools): per pool, the best member's gold
+    shown = [[keys.index(k) for k in run["keys"]] for run in runs]  # each seed's order, as indices into keys
+
+    def regret(method: str) -> np.ndarray:
+        """Cumulative regret against the best member per pool, in each seed's order, averaged over seeds."""
+        return np.mean([np.cumsum((hindsight[s] - gold(method)[s])[order]) for s, order in enumerate(shown)], axis=0)
+
+    seconds = scores["seconds"] + sum(run["seconds"] for run in runs)
+
+    def plot(axis) -> None:
+        for method in ("bandit", best_single, "random", "ensemble"):
+            axis.plot(np.arange(1, len(keys) + 1), regret(method), "-" if method == "bandit" else "--", label=method)
+        axis.set_xlabel("pools seen")
+        axis.set_ylabel("cumulative regret vs the best member per pool")
+        axis.legend(fontsize=8)
+
+    return effects, {"methods": table, "arm shares": shares, "best single": best_single, "seconds": seconds,
+                     "settings": settings, "seeds": args.seeds}, plot
+
+
+CLAIMS = {"haf": haf_claim, "laplace": laplace_claim, "alarm": alarm_claim, "laser": laser_claim}
 
 
 def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: Path, command: str) -> str:
@@ -274,6 +491,20 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
             peak = int(np.argmax(c["mean"]))
             lines.append(f"| {label} | {', '.join(f'{k:g}' for k in c['k*'])} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | "
                          f"{c['mean'][-1]:.3f} | {c['lcb:k*'][-1]:.3f} |")
+    for key, row_name in (("modes", "mode, aspects"), ("methods", "method")):
+        if key in extra:
+            columns = list(next(iter(extra[key].values())))
+            lines += ["", f"| {row_name} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+            lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in values.values()) + " |" for name, values in extra[key].items()]
+    if "selection" in extra:
+        lines += ["", "Aspects kept per seed: " + "; ".join(", ".join(kept) or "none" for kept in extra["selection"]["kept per seed"]) + ". "
+                  "Inconsistency with the holistic reward (mean over seeds): "
+                  + ", ".join(f"{a} {v:.3f}" for a, v in extra["selection"]["inconsistency (mean over seeds)"].items()) + "."]
+    if "arm shares" in extra:
+        names = list(next(iter(extra["arm shares"].values())))
+        lines += ["", f"Best single member in hindsight: {extra['best single']}. The bandit's arm shares per task (all seeds):", "",
+                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {task} | " + " | ".join(f"{v:.2f}" for v in shares.values()) + " |" for task, shares in extra["arm shares"].items()]
     if "accuracy" in extra:
         worlds = list(next(iter(extra["accuracy"].values())))
         lines += ["", "| arm | " + " | ".join(worlds) + " |", "|---|" + "---|" * len(worlds)]
@@ -297,17 +528,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run to check the harness (2 seeds, few pairs)")
     parser.add_argument("--pairs", type=int, default=256, help="training pairs per run")
     parser.add_argument("--test-pairs", type=int, default=200, help="held-out pairs per test world")
-    parser.add_argument("--learning-rate", type=float, default=2e-4, help="haf: the three objectives' learning rate")
+    parser.add_argument("--learning-rate", type=float, default=2e-4, help="the reward models' learning rate (haf: of all three objectives)")
     parser.add_argument("--train-problems", type=int, default=48, help="laplace: problems whose pools train the reward model")
     parser.add_argument("--test-problems", type=int, default=96, help="laplace: test problems per world (validation: half as many)")
     parser.add_argument("--n", type=int, default=32, help="laplace: samples per test problem (best-of-n up to n)")
     parser.add_argument("--subsets", nargs="+", default=["head"], choices=["head", "all"],
                         help="laplace: posteriors compared (all: LoRA + head, about 3× the time of head on this CPU)")
+    parser.add_argument("--test-pools", type=int, default=160, help="alarm: test pools")
+    parser.add_argument("--selection-pools", type=int, default=64, help="alarm: pools whose response pairs select the aspects")
+    parser.add_argument("--pool-size", type=int, default=8, help="alarm, laser: responses per pool")
+    parser.add_argument("--per-task", type=int, default=120, help="laser: pools per task (three tasks)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="laser: LinUCB's exploration α")
+    parser.add_argument("--context-dim", type=int, default=32, help="laser: hash buckets of the word context")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("bench/results/claims"))
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.pairs, args.test_pairs, args.train_problems, args.test_problems, args.n = args.seeds[:2], 32, 24, 8, 8, 4
+        args.test_pools, args.selection_pools, args.per_task = 12, 12, 8
     command = "python bench/claims.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="claims-") as work:
         effects, extra, plot = CLAIMS[args.claim](args, Path(work))

@@ -11,6 +11,7 @@ its own generator seeded with seed + i, so its samples do not depend on the othe
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,12 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Message]], co
     return Samples(responses, unfinished)
 
 
+def cache_keyword(policy) -> str:
+    """The forward keyword of the KV cache: `cache` in newer transformers, `past_key_values` before."""
+    model = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first_index: int, eos: int | None, pad: int) -> torch.Tensor:
     """New tokens [len(prompt_ids) · n, ≤ max_new_tokens] (rows of a prompt adjacent, `pad` after eos)
     for left-padded prompts whose KV caches are computed once and repeated n times."""
@@ -88,10 +95,10 @@ def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first
     ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompt_ids], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    cache = DynamicCache(config=policy.config)
-    logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache = {cache_keyword(policy): DynamicCache(config=policy.config)}
+    logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions, **cache, use_cache=True, logits_to_keep=1).logits[:, -1]
     n = config.n
-    cache.batch_repeat_interleave(n)
+    next(iter(cache.values())).batch_repeat_interleave(n)
     logits, mask, position = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), positions[:, -1].repeat_interleave(n)
     generators = [torch.Generator(device=device).manual_seed(config.seed + first_index + i) for i in range(len(prompt_ids))]
     done = torch.zeros(len(logits), dtype=torch.bool, device=device)
@@ -103,7 +110,7 @@ def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first
         if done.all():
             break
         mask, position = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1), position + 1
-        logits = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+        logits = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None], **cache, use_cache=True).logits[:, -1]
     return torch.stack(new, dim=1)
 
 

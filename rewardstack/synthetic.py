@@ -99,6 +99,92 @@ def word_problems(count: int, seed: int = 0, largest: int = 9) -> list[dict]:
     return rows
 
 
+FILLERS = [
+    "Let me think about this step by step before I answer.",
+    "Good question, here is how I would work it out carefully.",
+    "I will read the question once more and then do the sum.",
+]
+OPERATION_WORDS = {"+": "add", "-": "take away", "*": "multiply by", "/": "divide by"}
+
+
+def candidate(rng: random.Random, expression: str, answer: int, kind: str, verbose: bool = False, stated: bool = True,
+              explained: bool = False, number_only: bool = False) -> str:
+    """One response to a generated problem. kind: correct, wrong result, wrong operands (as in
+    arithmetic_pairs) or evasive (no number); verbose: a filler sentence first; stated: ends with "The
+    answer is N."; explained: a sentence on the step before the equation; number_only: just the number."""
+    if kind == "evasive":
+        return rng.choice(EVASIVE)
+    a, op, b = expression.split()
+    if kind == "wrong operands":
+        a = str(int(a) + (int(b) * rng.choice([1, 2, 3]) if op == "/" else rng.choice([1, 3, 7])))
+    value = OPERATIONS[op](int(a), int(b)) + (rng.choice([-10, -2, -1, 1, 2, 10]) if kind == "wrong result" else 0)
+    if number_only:
+        return str(value)
+    parts = [rng.choice(FILLERS)] if verbose else []
+    if explained:
+        parts.append(f"We start from {a} and {OPERATION_WORDS[op]} {b}.")
+    parts.append(f"{a} {op} {b} = {value}.")
+    if stated:
+        parts.append(f"The answer is {value}.")
+    return " ".join(parts)
+
+
+ASPECT_GOLDS = ("gated", "additive")
+
+
+def aspect_pools(count: int, size: int = 8, seed: int = 0, gold: str = "gated") -> list[dict]:
+    """`count` best-of-n pools {id, prompt, responses, gold} of `size` responses to base-world problems,
+    for hierarchical rewards: each response is correct (probability 0.4) or one of the failures, verbose
+    or concise, and states "The answer is N." or not (evasive ones state nothing). With s = stated and
+    c = concise (0 or 1), gold is
+    - gated: correct · (0.5 + 0.25·s + 0.25·c): style counts only for a correct answer;
+    - additive: 0.5·correct + 0.25·s + 0.25·c.
+    The responses depend on `seed` alone, so the two golds describe the same pools."""
+    if gold not in ASPECT_GOLDS:
+        raise ValueError(f"aspect_pools: gold must be one of {ASPECT_GOLDS}, not {gold!r}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        question, answer, expression = arithmetic_problem(rng)
+        responses, golds = [], []
+        for _ in range(size):
+            kind = "correct" if rng.random() < 0.4 else rng.choice(FAILURES)
+            verbose, stated = rng.random() < 0.5, rng.random() < 0.5 and kind != "evasive"
+            responses.append(candidate(rng, expression, answer, kind, verbose, stated))
+            correct, style = float(kind == "correct"), 0.25 * stated + 0.25 * (not verbose)
+            golds.append(correct * (0.5 + style) if gold == "gated" else 0.5 * correct + style)
+        rows.append({"id": f"problem {i}", "prompt": question, "responses": responses, "gold": golds})
+    return rows
+
+
+TASK_INSTRUCTIONS = {"plain": "", "number only": " Reply with the number only.", "explain": " Explain your step, then answer."}
+
+
+def mixed_task_pools(per_task: int, size: int = 6, seed: int = 0) -> list[dict]:
+    """Best-of-n pools {id, prompt, responses, gold, group} from three tasks on base-world problems, in
+    turn, where different kinds of reward are right (for choosing a reward per prompt):
+    - plain: the question; responses in arithmetic_pairs' form; gold = correct;
+    - number only: "Reply with the number only."; gold = correct · (1 if the response is the bare number
+      else 0.3);
+    - explain: "Explain your step, then answer."; gold = correct · (1 if the step is explained else 0.3).
+    A response is correct with probability 0.4, else wrong (result or operands) or evasive; in the last
+    two tasks half the responses take the asked form."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(per_task):
+        for task, instruction in TASK_INSTRUCTIONS.items():
+            question, answer, expression = arithmetic_problem(rng)
+            responses, golds = [], []
+            for _ in range(size):
+                kind = "correct" if rng.random() < 0.4 else rng.choice(FAILURES)
+                in_form = task == "plain" or (rng.random() < 0.5 and kind != "evasive")
+                responses.append(candidate(rng, expression, answer, kind, explained=task == "explain" and in_form,
+                                           number_only=task == "number only" and in_form))
+                golds.append(float(kind == "correct") * (1.0 if in_form else 0.3))
+            rows.append({"id": f"{task} {i}", "prompt": question + instruction, "responses": responses, "gold": golds, "group": task})
+    return rows
+
+
 def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return Path(path)

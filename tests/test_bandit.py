@@ -227,6 +227,49 @@ def test_optimize_runs_an_iteration_changes_the_policy_and_resumes(tmp_path):
     assert sum(batch_run["bandit_counts"].values()) == 2 - batch_run["skipped_batches"] and sum(batch_run["arms"].values()) == 4
 
 
+def test_optimize_gold_feedback_is_the_answers_verdict_on_each_prompts_pairs(tmp_path, monkeypatch):
+    """--feedback gold: the bandit learns from the mean of correct(chosen) − correct(rejected) over a
+    prompt's pairs (or the batch's, per batch); loss feedback is −L of the same pairs."""
+    from rewardstack.laser.optimize import OptimizeConfig, Optimizer, optimize
+    from rewardstack.sampling import Samples
+
+    def fixed_samples(self, prompts, sampling):  # per prompt "What is i + 1?": the right answer, a wrong one, no answer
+        if sampling.n == 1:  # greedy dev answers
+            return Samples([["0"] for _ in prompts], 0)
+        values = [int(p[-1]["content"].split()[2]) + 1 for p in prompts]
+        return Samples([[f"{v}", f"{v + 4} maybe", "no idea at all"] for v in values], 0)
+
+    monkeypatch.setattr(Optimizer, "sample", fixed_samples)
+    members = [{"name": "long", "source": {"kind": "rule", "builtin": "length", "unit": "characters"}},
+               {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]
+    (tmp_path / "rules.py").write_text("def short(prompt, response):\n    return -float(len(response))\n")
+    prompts = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)]
+    # long ranks: no answer > wrong > right: pairs (none, wrong) → 0 and (none, right) → −1, mean −0.5;
+    # short ranks: right > wrong > none: pairs (right, wrong) → +1 and (right, none) → +1, mean 1.
+    expected = {"long": -0.5, "short": 1.0}
+    for per in ("instance", "batch"):
+        tree = {"kind": "bandit", "algorithm": "linucb", "per": per, "context": {"kind": "words", "dim": 8}, "members": members}
+        (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
+        logs = {}
+        for feedback in ("gold", "loss"):
+            selector = load_source(tmp_path / "bandit.yaml")
+            config = OptimizeConfig(policy="tiny-random", iterations=1, batch_prompts=2, n=3, pairs_per_prompt=2, feedback=feedback)
+            out = tmp_path / f"{per}-{feedback}"
+            optimize(selector, config, prompts, out)
+            logs[feedback] = [json.loads(line) for line in (out / "iter-1" / "bandit_log.jsonl").read_text().splitlines()]
+        pairs = [json.loads(line) for line in (out / "iter-1" / "pairs.jsonl").read_text().splitlines()]
+        assert len(logs["gold"]) == (6 if per == "instance" else 3) == len(logs["loss"])
+        for entry in logs["gold"]:  # a batch's prompts share one member, so its mean is the member's too
+            assert entry["feedback"] == expected[entry["arm"]]
+        losses = [p["loss"] for p in pairs]
+        per_feedback = [np.mean(losses[k : k + 2]) for k in range(0, len(losses), 2)] if per == "instance" else \
+            [np.mean(losses[k : k + 4]) for k in range(0, len(losses), 4)]
+        assert [e["feedback"] for e in logs["loss"]] == pytest.approx([-v for v in per_feedback], rel=1e-6)
+    assert "needs an `answer` on every training prompt; 1 have none (first: row 3)" in str(pytest.raises(
+        UserError, optimize, selector, OptimizeConfig(policy="tiny-random", feedback="gold"), prompts[:2] + [{"prompt": "Hi"}], tmp_path / "x").value)
+    assert "feedback must be loss or gold" in str(pytest.raises(UserError, OptimizeConfig, feedback="user").value)
+
+
 def test_exp3_update_is_the_importance_weighted_one_by_hand():
     """w_a ← w_a · exp(γ r / (K p_a)) with p = (1 − γ) w/Σw + γ/K, two updates of arm 1 checked exactly."""
     import math

@@ -11,8 +11,9 @@ For iterations m = 1 … M over the prompts (shuffled with seed + m), batch by b
    lower reward);
 4. one AdamW step on L = mean over pairs of DPO(β) + w_nll · (−log π(y_best|x) / |y_best|), the
    reference being the policy at the start of the iteration (previous iteration's policy);
-5. the bandit's feedback is −L of the prompt's own pairs (per instance) or of the batch (per batch),
-   normalised by running percentiles.
+5. the bandit's feedback, from the prompt's own pairs (per instance) or the batch's (per batch): −L
+   (`feedback: loss`, the paper's), or with answers the mean of correct(chosen) − correct(rejected)
+   (`feedback: gold`, verifiable); normalised by running percentiles.
 After each iteration: greedy accuracy on every dev set (answers checked), a checkpoint
 (iter-m/: adapter, AdamW state, bandit state, the iteration's pairs, metrics.json) and a line in history.jsonl; `resume`
 continues after the newest checkpoint as if the run had not stopped.
@@ -49,6 +50,7 @@ from ..sources.combine import Ensemble
 from ..training import check_same_run, collate_pairs
 
 SELECTIONS = ("bandit", "random", "ensemble", "single:NAME")
+FEEDBACK = ("loss", "gold")
 
 
 @dataclass
@@ -71,6 +73,8 @@ class OptimizeConfig:
     max_prompts: int | None = option(None, "Use only the first N prompts of each data set")
     skip_invalid: bool = option(False, "Count and skip invalid rows instead of stopping at the first")
     seed: int = option(0, "Random seed")
+    feedback: str = option("loss", "The bandit's feedback from a prompt's pairs: loss (−L) or gold (mean of correct(chosen) − "
+                                   "correct(rejected), by the prompts' answers)")
     backend: str = option("auto", "Sampling engine: transformers, vllm (needs the vllm package and a CUDA GPU; the LoRA policy goes "
                                   "to it as an adapter after each step), or auto: vllm when both are there")
     vllm_gpu_memory_utilization: float = option(0.3, "Share of the GPU's memory vLLM may take; the policy trains beside it")
@@ -90,6 +94,7 @@ class OptimizeConfig:
         for name in ("beta", "learning_rate"):
             require(self, name, 0 < getattr(self, name) < math.inf, "a positive number")
         require(self, "nll_weight", 0 <= self.nll_weight < math.inf, "0 or a positive number")
+        require(self, "feedback", self.feedback in FEEDBACK, " or ".join(FEEDBACK))
         if self.max_prompts is not None:
             require(self, "max_prompts", self.max_prompts >= 1, "at least 1")
 
@@ -113,7 +118,10 @@ def optimize(selector, config: OptimizeConfig, prompts: Any, output_dir: str | P
         raise UserError("optimize: the reward must be a bandit (a YAML tree whose root is `kind: bandit`)")
     config.check_selection(selector.names)
     check_output_dir(output_dir, "--output-dir", "optimize", resume)
-    train_rows = load_prompts(prompts, skip_invalid=config.skip_invalid)[0][: config.max_prompts]
+    train_rows, report = load_prompts(prompts, skip_invalid=config.skip_invalid)
+    train_rows = train_rows[: config.max_prompts]
+    if config.feedback == "gold" and (missing := [row.key for row in train_rows if row.answer is None]):
+        raise UserError(f"{report.source}: --feedback gold needs an `answer` on every training prompt; {len(missing)} have none (first: {missing[0]})")
     dev_sets = {}
     for name, data in (named_data(dev) if dev is not None else {}).items():
         rows = load_prompts(data, skip_invalid=config.skip_invalid)[0][: config.max_prompts]
@@ -151,6 +159,12 @@ def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewa
                 pairs.append(PreferencePair(as_messages(prompt), texts[best], texts[other]))
                 owners.append(i)
     return pairs, owners
+
+
+def pair_gold(rows: Sequence[PromptRow], pairs: Sequence[PreferencePair], owners: Sequence[int]) -> np.ndarray:
+    """correct(chosen) − correct(rejected) of each pair by its prompt's answer: 1, 0 or −1 (NaN without an answer)."""
+    return np.array([float(answer_is_correct(pair.chosen, rows[owner].answer)) - float(answer_is_correct(pair.rejected, rows[owner].answer))
+                     if rows[owner].answer is not None else np.nan for pair, owner in zip(pairs, owners)])
 
 
 def dev_accuracy(sample: Callable[[list, SamplingConfig], Samples], rows: Sequence[PromptRow], greedy: SamplingConfig) -> float:
@@ -225,24 +239,26 @@ class Optimizer:
                 stats["skipped_batches"] += 1
                 continue
             losses = self._step(pairs, reference)
-            self._record_pairs(stats, iteration, rows, names, pairs, owners, losses)
+            gold = pair_gold(rows, pairs, owners)
+            self._record_pairs(stats, iteration, rows, names, pairs, owners, losses, gold)
             stats["pairs"] += len(pairs)
             stats["losses"].append(float(losses.mean()))
             if arms is not None:
-                self._feedback(prompts_b, contexts, arms, losses, np.array(owners))
+                self._feedback(prompts_b, contexts, arms, gold if self.config.feedback == "gold" else -losses, np.array(owners))
         stats["seconds"] = time.perf_counter() - start
         stats["mean_loss"] = float(np.mean(stats.pop("losses"))) if stats["pairs"] else None
         return stats
 
-    def _record_pairs(self, stats: dict, iteration: int, rows: list[PromptRow], names: list[str], pairs: list[PreferencePair], owners: list[int], losses: np.ndarray) -> None:
+    def _record_pairs(self, stats: dict, iteration: int, rows: list[PromptRow], names: list[str], pairs: list[PreferencePair], owners: list[int],
+                      losses: np.ndarray, gold: np.ndarray) -> None:
         """Keep each pair for iter-M/pairs.jsonl; for prompts with an answer, count per source the pairs
         whose chosen response is right and rejected wrong (`agree`), the reverse (`disagree`), or neither."""
-        for pair, owner, loss in zip(pairs, owners, losses):
+        for pair, owner, loss, agreement in zip(pairs, owners, losses, gold):
             row, record = rows[owner], {"iteration": iteration, "id": rows[owner].key, "group": rows[owner].group, "source": names[owner],
                                         "chosen": pair.chosen, "rejected": pair.rejected, "loss": float(loss)}
             if row.answer is not None:
                 record["chosen_correct"], record["rejected_correct"] = (answer_is_correct(text, row.answer) for text in (pair.chosen, pair.rejected))
-                verdict = "agree" if record["chosen_correct"] > record["rejected_correct"] else "disagree" if record["chosen_correct"] < record["rejected_correct"] else "neither"
+                verdict = "agree" if agreement > 0 else "disagree" if agreement < 0 else "neither"
                 counts = stats["gold_pairs"].setdefault(names[owner], {"agree": 0, "disagree": 0, "neither": 0})
                 counts[verdict] += 1
             self.pair_records.append(record)
@@ -266,13 +282,14 @@ class Optimizer:
                               [p for p, texts in zip(prompts, responses) for _ in texts], [t for texts in responses for t in texts]).mean
         return [flat[i * self.config.n : (i + 1) * self.config.n] for i in range(len(prompts))]
 
-    def _feedback(self, prompts: list, contexts: np.ndarray, arms: list[int], losses: np.ndarray, owners: np.ndarray) -> None:
-        """−loss to the bandit: per prompt from its own pairs, or once per batch from all of them."""
+    def _feedback(self, prompts: list, contexts: np.ndarray, arms: list[int], values: np.ndarray, owners: np.ndarray) -> None:
+        """The mean of the pairs' feedback values to the bandit: per prompt over its own pairs, or once per
+        batch over all of them."""
         if self.selector.per == "batch":
-            self.selector.feedback(contexts[0], arms[0], -float(losses.mean()))
+            self.selector.feedback(contexts[0], arms[0], float(values.mean()))
             return
         for i in np.unique(owners):
-            self.selector.feedback(contexts[i], arms[i], -float(losses[owners == i].mean()), prompts[i])
+            self.selector.feedback(contexts[i], arms[i], float(values[owners == i].mean()), prompts[i])
 
     def _step(self, pairs: list[PreferencePair], reference: dict[str, torch.Tensor]) -> np.ndarray:
         """One AdamW step on the mean of the pairs' losses; returns each pair's loss."""
