@@ -329,7 +329,7 @@ def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
                 label = f"{mode}, {aspects_label}"
                 for gold, pools in test.items():
                     curves[gold][label] = [
-                        expected_best_of_n(combine_hierarchy(z["holistic"]["test"][i], np.array([z[a]["test"][i] for a in aspects]).reshape(len(aspects), -1),
+                        expected_best_of_n(combine_hierarchy(z["holistic"]["test"][i], np.array([z[a]["test"][i] for a in aspects] or np.zeros((0, len(pool.gold)))),
                                                              mode, 0.0, 1.0, [0.5] * len(aspects))[0], pool.gold, ns).tolist()
                         for i, pool in enumerate(pools)]
         seconds = time.perf_counter() - started

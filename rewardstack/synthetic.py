@@ -135,7 +135,7 @@ ASPECT_GOLDS = ("gated", "additive")
 def aspect_pools(count: int, size: int = 8, seed: int = 0, gold: str = "gated") -> list[dict]:
     """`count` best-of-n pools {id, prompt, responses, gold} of `size` responses to base-world problems,
     for hierarchical rewards: each response is correct (probability 0.4) or one of the failures, verbose
-    or concise, and states "The answer is N." or not (evasive ones state nothing). With s = stated and
+    or concise, and states "The answer is N." or not (an evasive one is concise and states nothing). With s = stated and
     c = concise (0 or 1), gold is
     - gated: correct · (0.5 + 0.25·s + 0.25·c): style counts only for a correct answer;
     - additive: 0.5·correct + 0.25·s + 0.25·c.
@@ -149,7 +149,7 @@ def aspect_pools(count: int, size: int = 8, seed: int = 0, gold: str = "gated") 
         responses, golds = [], []
         for _ in range(size):
             kind = "correct" if rng.random() < 0.4 else rng.choice(FAILURES)
-            verbose, stated = rng.random() < 0.5, rng.random() < 0.5 and kind != "evasive"
+            verbose, stated = (rng.random() < 0.5 and kind != "evasive" for _ in range(2))  # an evasive reply has neither
             responses.append(candidate(rng, expression, answer, kind, verbose, stated))
             correct, style = float(kind == "correct"), 0.25 * stated + 0.25 * (not verbose)
             golds.append(correct * (0.5 + style) if gold == "gated" else 0.5 * correct + style)

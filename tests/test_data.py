@@ -234,6 +234,53 @@ def test_generated_arithmetic_pairs_are_verifiable():
         assert row["chosen"] != row["rejected"]
 
 
+def true_answer(prompt: str) -> int:
+    """The answer of a generated base-world problem, read back from its words."""
+    import re
+
+    a, b = map(int, re.findall(r"\d+", prompt)[:2])
+    return a + b if "more" in prompt else a - b if "away" in prompt else a * b
+
+
+def test_generated_aspect_pools_have_the_documented_golds():
+    """gated: correct · (0.5 + 0.25·stated + 0.25·concise); additive: 0.5·correct + 0.25·stated + 0.25·concise,
+    read back from each response's text; both golds over the same responses."""
+    from rewardstack.gold import answer_is_correct
+    from rewardstack.synthetic import FILLERS, aspect_pools
+
+    gated, additive = aspect_pools(60, 6, seed=3, gold="gated"), aspect_pools(60, 6, seed=3, gold="additive")
+    assert [r["responses"] for r in gated] == [r["responses"] for r in additive]
+    kinds = set()
+    for g_row, a_row in zip(gated, additive):
+        answer = true_answer(g_row["prompt"])
+        for response, g, a in zip(g_row["responses"], g_row["gold"], a_row["gold"]):
+            stated = response.endswith(f"The answer is {response.split(' = ')[-1].split('.')[0]}.") if " = " in response else False
+            concise = not any(response.startswith(f) for f in FILLERS)
+            correct = " = " in response and answer_is_correct(response, str(answer))
+            assert g == correct * (0.5 + 0.25 * stated + 0.25 * concise) and a == 0.5 * correct + 0.25 * stated + 0.25 * concise
+            kinds.add((correct, stated, concise))
+    assert len(kinds) == 8  # every combination occurs
+    with pytest.raises(ValueError, match="gold must be one of"):
+        aspect_pools(1, gold="other")
+
+
+def test_generated_mixed_task_pools_reward_the_asked_form_only_when_correct():
+    from rewardstack.gold import answer_is_correct
+    from rewardstack.synthetic import mixed_task_pools
+
+    rows = mixed_task_pools(40, 6, seed=2)
+    assert [r["group"] for r in rows[:4]] == ["plain", "number only", "explain", "plain"] and len(rows) == 120
+    seen = set()
+    for row in rows:
+        answer = true_answer(row["prompt"])
+        for response, gold in zip(row["responses"], row["gold"]):
+            correct = answer_is_correct(response, str(answer)) and not response.startswith(("It is", "You could", "That depends"))
+            in_form = {"plain": True, "number only": response.lstrip("-").isdigit(), "explain": response.startswith("We start from")}[row["group"]]
+            assert gold == correct * (1.0 if in_form else 0.3), (row["prompt"], response)
+            seen.add((row["group"], correct, in_form))
+    assert len(seen) == 2 + 4 + 4  # plain: right or wrong; the others: right or wrong, each in the asked form or not
+
+
 def test_implicit_prompts_back_off_to_a_word_boundary_and_need_every_earlier_turn_equal(tmp_path):
     """The shared prefix 'The answer is fo' is cut back to 'The answer is ' (no half word in the prompt);
     dialogues that differ in an earlier turn share no prompt."""
