@@ -161,10 +161,10 @@ def preference_pairs(prompts: Sequence, responses: Sequence[Sequence[str]], rewa
     return pairs, owners
 
 
-def pair_gold(rows: Sequence[PromptRow], pairs: Sequence[PreferencePair], owners: Sequence[int]) -> np.ndarray:
-    """correct(chosen) − correct(rejected) of each pair by its prompt's answer: 1, 0 or −1 (NaN without an answer)."""
-    return np.array([float(answer_is_correct(pair.chosen, rows[owner].answer)) - float(answer_is_correct(pair.rejected, rows[owner].answer))
-                     if rows[owner].answer is not None else np.nan for pair, owner in zip(pairs, owners)])
+def pair_correctness(rows: Sequence[PromptRow], pairs: Sequence[PreferencePair], owners: Sequence[int]) -> list[tuple[bool, bool] | None]:
+    """(correct(chosen), correct(rejected)) of each pair by its prompt's answer; None without an answer."""
+    return [None if rows[owner].answer is None else (answer_is_correct(pair.chosen, rows[owner].answer), answer_is_correct(pair.rejected, rows[owner].answer))
+            for pair, owner in zip(pairs, owners)]
 
 
 def dev_accuracy(sample: Callable[[list, SamplingConfig], Samples], rows: Sequence[PromptRow], greedy: SamplingConfig) -> float:
@@ -239,26 +239,27 @@ class Optimizer:
                 stats["skipped_batches"] += 1
                 continue
             losses = self._step(pairs, reference)
-            gold = pair_gold(rows, pairs, owners)
-            self._record_pairs(stats, iteration, rows, names, pairs, owners, losses, gold)
+            correctness = pair_correctness(rows, pairs, owners)
+            self._record_pairs(stats, iteration, rows, names, pairs, owners, losses, correctness)
             stats["pairs"] += len(pairs)
             stats["losses"].append(float(losses.mean()))
             if arms is not None:
-                self._feedback(prompts_b, contexts, arms, gold if self.config.feedback == "gold" else -losses, np.array(owners))
+                values = np.array([float(c) - float(r) for c, r in correctness]) if self.config.feedback == "gold" else -losses
+                self._feedback(prompts_b, contexts, arms, values, np.array(owners))
         stats["seconds"] = time.perf_counter() - start
         stats["mean_loss"] = float(np.mean(stats.pop("losses"))) if stats["pairs"] else None
         return stats
 
     def _record_pairs(self, stats: dict, iteration: int, rows: list[PromptRow], names: list[str], pairs: list[PreferencePair], owners: list[int],
-                      losses: np.ndarray, gold: np.ndarray) -> None:
+                      losses: np.ndarray, correctness: list[tuple[bool, bool] | None]) -> None:
         """Keep each pair for iter-M/pairs.jsonl; for prompts with an answer, count per source the pairs
         whose chosen response is right and rejected wrong (`agree`), the reverse (`disagree`), or neither."""
-        for pair, owner, loss, agreement in zip(pairs, owners, losses, gold):
-            row, record = rows[owner], {"iteration": iteration, "id": rows[owner].key, "group": rows[owner].group, "source": names[owner],
-                                        "chosen": pair.chosen, "rejected": pair.rejected, "loss": float(loss)}
-            if row.answer is not None:
-                record["chosen_correct"], record["rejected_correct"] = (answer_is_correct(text, row.answer) for text in (pair.chosen, pair.rejected))
-                verdict = "agree" if agreement > 0 else "disagree" if agreement < 0 else "neither"
+        for pair, owner, loss, correct in zip(pairs, owners, losses, correctness):
+            record = {"iteration": iteration, "id": rows[owner].key, "group": rows[owner].group, "source": names[owner],
+                      "chosen": pair.chosen, "rejected": pair.rejected, "loss": float(loss)}
+            if correct is not None:
+                record["chosen_correct"], record["rejected_correct"] = correct
+                verdict = "agree" if correct[0] > correct[1] else "disagree" if correct[0] < correct[1] else "neither"
                 counts = stats["gold_pairs"].setdefault(names[owner], {"agree": 0, "disagree": 0, "neither": 0})
                 counts[verdict] += 1
             self.pair_records.append(record)
