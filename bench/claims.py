@@ -385,10 +385,11 @@ class Cached:
 def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
     """LASeR best-of-n on a mixture of three tasks (synthetic.mixed_task_pools: plain, number only,
     explain) where different members are right: `arith` (a Bradley–Terry model trained once on
-    arithmetic pairs, seed 0), `terse` (1 when the response is a bare number) and `length` (words). Each seed shows the pools in its
-    own order to a LinUCB bandit on word-hash contexts with gold feedback (the gold of its member's pick
-    at n = pool size); beside it each member alone, a random member and the z-scored ensemble mean, on
-    the same pools. The members score every pool once; the scores are kept in the records."""
+    arithmetic pairs, seed 0), `terse` (1 when the response is a bare number) and `length` (words). Each
+    seed shows the pools in its own order to a bandit (LinUCB or linear Thompson sampling) on word-hash
+    contexts with gold feedback (the gold of its member's pick at n = pool size); beside it each member
+    alone, a random member and the z-scored ensemble mean, on the same pools. The members score every
+    pool once; their scores are kept in <out>/laser-scores.jsonl for every bandit setting."""
     from rewardstack.bon import run_bandit_best_of_n, score_pools
     from rewardstack.config import TrainConfig
     from rewardstack.data.pools import load_pools
@@ -398,11 +399,12 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
     from rewardstack.synthetic import TASK_INSTRUCTIONS, arithmetic_pairs, mixed_task_pools, write_jsonl
     from rewardstack.training import train
 
-    settings = {"pairs": args.pairs, "per_task": args.per_task, "pool_size": args.pool_size, "alpha": args.alpha,
-                "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model}
-    records = Records(args.out / "laser.jsonl", settings)
+    scoring = {"pairs": args.pairs, "per_task": args.per_task, "pool_size": args.pool_size, "max_length": 128, "lora_r": 16,
+               "learning_rate": args.learning_rate, "model": args.model}
+    settings = scoring | {"algorithm": args.algorithm, "exploration": args.exploration, "context_dim": args.context_dim}
+    records, scored = Records(args.out / "laser.jsonl", settings), Records(args.out / "laser-scores.jsonl", scoring)
     pools = load_pools(mixed_task_pools(args.per_task, args.pool_size, seed=40_000))[0]
-    scores = records.find(kind="member scores")
+    scores = scored.find(kind="member scores")  # shared by every bandit setting
     if scores is None:
         started = time.perf_counter()
         config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate, seed=0)
@@ -410,7 +412,7 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
         members = {"arith": model, "terse": Rule(regex_rule(r"^-?\d+$"), "terse"), "length": Rule(length_rule(), "length")}
         scores = {"kind": "member scores", "rewards": {name: [s.mean.tolist() for s in score_pools(member, pools)[0]] for name, member in members.items()}}
         scores["seconds"] = time.perf_counter() - started
-        records.add(scores)
+        scored.add(scores)
         print(f"members scored {len(pools)} pools ({scores['seconds']:.0f} s)", flush=True)
     members = {name: Cached({(prompt_text(pool.prompt), r): v for pool, values in zip(pools, by_pool) for r, v in zip(pool.responses, values)})
                for name, by_pool in scores["rewards"].items()}
@@ -419,7 +421,8 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
             continue
         started = time.perf_counter()
         order = np.random.default_rng(seed).permutation(len(pools))
-        selector = BanditSelector(members, ContextEncoder("words", dim=args.context_dim), "linucb", seed=seed, alpha=args.alpha)
+        exploration = {} if args.exploration is None else {"alpha" if args.algorithm == "linucb" else "scale": args.exploration}
+        selector = BanditSelector(members, ContextEncoder("words", dim=args.context_dim), args.algorithm, seed=seed, **exploration)
         result = run_bandit_best_of_n(selector, [pools[i] for i in order])
         gold = {method: [r["objectives"][method]["gold"][-1] for r in result["pools"]] for method in result["pools"][0]["objectives"]}
         records.add({"seed": seed, "keys": [r["key"] for r in result["pools"]], "groups": [r["group"] for r in result["pools"]],
@@ -538,7 +541,8 @@ def main() -> None:
     parser.add_argument("--selection-pools", type=int, default=64, help="alarm: pools whose response pairs select the aspects")
     parser.add_argument("--pool-size", type=int, default=8, help="alarm, laser: responses per pool")
     parser.add_argument("--per-task", type=int, default=120, help="laser: pools per task (three tasks)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="laser: LinUCB's exploration α")
+    parser.add_argument("--algorithm", choices=["linucb", "thompson"], default="linucb", help="laser: the bandit")
+    parser.add_argument("--exploration", type=float, help="laser: LinUCB's α or linear Thompson sampling's scale v (default: the library's, 1 and 0.5)")
     parser.add_argument("--context-dim", type=int, default=32, help="laser: hash buckets of the word context")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("bench/results/claims"))
