@@ -268,6 +268,8 @@ ALARM_ASPECTS = {  # name: (rule, sign); concise and stated carry real signal, p
     "preamble": (r"^(Let me|Good question|I will)", 1.0),
 }
 ALARM_MODES = ("holistic", "aspects", "weighted_sum", "hierarchical")
+ALARM_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the tuned modes' grid, searched on the selection pools
+ALARM_THRESHOLDS = (-0.5, 0.0, 0.5, 1.0)
 
 
 def rule_scores(pools: list, aspect: str) -> list[np.ndarray]:
@@ -281,6 +283,18 @@ def rule_scores(pools: list, aspect: str) -> list[np.ndarray]:
     return [sign * s.mean for s in score_pools(rule, pools)[0]]
 
 
+def alarm_curves(z: dict, split: str, pools: list, mode: str, aspects: list[str], weight: float, threshold: float) -> list[list[float]]:
+    """Per pool, the exact expected gold of best-of-n (n = 1 … N) under combine_hierarchy of the z-scored
+    holistic reward and `aspects`, each aspect with `weight`, w_h = 1, τ = `threshold`."""
+    from rewardstack.bon import expected_best_of_n
+    from rewardstack.sources.combine import combine_hierarchy
+
+    ns = range(1, len(pools[0].gold) + 1)
+    return [expected_best_of_n(combine_hierarchy(z["holistic"][split][i], np.array([z[a][split][i] for a in aspects] or np.zeros((0, len(pool.gold)))),
+                                                 mode, threshold, 1.0, [weight] * len(aspects))[0], pool.gold, ns).tolist()
+            for i, pool in enumerate(pools)]
+
+
 def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
     """ALaRM on generated answers with style (synthetic.aspect_pools): a Bradley–Terry holistic reward
     trained per seed on arithmetic pairs (it learns correctness, not style), and three rule aspects:
@@ -288,53 +302,55 @@ def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
     first) is wrong.
     All rewards are z-scored on the selection pools; aspects are kept when their inconsistency with the
     holistic reward on one random response pair per selection pool is ≤ 0.5 (a split apart from the
-    test); modes combine with w_h = 1, every aspect w = 0.5, τ = 0. Gold of best-of-n on the test pools,
-    under a gated gold (style counts only for correct answers, ALaRM's premise) and an additive one."""
-    from rewardstack.bon import expected_best_of_n, score_pools
+    test); modes combine with w_h = 1, every aspect w = 0.5, τ = 0, and ("tuned") with the aspect
+    weight and τ that give the most gold at n = N on the selection pools (ALARM_WEIGHTS × ALARM_THRESHOLDS).
+    Gold of best-of-n on the test pools, under a gated gold (style counts only for correct answers,
+    ALaRM's premise) and an additive one."""
+    from rewardstack.bon import score_pools
     from rewardstack.config import TrainConfig
     from rewardstack.data.pools import load_pools
-    from rewardstack.sources.combine import combine_hierarchy
     from rewardstack.sources.select import aspect_consistency
     from rewardstack.synthetic import ASPECT_GOLDS, aspect_pools, arithmetic_pairs, write_jsonl
     from rewardstack.training import train
 
     settings = {"pairs": args.pairs, "test_pools": args.test_pools, "selection_pools": args.selection_pools, "pool_size": args.pool_size,
-                "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model}
+                "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model,
+                "tuning": {"weights": list(ALARM_WEIGHTS), "thresholds": list(ALARM_THRESHOLDS)}}
     records = Records(args.out / "alarm.jsonl", settings)
-    test = {gold: load_pools(aspect_pools(args.test_pools, args.pool_size, seed=20_000, gold=gold))[0] for gold in ASPECT_GOLDS}
-    selection = load_pools(aspect_pools(args.selection_pools, args.pool_size, seed=30_000))[0]
-    ns = list(range(1, args.pool_size + 1))
+    pools = {split: {gold: load_pools(aspect_pools(count, args.pool_size, seed=seed, gold=gold))[0] for gold in ASPECT_GOLDS}
+             for split, count, seed in (("test", args.test_pools, 20_000), ("selection", args.selection_pools, 30_000))}
     for seed in args.seeds:
         if records.find(seed=seed):
             continue
         started = time.perf_counter()
         config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate, seed=seed)
         model, _ = train(config, write_jsonl(arithmetic_pairs(args.pairs, seed=seed), work / f"train-{seed}.jsonl"))
-        raw = {"holistic": {name: [s.mean for s in score_pools(model, pools)[0]] for name, pools in (("selection", selection), ("test", test["gated"]))}}
-        raw.update({a: {"selection": rule_scores(selection, a), "test": rule_scores(test["gated"], a)} for a in ALARM_ASPECTS})
+        raw = {"holistic": {split: [s.mean for s in score_pools(model, by_gold["gated"])[0]] for split, by_gold in pools.items()}}
+        raw.update({a: {split: rule_scores(by_gold["gated"], a) for split, by_gold in pools.items()} for a in ALARM_ASPECTS})
         z = {}  # z-scores with the selection responses' mean and std
         for name, by_split in raw.items():
             values = np.concatenate(by_split["selection"])
             mean, std = values.mean(), values.std() or 1.0
-            z[name] = {split: [(v - mean) / std for v in pools] for split, pools in by_split.items()}
+            z[name] = {split: [((v - mean) / std).tolist() for v in scores] for split, scores in by_split.items()}
         rng = np.random.default_rng(seed)
-        picks = [rng.choice(len(pool.responses), size=2, replace=False) for pool in selection]
-        consistency = {a: aspect_consistency(np.array([z["holistic"]["selection"][i][p] for i, p in enumerate(picks)]),
-                                             np.array([z[a]["selection"][i][p] for i, p in enumerate(picks)]))
+        picks = [rng.choice(args.pool_size, size=2, replace=False) for _ in pools["selection"]["gated"]]
+        consistency = {a: aspect_consistency(np.array([np.array(z["holistic"]["selection"][i])[p] for i, p in enumerate(picks)]),
+                                             np.array([np.array(z[a]["selection"][i])[p] for i, p in enumerate(picks)]))
                        for a in ALARM_ASPECTS}
         kept = [a for a, c in consistency.items() if c["inconsistency"] <= 0.5]
-        curves = {gold: {} for gold in ASPECT_GOLDS}  # gold → "mode, aspects" → per-pool curve
-        for aspects_label, aspects in (("selected", kept), ("all", list(ALARM_ASPECTS))):
-            for mode in ALARM_MODES[aspects_label == "all":]:  # holistic ignores the aspects
-                label = f"{mode}, {aspects_label}"
-                for gold, pools in test.items():
-                    curves[gold][label] = [
-                        expected_best_of_n(combine_hierarchy(z["holistic"]["test"][i], np.array([z[a]["test"][i] for a in aspects] or np.zeros((0, len(pool.gold)))),
-                                                             mode, 0.0, 1.0, [0.5] * len(aspects))[0], pool.gold, ns).tolist()
-                        for i, pool in enumerate(pools)]
+        curves, tuned = {gold: {} for gold in ASPECT_GOLDS}, {gold: {} for gold in ASPECT_GOLDS}  # gold → "mode, aspects" → per-pool curve
+        for gold in ASPECT_GOLDS:
+            for aspects_label, aspects in (("selected", kept), ("all", list(ALARM_ASPECTS))):
+                for mode in ALARM_MODES[aspects_label == "all":]:  # holistic ignores the aspects
+                    curves[gold][f"{mode}, {aspects_label}"] = alarm_curves(z, "test", pools["test"][gold], mode, aspects, 0.5, 0.0)
+            for mode in ("weighted_sum", "hierarchical"):
+                grid = [(w, t) for w in ALARM_WEIGHTS for t in (ALARM_THRESHOLDS if mode == "hierarchical" else (0.0,))]
+                w, t = max(grid, key=lambda wt: np.mean(alarm_curves(z, "selection", pools["selection"][gold], mode, kept, *wt), axis=0)[-1])
+                tuned[gold][mode] = {"weight": w, "threshold": t}
+                curves[gold][f"{mode}, selected, tuned"] = alarm_curves(z, "test", pools["test"][gold], mode, kept, w, t)
         seconds = time.perf_counter() - started
-        records.add({"seed": seed, "consistency": consistency, "kept": kept, "curves": curves, "seconds": seconds})
-        print(f"seed {seed}: kept {kept}; gold at n={ns[-1]} (gated): "
+        records.add({"seed": seed, "consistency": consistency, "kept": kept, "tuned": tuned, "curves": curves, "z": z, "seconds": seconds})
+        print(f"seed {seed}: kept {kept}; tuned {tuned}; gold at n={args.pool_size} (gated): "
               + ", ".join(f"{k} {np.mean(c, axis=0)[-1]:.3f}" for k, c in curves["gated"].items()) + f" ({seconds:.0f} s)", flush=True)
 
     runs = [records.find(seed=s) for s in args.seeds]
@@ -348,11 +364,13 @@ def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
                            ("hierarchical − weighted_sum", "hierarchical, selected", "weighted_sum, selected"),
                            ("weighted_sum − holistic", "weighted_sum, selected", "holistic, selected"),
                            ("aspects − holistic", "aspects, selected", "holistic, selected"),
-                           ("hierarchical: selected − all aspects", "hierarchical, selected", "hierarchical, all")):
-            effects.append(Effect(f"{name}, gold at n={ns[-1]}, {gold} gold", *paired_bootstrap(at_n(gold, a) - at_n(gold, b)), len(runs), args.test_pools))
+                           ("hierarchical: selected − all aspects", "hierarchical, selected", "hierarchical, all"),
+                           ("tuned hierarchical − holistic", "hierarchical, selected, tuned", "holistic, selected"),
+                           ("tuned hierarchical − tuned weighted_sum", "hierarchical, selected, tuned", "weighted_sum, selected, tuned")):
+            effects.append(Effect(f"{name}, gold at n={args.pool_size}, {gold} gold", *paired_bootstrap(at_n(gold, a) - at_n(gold, b)), len(runs), args.test_pools))
     labels = list(runs[0]["curves"]["gated"])
     table = {label: {gold: float(at_n(gold, label).mean()) for gold in ASPECT_GOLDS} for label in labels}
-    selections = {"kept per seed": [run["kept"] for run in runs],
+    selections = {"kept per seed": [run["kept"] for run in runs], "tuned per seed": [run["tuned"] for run in runs],
                   "inconsistency (mean over seeds)": {a: float(np.nanmean([run["consistency"][a]["inconsistency"] for run in runs])) for a in ALARM_ASPECTS}}
     seconds = sum(run["seconds"] for run in runs)
 
@@ -361,7 +379,7 @@ def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
         for k, label in enumerate(labels):
             axis.bar(np.arange(len(ASPECT_GOLDS)) + k * width, [table[label][g] for g in ASPECT_GOLDS], width, label=label)
         axis.set_xticks(np.arange(len(ASPECT_GOLDS)) + (len(labels) - 1) / 2 * width, [f"{g} gold" for g in ASPECT_GOLDS])
-        axis.set_ylabel(f"gold of best-of-{ns[-1]}")
+        axis.set_ylabel(f"gold of best-of-{args.pool_size}")
         axis.legend(fontsize=7, ncols=2)
 
     return effects, {"modes": table, "selection": selections, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
@@ -502,7 +520,11 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
     if "selection" in extra:
         lines += ["", "Aspects kept per seed: " + "; ".join(", ".join(kept) or "none" for kept in extra["selection"]["kept per seed"]) + ". "
                   "Inconsistency with the holistic reward (mean over seeds): "
-                  + ", ".join(f"{a} {v:.3f}" for a, v in extra["selection"]["inconsistency (mean over seeds)"].items()) + "."]
+                  + ", ".join(f"{a} {v:.3f}" for a, v in extra["selection"]["inconsistency (mean over seeds)"].items()) + ".",
+                  "", "Tuned on the selection pools, per seed (aspect weight w, threshold τ): "
+                  + "; ".join(", ".join(f"{gold} {mode} w={c['weight']:g}" + (f" τ={c['threshold']:g}" if mode == "hierarchical" else "")
+                                        for gold, by_mode in tuned.items() for mode, c in by_mode.items())
+                              for tuned in extra["selection"]["tuned per seed"]) + "."]
     if "arm shares" in extra:
         names = list(next(iter(extra["arm shares"].values())))
         lines += ["", f"Best single member in hindsight: {extra['best single']}. The bandit's arm shares per task (all seeds):", "",
