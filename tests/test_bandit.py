@@ -241,8 +241,8 @@ def test_optimize_gold_feedback_is_the_answers_verdict_on_each_prompts_pairs(tmp
 
     monkeypatch.setattr(Optimizer, "sample", fixed_samples)
     members = [{"name": "long", "source": {"kind": "rule", "builtin": "length", "unit": "characters"}},
-               {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]
-    (tmp_path / "rules.py").write_text("def short(prompt, response):\n    return -float(len(response))\n")
+               {"name": "short", "source": {"kind": "rule", "function": "feedback_rules:short"}}]  # a module name no other test imports
+    (tmp_path / "feedback_rules.py").write_text("def short(prompt, response):\n    return -float(len(response))\n")
     prompts = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)]
     # long ranks: no answer > wrong > right: pairs (none, wrong) → 0 and (none, right) → −1, mean −0.5;
     # short ranks: right > wrong > none: pairs (right, wrong) → +1 and (right, none) → +1, mean 1.
