@@ -5,7 +5,10 @@ in the `subset` column so evaluation shows which failures a reward model catches
 - `wrong result`: the right operands, a wrong result (the reward model must do the arithmetic);
 - `wrong operands`: a number not in the question, worked out consistently (it must compare with the prompt);
 - `evasive`: no answer at all.
-Used by the tests; `word_problems` gives the demo prompts with small numbers for a policy to answer.
+Used by the tests; `word_problems` gives the demo prompts with small numbers for a policy to answer;
+`aspect_pools` and `mixed_task_pools` give best-of-n pools with exact gold for the claims harness
+(bench/claims.py): answers with style for hierarchical rewards, and three tasks that need different
+rewards for choosing one per prompt.
 """
 
 from __future__ import annotations
@@ -107,11 +110,12 @@ FILLERS = [
 OPERATION_WORDS = {"+": "add", "-": "take away", "*": "multiply by", "/": "divide by"}
 
 
-def candidate(rng: random.Random, expression: str, answer: int, kind: str, verbose: bool = False, stated: bool = True,
+def candidate(rng: random.Random, expression: str, kind: str, verbose: bool = False, stated: bool = True,
               explained: bool = False, number_only: bool = False) -> str:
-    """One response to a generated problem. kind: correct, wrong result, wrong operands (as in
-    arithmetic_pairs) or evasive (no number); verbose: a filler sentence first; stated: ends with "The
-    answer is N."; explained: a sentence on the step before the equation; number_only: just the number."""
+    """One response to a generated problem whose worked `expression` is "a op b". kind: correct, wrong
+    result, wrong operands (as in arithmetic_pairs) or evasive (no number); verbose: a filler sentence
+    first; stated: ends with "The answer is N."; explained: a sentence on the step before the equation;
+    number_only: just the number."""
     if kind == "evasive":
         return rng.choice(EVASIVE)
     a, op, b = expression.split()
@@ -135,8 +139,8 @@ ASPECT_GOLDS = ("gated", "additive")
 def aspect_pools(count: int, size: int = 8, seed: int = 0, gold: str = "gated") -> list[dict]:
     """`count` best-of-n pools {id, prompt, responses, gold} of `size` responses to base-world problems,
     for hierarchical rewards: each response is correct (probability 0.4) or one of the failures, verbose
-    or concise, and states "The answer is N." or not (an evasive one is concise and states nothing). With s = stated and
-    c = concise (0 or 1), gold is
+    or concise, and states "The answer is N." or not (an evasive one is concise and states nothing).
+    With s = stated and c = concise (0 or 1), gold is
     - gated: correct · (0.5 + 0.25·s + 0.25·c): style counts only for a correct answer;
     - additive: 0.5·correct + 0.25·s + 0.25·c.
     The responses depend on `seed` alone, so the two golds describe the same pools."""
@@ -145,12 +149,12 @@ def aspect_pools(count: int, size: int = 8, seed: int = 0, gold: str = "gated") 
     rng = random.Random(seed)
     rows = []
     for i in range(count):
-        question, answer, expression = arithmetic_problem(rng)
+        question, _, expression = arithmetic_problem(rng)
         responses, golds = [], []
         for _ in range(size):
             kind = "correct" if rng.random() < 0.4 else rng.choice(FAILURES)
             verbose, stated = (rng.random() < 0.5 and kind != "evasive" for _ in range(2))  # an evasive reply has neither
-            responses.append(candidate(rng, expression, answer, kind, verbose, stated))
+            responses.append(candidate(rng, expression, kind, verbose, stated))
             correct, style = float(kind == "correct"), 0.25 * stated + 0.25 * (not verbose)
             golds.append(correct * (0.5 + style) if gold == "gated" else 0.5 * correct + style)
         rows.append({"id": f"problem {i}", "prompt": question, "responses": responses, "gold": golds})
@@ -173,12 +177,12 @@ def mixed_task_pools(per_task: int, size: int = 6, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(per_task):
         for task, instruction in TASK_INSTRUCTIONS.items():
-            question, answer, expression = arithmetic_problem(rng)
+            question, _, expression = arithmetic_problem(rng)
             responses, golds = [], []
             for _ in range(size):
                 kind = "correct" if rng.random() < 0.4 else rng.choice(FAILURES)
                 in_form = task == "plain" or (rng.random() < 0.5 and kind != "evasive")
-                responses.append(candidate(rng, expression, answer, kind, explained=task == "explain" and in_form,
+                responses.append(candidate(rng, expression, kind, explained=task == "explain" and in_form,
                                            number_only=task == "number only" and in_form))
                 golds.append(float(kind == "correct") * (1.0 if in_form else 0.3))
             rows.append({"id": f"{task} {i}", "prompt": question + instruction, "responses": responses, "gold": golds, "group": task})
