@@ -25,6 +25,7 @@ except ImportError:
 from .bon import BonConfig
 from .config import EvalConfig, LaplaceConfig, ScoreConfig, TrainConfig, load_config
 from .demo import DemoConfig
+from .distributed import end_processes
 from .errors import UserError
 from .files import check_output_dir, check_output_file, describe_os_error, mark_output_dir, write_json, write_text
 from .laser.optimize import OptimizeConfig
@@ -402,6 +403,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         code = app(standalone_mode=False)
+        end_processes()
     except click_exceptions.UsageError as err:
         command = err.ctx.command_path if err.ctx else "rewardstack"
         _fail(f"{err.format_message()} (see `{command} --help`)")

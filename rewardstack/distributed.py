@@ -56,6 +56,14 @@ def wait_for_everyone() -> None:
         state.wait_for_everyone()
 
 
+def end_processes() -> None:
+    """Wait for every launched process, then close the process group: a process that exits while gloo's
+    threads still run aborts ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def arrays_across_processes(rows: int, compute: Callable[[list[int]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """`compute(indices)` gives per-row arrays of some rows; run on this process's share of `rows` rows,
     and the shares of all processes assembled in row order, the same on every process."""
