@@ -449,35 +449,37 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
 
     runs = [records.find(seed=s) for s in args.seeds]
     keys = sorted(runs[0]["keys"])
+    shown = [[keys.index(k) for k in run["keys"]] for run in runs]  # each seed's order, as indices into keys
+    gold = {}  # method → (seeds, pools) gold at n = pool size, pools in key order
+    for method in runs[0]["gold"]:
+        gold[method] = np.empty((len(runs), len(keys)))
+        for s, (run, order) in enumerate(zip(runs, shown)):
+            gold[method][s, order] = run["gold"][method]
+    late = np.zeros((len(runs), len(keys)), dtype=bool)  # pools shown in the second half of each order
+    for s, order in enumerate(shown):
+        late[s, order[len(keys) // 2:]] = True
 
-    def by_key(run: dict, method: str, half: str = "all") -> np.ndarray:
-        """A run's gold per pool in key order; half 'late': pools shown in the second half, others NaN."""
-        position = {k: t for t, k in enumerate(run["keys"])}
-        values = dict(zip(run["keys"], run["gold"][method]))
-        return np.array([values[k] if half == "all" or position[k] >= len(keys) // 2 else np.nan for k in keys])
-
-    def gold(method: str, half: str = "all") -> np.ndarray:
-        return np.array([by_key(run, method, half) for run in runs])  # (seeds, pools)
-
-    singles = [m for m in runs[0]["gold"] if m.startswith("only:")]
-    best_single = max(singles, key=lambda m: gold(m).mean())
+    singles = [m for m in gold if m.startswith("only:")]
+    best_single = max(singles, key=lambda m: gold[m].mean())
     effects = []
     for half, statistic in (("all", np.mean), ("late", np.nanmean)):
         for other in (best_single, "random", "ensemble"):
             name = f"bandit − {other}, gold at n={args.pool_size}, {'all pools' if half == 'all' else 'second half of each order'}"
-            effects.append(Effect(name, *paired_bootstrap(gold("bandit", half) - gold(other, half), statistic=statistic), len(runs), len(keys)))
+            difference = gold["bandit"] - gold[other]
+            if half == "late":
+                difference = np.where(late, difference, np.nan)
+            effects.append(Effect(name, *paired_bootstrap(difference, statistic=statistic), len(runs), len(keys)))
     groups = list(TASK_INSTRUCTIONS)
     group_of = dict(zip(runs[0]["keys"], runs[0]["groups"]))
     in_group = {g: np.array([group_of[k] == g for k in keys]) for g in groups}
-    table = {m: {g: float(gold(m)[:, in_group[g]].mean()) for g in groups} | {"all": float(gold(m).mean())} for m in runs[0]["gold"]}
+    table = {m: {g: float(values[:, in_group[g]].mean()) for g in groups} | {"all": float(values.mean())} for m, values in gold.items()}
     shares = {g: {name: float(np.mean([arm == name for run in runs for arm, group in zip(run["arms"], run["groups"]) if group == g]))
                   for name in members} for g in groups}
-    hindsight = np.max([gold(m) for m in singles], axis=0)  # (seeds, pools): per pool, the best member's gold
-    shown = [[keys.index(k) for k in run["keys"]] for run in runs]  # each seed's order, as indices into keys
+    hindsight = np.max([gold[m] for m in singles], axis=0)  # (seeds, pools): per pool, the best member's gold
 
     def regret(method: str) -> np.ndarray:
         """Cumulative regret against the best member per pool, in each seed's order, averaged over seeds."""
-        return np.mean([np.cumsum((hindsight[s] - gold(method)[s])[order]) for s, order in enumerate(shown)], axis=0)
+        return np.mean([np.cumsum((hindsight[s] - gold[method][s])[order]) for s, order in enumerate(shown)], axis=0)
 
     seconds = scores["seconds"] + sum(run["seconds"] for run in runs)
 

@@ -95,10 +95,11 @@ def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first
     ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompt_ids], device=device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompt_ids], device=device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    cache = {cache_keyword(policy): DynamicCache(config=policy.config)}
-    logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions, **cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+    cache = DynamicCache(config=policy.config)
+    keyword = cache_keyword(policy)
+    logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions, **{keyword: cache}, use_cache=True, logits_to_keep=1).logits[:, -1]
     n = config.n
-    next(iter(cache.values())).batch_repeat_interleave(n)
+    cache.batch_repeat_interleave(n)
     logits, mask, position = logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), positions[:, -1].repeat_interleave(n)
     generators = [torch.Generator(device=device).manual_seed(config.seed + first_index + i) for i in range(len(prompt_ids))]
     done = torch.zeros(len(logits), dtype=torch.bool, device=device)
@@ -110,7 +111,7 @@ def _generate(policy, prompt_ids: list[list[int]], config: SamplingConfig, first
         if done.all():
             break
         mask, position = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1), position + 1
-        logits = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None], **cache, use_cache=True).logits[:, -1]
+        logits = policy(input_ids=token[:, None], attention_mask=mask, position_ids=position[:, None], **{keyword: cache}, use_cache=True).logits[:, -1]
     return torch.stack(new, dim=1)
 
 
