@@ -1,6 +1,6 @@
 """Do the methods do what their papers claim, here? Paired experiments with intervals.
 
-    python bench/claims.py --claim haf|laplace|alarm|laser [--seeds 0 1 2 3 4] [--quick] [--out bench/results/claims]
+    python bench/claims.py --claim haf|laplace|alarm|laser|optimize [--seeds 0 1 2 3 4] [--quick] [--out bench/results/claims]
 
 Every arm of a claim runs on the same data with the same seeds (a seed picks the training rows and their
 order), so arms are compared run by run. Each finished run is appended to <out>/<claim>.jsonl with its
@@ -24,6 +24,9 @@ Claims:
 - laser: LASeR's bandit best-of-n with gold feedback on a mixture of three generated tasks where
   different members (a reward model, a format rule, length) are right: bandit against the best single member,
   a random member and the ensemble, with the regret curve and arm shares per task.
+- optimize: LASeR in iterative preference optimisation on generated word problems, a good and a poor
+  member: the bandit with gold feedback against the bandit with −loss feedback, a random member and the
+  good member alone; greedy dev accuracy after each pass.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -172,6 +175,42 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
 LCB_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: lcb is the mean, so validation may reject the penalty
 
 
+def policy_pool_splits(args: argparse.Namespace) -> dict[str, tuple[int, int, int]]:
+    """Word-problem splits sampled from the policy: name → (problems, largest number, generator seed)."""
+    return {"train": (args.train_problems, 9, 1), "validation": (args.test_problems // 2, 9, 2),
+            "test": (args.test_problems, 9, 3), "test, numbers to 30": (args.test_problems, 30, 4)}
+
+
+def policy_pools(args: argparse.Namespace, name: str) -> list:
+    """The policy's samples (temperature 0.7, seed 0; 8 per train problem, args.n otherwise) of one split
+    of word problems, gold = the answer checked; sampled once and kept in <out>/laplace-pools/."""
+    from rewardstack.data.pools import load_pools, load_prompts, write_pools
+    from rewardstack.sampling import SamplingConfig, sample_pools
+    from rewardstack.synthetic import word_problems
+
+    count, largest, seed = policy_pool_splits(args)[name]
+    n = 8 if name == "train" else args.n
+    path = args.out / "laplace-pools" / f"{name.replace(' ', '_').replace(',', '')}-{count}-{n}.jsonl"
+    if not path.exists():
+        prompts, _ = load_prompts(word_problems(count, seed=1000 * seed, largest=largest))
+        sampled, _ = sample_pools(args.model, prompts, SamplingConfig(n=n, temperature=0.7, max_new_tokens=40, seed=0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pools(sampled, path)
+    pools = load_pools(path)[0]
+    print(f"{name}: {len(pools)} problems × {n} samples, policy accuracy {np.mean([p.gold.mean() for p in pools]):.3f}", flush=True)
+    return pools
+
+
+def train_on_policy_pairs(args: argparse.Namespace, pairs: list[dict], seed: int):
+    """A Bradley–Terry reward model (LoRA r=16, lr 5e-4, one epoch) on gold pairs of the policy's samples."""
+    from rewardstack.config import TrainConfig
+    from rewardstack.data.load import Columns
+    from rewardstack.training import train
+
+    config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=5e-4, seed=seed, columns=Columns())
+    return train(config, pairs)[0]
+
+
 def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
     """Best-of-n on generated word problems with a verifiable answer, the policy's own samples as pools.
     Pools are sampled once (seed 0) and kept in <out>/laplace-pools/; a seed trains a BT reward model on
@@ -180,28 +219,10 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     problems (in distribution, and with numbers up to 30) then compare lcb:k* with mean."""
     from rewardstack.bayes import Laplace
     from rewardstack.bon import Objective, run_best_of_n
-    from rewardstack.config import TrainConfig
-    from rewardstack.data.load import Columns
-    from rewardstack.data.pools import gold_pairs, load_pools, load_prompts, write_pools
-    from rewardstack.sampling import SamplingConfig, sample_pools
-    from rewardstack.synthetic import word_problems
-    from rewardstack.training import train
+    from rewardstack.data.pools import gold_pairs
 
-    splits = {"train": (args.train_problems, 9, 1), "validation": (args.test_problems // 2, 9, 2),
-              "test": (args.test_problems, 9, 3), "test, numbers to 30": (args.test_problems, 30, 4)}
-    sampling = SamplingConfig(n=args.n, temperature=0.7, max_new_tokens=40, seed=0)
-    pools = {}
-    for name, (count, largest, seed) in splits.items():
-        n = 8 if name == "train" else args.n
-        path = args.out / "laplace-pools" / f"{name.replace(' ', '_').replace(',', '')}-{count}-{n}.jsonl"
-        if not path.exists():
-            prompts, _ = load_prompts(word_problems(count, seed=1000 * seed, largest=largest))
-            sampled, _ = sample_pools(args.model, prompts, replace(sampling, n=n))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_pools(sampled, path)
-        pools[name] = load_pools(path)[0]
-        print(f"{name}: {len(pools[name])} problems × {n} samples, policy accuracy {np.mean([p.gold.mean() for p in pools[name]]):.3f}", flush=True)
-
+    splits = policy_pool_splits(args)
+    pools = {name: policy_pools(args, name) for name in splits}
     settings = {"train_problems": args.train_problems, "test_problems": args.test_problems, "n": args.n, "model": args.model}
     records = Records(args.out / "laplace.jsonl", settings)
     objectives = [Objective("mean")] + [Objective("lcb", k) for k in LCB_GRID]
@@ -213,8 +234,7 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
             started = time.perf_counter()
             pairs = gold_pairs(pools["train"], 6, seed)
             if model is None:  # one reward model per seed, each posterior fitted to it
-                config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=5e-4, seed=seed, columns=Columns())
-                model, _ = train(config, pairs)
+                model = train_on_policy_pairs(args, pairs, seed)
             posterior = Laplace(model, subset=subset).fit(pairs).posterior
             curves = {}  # split → objective → per-pool gold curve over n = 1 … N
             for name in list(splits)[1:]:
@@ -494,7 +514,84 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
                      "settings": settings, "seeds": args.seeds}, plot
 
 
-CLAIMS = {"haf": haf_claim, "laplace": laplace_claim, "alarm": alarm_claim, "laser": laser_claim}
+# --- optimize -----------------------------------------------------------------------------------------
+
+OPTIMIZE_ARMS = {"bandit, gold feedback": ("bandit", "gold"), "bandit, loss feedback": ("bandit", "loss"),
+                 "random": ("random", "loss"), "single:arith": ("single:arith", "loss")}  # name → (selection, feedback)
+
+
+def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
+    """LASeR in iterative preference optimisation (`optimize`) with verifiable feedback. The policy
+    (SmolLM2 + LoRA) learns from its own samples of generated word problems (numbers to 9, the answer
+    checked). Members: `arith`, a Bradley–Terry model trained once (seed 0) on gold pairs of the policy's
+    samples (the laplace claim's train pools): a good teacher; `length` (words): a poor one. Per seed (the
+    LoRA initialisation, the prompt order, the samples, the bandit), from the same start: the bandit
+    (LinUCB on word-hash contexts) with gold feedback and with −loss feedback, a random member per prompt,
+    and `arith` alone. Greedy accuracy on held-out problems after each pass, compared per seed and problem."""
+    from rewardstack.data.pools import gold_pairs, load_prompts
+    from rewardstack.laser.context import ContextEncoder
+    from rewardstack.laser.optimize import OptimizeConfig, Optimizer
+    from rewardstack.laser.selector import BanditSelector
+    from rewardstack.model import RewardModel
+    from rewardstack.sources.rules import Rule, length_rule
+    from rewardstack.synthetic import word_problems
+
+    settings = {"train_problems": args.train_problems, "prompts": args.optimize_prompts, "batch_prompts": 4, "dev": args.dev_problems, "iterations": args.iterations,
+                "learning_rate": args.policy_learning_rate, "context_dim": args.context_dim, "model": args.model}
+    records = Records(args.out / "optimize.jsonl", settings)
+    prompts = load_prompts(word_problems(args.optimize_prompts, seed=5000))[0]
+    dev = {"dev": load_prompts(word_problems(args.dev_problems, seed=6000))[0]}
+    members = None
+    for seed in args.seeds:
+        for arm, (selection, feedback) in OPTIMIZE_ARMS.items():
+            if records.find(seed=seed, arm=arm):
+                continue
+            if members is None:
+                arith_dir = args.out / f"optimize-arith-{args.train_problems}"
+                if not arith_dir.exists():
+                    train_on_policy_pairs(args, gold_pairs(policy_pools(args, "train"), 6, 0), 0).save(arith_dir)
+                members = {"arith": RewardModel.from_pretrained(arith_dir), "length": Rule(length_rule(), "length")}
+            started = time.perf_counter()
+            selector = BanditSelector(members, ContextEncoder("words", dim=args.context_dim), "linucb", seed=seed)
+            config = OptimizeConfig(policy=args.model, selection=selection, feedback=feedback, iterations=args.iterations, batch_prompts=4,
+                                    n=4, max_new_tokens=40, max_length=128, learning_rate=args.policy_learning_rate, seed=seed)
+            history = Optimizer(selector, config, work / f"{seed}-{arm}").run(prompts, dev)
+            records.add({"seed": seed, "arm": arm, "history": history, "seconds": time.perf_counter() - started})
+            print(f"seed {seed} {arm}: dev accuracy " + " → ".join(f"{h['accuracy']['dev']:.3f}" for h in history)
+                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    runs = {arm: [records.find(seed=s, arm=arm) for s in args.seeds] for arm in OPTIMIZE_ARMS}
+    correct = {arm: np.array([[h["dev_correct"]["dev"] for h in run["history"]] for run in arm_runs], dtype=float)  # (seeds, passes + 1, dev)
+               for arm, arm_runs in runs.items()}
+    final = {arm: values[:, -1] for arm, values in correct.items()}
+    effects = [Effect(f"bandit, gold feedback − {other}, dev accuracy after {args.iterations} passes",
+                      *paired_bootstrap(final["bandit, gold feedback"] - final[other]), len(args.seeds), args.dev_problems)
+               for other in OPTIMIZE_ARMS if other != "bandit, gold feedback"]
+    effects += [Effect(f"{arm} − start, dev accuracy", *paired_bootstrap(values[:, -1] - values[:, 0]), len(args.seeds), args.dev_problems)
+                for arm, values in correct.items()]
+    table = {}
+    for arm, arm_runs in runs.items():
+        counts = {verdict: sum(c[verdict] for run in arm_runs for h in run["history"][1:] for c in h["gold_pairs"].values())
+                  for verdict in ("agree", "disagree", "neither")}
+        total = max(1, sum(counts.values()))
+        table[arm] = {f"pass {i}" if i else "start": float(correct[arm][:, i].mean()) for i in range(args.iterations + 1)} | \
+                     {"pairs right over wrong": counts["agree"] / total, "pairs wrong over right": counts["disagree"] / total}
+    shares = {f"{arm}, pass {i}": {name: float(np.mean([run["history"][i]["arms"].get(name, 0) / sum(run["history"][i]["arms"].values())
+                                                         for run in runs[arm]])) for name in ("arith", "length")}
+              for arm in ("bandit, gold feedback", "bandit, loss feedback") for i in range(1, args.iterations + 1)}
+    seconds = sum(run["seconds"] for arm_runs in runs.values() for run in arm_runs)
+
+    def plot(axis) -> None:
+        for arm in OPTIMIZE_ARMS:
+            axis.plot(range(args.iterations + 1), correct[arm].mean(axis=(0, 2)), marker="o", label=arm)
+        axis.set_xlabel("passes over the training prompts")
+        axis.set_ylabel("greedy dev accuracy")
+        axis.legend(fontsize=8)
+
+    return effects, {"methods": table, "arm shares": shares, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
+
+
+CLAIMS = {"haf": haf_claim, "laplace": laplace_claim, "alarm": alarm_claim, "laser": laser_claim, "optimize": optimize_claim}
 
 
 def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: Path, command: str) -> str:
@@ -529,8 +626,9 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
                               for tuned in extra["selection"]["tuned per seed"]) + "."]
     if "arm shares" in extra:
         names = list(next(iter(extra["arm shares"].values())))
-        lines += ["", f"Best single member in hindsight: {extra['best single']}. The bandit's arm shares per task (all seeds):", "",
-                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        if "best single" in extra:
+            lines += ["", f"Best single member in hindsight: {extra['best single']}."]
+        lines += ["", "The bandit's arm shares (all seeds):", "", "| prompts | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
         lines += [f"| {task} | " + " | ".join(f"{v:.2f}" for v in shares.values()) + " |" for task, shares in extra["arm shares"].items()]
     if "accuracy" in extra:
         worlds = list(next(iter(extra["accuracy"].values())))
@@ -567,13 +665,17 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=120, help="laser: pools per task (three tasks)")
     parser.add_argument("--algorithm", choices=["linucb", "thompson"], default="linucb", help="laser: the bandit")
     parser.add_argument("--exploration", type=float, help="laser: LinUCB's α or linear Thompson sampling's scale v (default: the library's, 1 and 0.5)")
-    parser.add_argument("--context-dim", type=int, default=32, help="laser: hash buckets of the word context")
+    parser.add_argument("--context-dim", type=int, default=32, help="laser, optimize: hash buckets of the word context")
+    parser.add_argument("--optimize-prompts", type=int, default=32, help="optimize: training prompts (word problems)")
+    parser.add_argument("--dev-problems", type=int, default=64, help="optimize: held-out problems, greedy accuracy")
+    parser.add_argument("--iterations", type=int, default=2, help="optimize: passes over the training prompts")
+    parser.add_argument("--policy-learning-rate", type=float, default=1e-4, help="optimize: the policy's learning rate")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("bench/results/claims"))
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.pairs, args.test_pairs, args.train_problems, args.test_problems, args.n = args.seeds[:2], 32, 24, 8, 8, 4
-        args.test_pools, args.selection_pools, args.per_task = 12, 12, 8
+        args.test_pools, args.selection_pools, args.per_task, args.optimize_prompts, args.dev_problems, args.iterations = 12, 12, 8, 8, 8, 1
     command = "python bench/claims.py " + " ".join(sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="claims-") as work:
         effects, extra, plot = CLAIMS[args.claim](args, Path(work))

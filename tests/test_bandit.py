@@ -60,6 +60,18 @@ def test_thompson_exp3_and_epsilon_greedy_find_a_clearly_best_arm():
         assert bandit.counts[2] > 0.75 * 1500
 
 
+def test_linucb_breaks_ties_between_fresh_arms_with_its_seed():
+    """Fresh arms have equal bounds: the choice is drawn uniformly with the bandit's seed, not always arm 0;
+    once the bounds differ, the largest wins without a draw."""
+    x = np.array([1.0, 0.5])
+    chosen = [LinUCB(3, 2, seed=s).select(x) for s in range(30)]
+    assert chosen == [int(np.random.default_rng(s).choice(np.arange(3))) for s in range(30)] and set(chosen) == {0, 1, 2}
+    bandit = LinUCB(3, 2, seed=0)
+    bandit.update(x, 2, 1.0)  # arm 2: θ·x = xᵀA⁻¹x = |x|²/(1 + |x|²) = 5/9, width √(5/9); fresh arms: width |x| = √1.25
+    assert bandit.upper_bounds(x) == pytest.approx([1.25**0.5, 1.25**0.5, 5 / 9 + (5 / 9) ** 0.5], abs=1e-12)
+    assert {bandit.select(x) for _ in range(10)} == {2}
+
+
 def test_sherman_morrison_equals_direct_inversion():
     rng = np.random.default_rng(0)
     bandit = LinUCB(2, 4, alpha=1.0, ridge=2.0)
@@ -255,7 +267,8 @@ def test_optimize_gold_feedback_is_the_answers_verdict_on_each_prompts_pairs(tmp
             selector = load_source(tmp_path / "bandit.yaml")
             config = OptimizeConfig(policy="tiny-random", iterations=1, batch_prompts=2, n=3, pairs_per_prompt=2, feedback=feedback)
             out = tmp_path / f"{per}-{feedback}"
-            optimize(selector, config, prompts, out)
+            history = optimize(selector, config, prompts, out, dev={"dev": [{"prompt": "What is 0 + 0?", "answer": "0"}, {"prompt": "What is 1 + 1?", "answer": "2"}]})
+            assert [(h["dev_correct"], h["accuracy"]) for h in history] == [({"dev": [1, 0]}, {"dev": 0.5})] * 2  # greedy answers "0"
             logs[feedback] = [json.loads(line) for line in (out / "iter-1" / "bandit_log.jsonl").read_text().splitlines()]
         pairs = [json.loads(line) for line in (out / "iter-1" / "pairs.jsonl").read_text().splitlines()]
         assert len(logs["gold"]) == (6 if per == "instance" else 3) == len(logs["loss"])
@@ -339,7 +352,8 @@ def test_mutation_survivors_in_the_bandits():
 
     greedy = EpsilonGreedy(3, epsilon=0.0)
     greedy.update(None, 0, 1.0)
-    assert greedy.select() == 1  # arms 1 and 2 are untried: they come first whatever arm 0 paid
+    assert {EpsilonGreedy(3, epsilon=0.0, seed=s).select() for s in range(20)} == {0, 1, 2}  # all untried: ties drawn at random
+    assert greedy.select() == 2  # arms 1 and 2 are untried: they come first whatever arm 0 paid (seed 0 draws 2 of [1, 2])
     greedy.update(None, 1, 0.7)
     greedy.update(None, 1, 0.7)
     greedy.update(None, 2, 0.1)

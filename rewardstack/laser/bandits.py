@@ -3,6 +3,7 @@
 All share `select(x) -> arm`, `update(x, arm, reward)` (reward in [0, 1]) and `state()` / `load_state()`.
 - LinUCB(α, λ): per arm A_k = λI + Σ x xᵀ, b_k = Σ r x; θ_k = A_k⁻¹ b_k; pick argmax θ_k·x + α √(xᵀ A_k⁻¹ x).
   A_k⁻¹ is kept directly and updated by Sherman–Morrison, A⁻¹ ← A⁻¹ − (A⁻¹x)(A⁻¹x)ᵀ / (1 + xᵀA⁻¹x), O(d²).
+  Ties (fresh arms) are broken at random with the bandit's seed, as in every algorithm here.
 - LinearThompson(v, λ): the same statistics; sample θ̃_k ~ N(θ_k, v² A_k⁻¹), pick argmax θ̃_k·x.
 - Exp3(γ): context-free; p_k = (1 − γ) w_k / Σw + γ/K, sample; w_a ← w_a · exp(γ r / (K p_a)) (kept as log w).
 - EpsilonGreedy(ε): context-free; the arm with the best mean reward, a uniform arm with probability ε.
@@ -15,6 +16,13 @@ import numpy as np
 from ..errors import UserError
 
 ALGORITHMS = ("linucb", "thompson", "exp3", "epsilon_greedy")
+
+
+def argmax_breaking_ties(values: np.ndarray, rng: np.random.Generator) -> int:
+    """The index of the largest value; among several equal largest ones, one drawn uniformly by `rng`
+    (fresh arms tie, and always taking the first would hand a whole batch to the first member)."""
+    best = np.flatnonzero(values == values.max())
+    return int(best[0]) if len(best) == 1 else int(rng.choice(best))
 
 
 class _Linear:
@@ -54,7 +62,7 @@ class LinUCB(_Linear):
         return self.theta() @ x + self.alpha * width
 
     def select(self, x: np.ndarray) -> int:
-        return int(np.argmax(self.upper_bounds(x)))
+        return argmax_breaking_ties(self.upper_bounds(x), self.rng)
 
 
 class LinearThompson(_Linear):
@@ -65,7 +73,7 @@ class LinearThompson(_Linear):
     def select(self, x: np.ndarray) -> int:
         theta = self.theta()
         sampled = [self.rng.multivariate_normal(theta[k], self.scale**2 * self.A_inv[k], method="cholesky") for k in range(len(theta))]
-        return int(np.argmax(np.array(sampled) @ x))
+        return argmax_breaking_ties(np.array(sampled) @ x, self.rng)
 
 
 class Exp3:
@@ -102,7 +110,7 @@ class EpsilonGreedy:
         if self.rng.random() < self.epsilon:
             return int(self.rng.integers(len(self.counts)))
         means = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.inf)  # untried arms first
-        return int(np.argmax(means))
+        return argmax_breaking_ties(means, self.rng)
 
     def update(self, x: np.ndarray | None, arm: int, reward: float) -> None:
         self.sums[arm] += reward

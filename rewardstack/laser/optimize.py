@@ -14,7 +14,7 @@ For iterations m = 1 … M over the prompts (shuffled with seed + m), batch by b
 5. the bandit's feedback, from the prompt's own pairs (per instance) or the batch's (per batch): −L
    (`feedback: loss`, the paper's), or with answers the mean of correct(chosen) − correct(rejected)
    (`feedback: gold`, verifiable); normalised by running percentiles.
-After each iteration: greedy accuracy on every dev set (answers checked), a checkpoint
+After each iteration: greedy accuracy on every dev set (answers checked; per prompt in `dev_correct`), a checkpoint
 (iter-m/: adapter, AdamW state, bandit state, the iteration's pairs, metrics.json) and a line in history.jsonl; `resume`
 continues after the newest checkpoint as if the run had not stopped.
 """
@@ -167,10 +167,10 @@ def pair_correctness(rows: Sequence[PromptRow], pairs: Sequence[PreferencePair],
             for pair, owner in zip(pairs, owners)]
 
 
-def dev_accuracy(sample: Callable[[list, SamplingConfig], Samples], rows: Sequence[PromptRow], greedy: SamplingConfig) -> float:
-    """Share of dev prompts whose greedy response (`sample` with `greedy`) has the right answer."""
+def dev_correct(sample: Callable[[list, SamplingConfig], Samples], rows: Sequence[PromptRow], greedy: SamplingConfig) -> list[int]:
+    """1 for each dev prompt whose greedy response (`sample` with `greedy`) has the right answer, else 0."""
     samples = sample([r.prompt for r in rows], greedy)
-    return float(np.mean([answer_is_correct(texts[0], row.answer) for texts, row in zip(samples.responses, rows)]))
+    return [int(answer_is_correct(texts[0], row.answer)) for texts, row in zip(samples.responses, rows)]
 
 
 class Optimizer:
@@ -313,8 +313,9 @@ class Optimizer:
 
     def _evaluate(self, iteration: int, dev: dict[str, Sequence[PromptRow]], stats: dict) -> dict:
         greedy = self.config.sampling(1, 0.0, self.config.seed)
-        accuracy = {name: dev_accuracy(self.sample, rows, greedy) for name, rows in dev.items()}
-        return {"iteration": iteration, "accuracy": accuracy, **stats, "bandit_counts": self.selector.arm_counts()}
+        correct = {name: dev_correct(self.sample, rows, greedy) for name, rows in dev.items()}
+        accuracy = {name: float(np.mean(values)) for name, values in correct.items()}
+        return {"iteration": iteration, "accuracy": accuracy, "dev_correct": correct, **stats, "bandit_counts": self.selector.arm_counts()}
 
     def _checkpoint(self, record: dict) -> None:
         directory = self.output_dir / f"iter-{record['iteration']}"
