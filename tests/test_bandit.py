@@ -335,10 +335,16 @@ def test_mutation_survivors_in_the_bandits():
                 bandit.update(x, choices[-1], float(rng.random()))
             runs.append(choices)
         assert runs[0] == runs[1] and runs[0] != runs[2], name
-    defaults = make_bandit("thompson", 2, 2), make_bandit("exp3", 2, 0), make_bandit("epsilon_greedy", 2, 0)
-    assert (defaults[0].scale, defaults[1].gamma, defaults[2].epsilon) == (0.5, 0.1, 0.1)
-    np.testing.assert_array_equal(defaults[0].A_inv, np.stack([np.eye(2)] * 2))  # ridge 1
-    assert [make_bandit("exp3", 3, 0).select() for _ in range(3)] == [Exp3(3, seed=0).select() for _ in range(3)]  # seed 0 by default
+    # every default, on the classes themselves and through make_bandit: α 1, v 0.5, γ 0.1, ε 0.1, ridge 1, seed 0
+    seed_0 = np.random.default_rng(0).bit_generator.state
+    for made in (False, True):
+        build = (lambda name, cls, dim: make_bandit(name, 2, dim)) if made else (lambda name, cls, dim: cls(2, dim))
+        linucb, thompson = build("linucb", LinUCB, 2), build("thompson", LinearThompson, 2)
+        exp3, greedy = build("exp3", Exp3, 0), build("epsilon_greedy", EpsilonGreedy, 0)
+        assert (linucb.alpha, thompson.scale, exp3.gamma, greedy.epsilon) == (1.0, 0.5, 0.1, 0.1)
+        for bandit in (linucb, thompson):
+            np.testing.assert_array_equal(bandit.A_inv, np.stack([np.eye(2)] * 2))  # ridge 1
+        assert all(b.rng.bit_generator.state == seed_0 for b in (linucb, thompson, exp3, greedy))
 
     thompson, x = LinearThompson(2, 2, seed=3), np.array([1.0, 2.0])
     thompson.update(x, 1, 1.0)

@@ -292,3 +292,59 @@ def test_implicit_prompts_back_off_to_a_word_boundary_and_need_every_earlier_tur
     row = {"chosen": turns + [{"role": "assistant", "content": "Sure."}], "rejected": other + [{"role": "assistant", "content": "No."}]}
     with pytest.raises(UserError, match="row 1: field 'rejected': chosen and rejected must share every turn but the last"):
         load_preferences(write_rows(tmp_path / "d.jsonl", [row]))
+
+
+def test_mutation_survivors_in_the_row_readers(tmp_path):
+    """Bugs bench/mutation.py showed the suite missed in data/load: the plain splitter's scan and
+    back-off steps at odd positions, a prefix that is a whole response, no shared prefix or no space in it;
+    the implicit splitter's type and shape checks; chat-message checks naming their field; PandaLM's third
+    annotator and input; skip counts; score rows' source; invalid UTF-8 in a CSV cell."""
+    def split(chosen, rejected):
+        (pair,), _ = load_preferences([{"chosen": chosen, "rejected": rejected}])
+        return pair.prompt[0]["content"], pair.chosen, pair.rejected
+
+    assert split("Hi a b", "Hi c b") == ("Hi ", "a b", "c b")  # the first difference at an odd index, equal text after it
+    assert split("Hi abc1", "Hi abc2") == ("Hi ", "abc1", "abc2")  # a back-off of 3 characters
+    assert split("Say hi. Hello there", "Say hi. Hello") == ("Say hi. ", "Hello there", "Hello")  # rejected is a prefix of chosen
+    for chosen, rejected in (("Ab c", "Bb c"), ("Yesterday", "Yesternight")):  # first characters differ; a prefix with no space
+        with pytest.raises(UserError, match="row 1: field 'chosen': no prompt column and chosen/rejected share no prefix"):
+            split(chosen, rejected)
+
+    def dialogue(*turns):
+        return [{"role": role, "content": content} for role, content in turns]
+
+    system = dialogue(("system", "Be brief."), ("user", "Hi?"))
+    (pair,), _ = load_preferences([{"chosen": system + dialogue(("assistant", "Yo.")), "rejected": system + dialogue(("assistant", "Hello."))}])
+    assert pair == PreferencePair(tuple(system), "Yo.", "Hello.")
+    bad = {  # row → the error's field and text
+        "only an answer": ({"chosen": dialogue(("assistant", "A.")), "rejected": dialogue(("assistant", "B."))},
+                           "field 'chosen': an implicit-prompt dialogue must end with an assistant turn after a prompt"),
+        "text beside a dialogue": ({"chosen": "Hi. A.", "rejected": dialogue(("user", "Hi."), ("assistant", "B."))},
+                                   "field 'chosen': expected a string or a non-empty list of chat messages"),
+        "one Anthropic transcript": ({"chosen": "Human: Hi\n\nAssistant: Yo", "rejected": "Hi there"},
+                                     "field 'chosen': no prompt column and chosen/rejected share no prefix"),
+        "a number as content": ({"chosen": system + [{"role": "assistant", "content": 5}], "rejected": system + dialogue(("assistant", "B."))},
+                                "field 'chosen': message 2 must be an object with string 'role' and 'content'"),
+        "a string as a message": ({"chosen": system + dialogue(("assistant", "A.")), "rejected": ["Hi?"]},
+                                  "field 'rejected': message 0 must be an object with string 'role' and 'content'"),
+    }
+    for name, (row, message) in bad.items():
+        with pytest.raises(UserError, match=f"<list>: row 1: {message}"):
+            load_preferences([row])
+
+    base = {"instruction": "Fix it.", "response1": "the cat", "response2": "teh cat", "annotator1": 1, "annotator2": 2, "annotator3": 2}
+    pairs, _ = load_preferences([base, {**base, "input": "  "}, {**base, "input": "teh cat", "annotator3": 1}])
+    assert pairs == [PreferencePair(({"role": "user", "content": "Fix it."},), "teh cat", "the cat")] * 2 + \
+        [PreferencePair(({"role": "user", "content": "Fix it.\n\nteh cat"},), "the cat", "teh cat")]
+    with pytest.raises(UserError, match="row 1: field 'response2': empty response"):  # the chosen one (2 by majority) is empty
+        load_preferences([{**base, "response2": " "}])
+
+    rows = [{"prompt": "a"}, {"prompt": "b", "chosen": "x"}, {"prompt": "c", "chosen": "x", "rejected": "y"}]
+    assert load_preferences(rows, skip_invalid=True)[1].to_dict()["skipped"] == {"missing field": 2}
+    path = write_rows(tmp_path / "score.jsonl", [{"prompt": "Hi", "response": "Yo"}, {"prompt": [{"role": "user", "content": 1}], "response": "x"}])
+    with pytest.raises(UserError, match="score.jsonl: row 2: field 'prompt': message 0 must be an object"):
+        load_score_rows(path)
+    assert load_score_rows(path, skip_invalid=True)[3].to_dict() == {"source": str(path), "rows": 2, "pairs": 1, "skipped": {"wrong type": 1}}
+    (tmp_path / "bad.csv").write_bytes(b"prompt,chosen,rejected\nHi,ok,caf\xe9\n")
+    with pytest.raises(UserError, match="bad.csv: row 1: field 'rejected': invalid UTF-8"):
+        load_preferences(tmp_path / "bad.csv")

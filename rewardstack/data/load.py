@@ -343,14 +343,13 @@ def pandalm_pair(row: dict) -> PreferencePair:
     extra = row.get("input") or ""
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     votes = Counter(row.get(f"annotator{i}") for i in (1, 2, 3))
-    if votes[1] > votes[2]:
-        chosen, rejected = _string(row, "response1"), _string(row, "response2")
-    elif votes[2] > votes[1]:
-        chosen, rejected = _string(row, "response2"), _string(row, "response1")
-    else:
+    if votes[1] == votes[2]:
         raise DroppedRow("tie (no majority)")
-    if not chosen.strip() or not rejected.strip():
-        raise RowError("empty response", "response1" if not chosen.strip() else "response2", "empty response")
+    keys = ("response1", "response2") if votes[1] > votes[2] else ("response2", "response1")  # chosen, rejected
+    chosen, rejected = (_string(row, key) for key in keys)
+    for key, text in zip(keys, (chosen, rejected)):
+        if not text.strip():
+            raise RowError("empty response", key, "empty response")
     if chosen == rejected:
         raise RowError("chosen equals rejected", "response2", "identical to the other response")
     return PreferencePair(({"role": "user", "content": prompt},), chosen, rejected)
