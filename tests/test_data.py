@@ -1,5 +1,7 @@
 import gzip
 import json
+import math
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -348,3 +350,53 @@ def test_mutation_survivors_in_the_row_readers(tmp_path):
     (tmp_path / "bad.csv").write_bytes(b"prompt,chosen,rejected\nHi,ok,caf\xe9\n")
     with pytest.raises(UserError, match="bad.csv: row 1: field 'rejected': invalid UTF-8"):
         load_preferences(tmp_path / "bad.csv")
+
+
+def test_hub_names_are_read_with_their_split_and_paths_never_reach_the_hub(monkeypatch, tmp_path):
+    """A name `owner/name` goes to datasets.load_dataset with Columns.split, rows numbered from 1; a name
+    with a data suffix or under an existing folder is a missing file and never sent."""
+    import datasets
+
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return [{"prompt": "Hi", "chosen": "a", "rejected": "b"}, {"prompt": "Hi", "chosen": "a"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    with pytest.raises(UserError, match="^someorg/prefs: row 2: field 'rejected': missing$"):
+        load_preferences("someorg/prefs", Columns(split="test"))
+    pairs, report = load_preferences("someorg/prefs", skip_invalid=True)
+    assert pairs == [PreferencePair(({"role": "user", "content": "Hi"},), "a", "b")] and report.skipped == {"missing field": 1}
+    assert calls == [("someorg/prefs", "test"), ("someorg/prefs", "train")]
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in ("someorg/prefs.JSONL", "folder/prefs"):  # a hub-like name with a data suffix; one under a folder here
+        with pytest.raises(UserError, match=f"^{re.escape(name)}: no such file$"):
+            load_preferences(name)
+    assert len(calls) == 2
+
+
+def test_mixture_checks_counts_and_reports_exactly():
+    """Mixture: probability and size checks at their edges, largest-remainder counts where the larger
+    remainder is not first, zero-count sources skipped (and later ones still read), skips counted."""
+    from rewardstack.data.load import Mixture
+
+    def rows(tag, n, bad=0):
+        return [{"prompt": f"{tag}{i}", "chosen": "a", "rejected": "b"} for i in range(n)] + [{"prompt": "x"}] * bad
+
+    for probabilities in ([1, -0.5], [math.inf, 1], [0, 0]):
+        with pytest.raises(UserError, match="non-negative with a positive sum"):
+            Mixture([[], []], probabilities, 2)
+    with pytest.raises(UserError, match="size must be at least 1, got 0"):
+        Mixture([[]], [1], 0)
+    assert Mixture([[], []], [3, 1], 3).counts() == [2, 1]  # exact 2.25, 0.75: the one extra pair goes to the larger remainder
+    pairs, report = load_preferences(Mixture([rows("a", 2), rows("b", 1), rows("c", 3, bad=1)], [0, 1, 2], 3))
+    assert sorted(p.prompt[0]["content"] for p in pairs) == ["b0", "c0", "c1"] and report.pairs == 3
+    assert report.source == "mixture of <list>, <list>, <list>" and report.rows == 1 + 2
+    with pytest.raises(UserError, match="row 2: field 'chosen': missing"):
+        load_preferences(Mixture([rows("b", 1), [rows("c", 1)[0], {"prompt": "x"}] + rows("d", 1)], [1, 2], 3))
+    pairs, report = load_preferences(Mixture([rows("b", 1), [rows("c", 1)[0], {"prompt": "x"}] + rows("d", 1)], [1, 2], 3), skip_invalid=True)
+    assert len(pairs) == 3 and report.skipped == {"missing field": 1} and report.rows == 1 + 3
+    with pytest.raises(UserError, match=r"^<list>: the mixture takes 2 pairs from it, but it has only 1 \(2 rows, skipped \{'missing field': 1\}\)"):
+        load_preferences(Mixture([rows("b", 1, bad=1)], [1], 2), skip_invalid=True)
