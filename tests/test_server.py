@@ -308,3 +308,59 @@ def test_vllm_classify_shape_as_verl_sends_it(model, tmp_path):
         tree.write_text(yaml.safe_dump({"kind": "remote", "url": url, "protocol": "classify", "tokenizer": str(tmp_path / "tok"), "batch_size": 2}))
         model.tokenizer.save_pretrained(tmp_path / "tok")
         assert load_source(tree).score(PROMPTS, RESPONSES).mean == pytest.approx(expected, abs=1e-5)
+
+
+def test_batcher_groups_by_tokens_carries_the_overflow_and_serialises_calls_with_scoring():
+    """DynamicBatcher without HTTP: requests within max_batch_tokens share one score call, the one that
+    does not fit opens the next batch; each request gets its own rows and truncation count; `call` runs on
+    the one scoring thread after the batch in progress; a failing batch is retried request by request;
+    `stop` scores what is queued; the stats count exactly."""
+    import asyncio
+
+    from rewardstack.server.batching import DynamicBatcher
+
+    events, calls = [], []
+
+    class Recording:
+        def __init__(self):
+            self.release = threading.Event()
+
+        def score(self, prompts, responses, batch_size=16):
+            calls.append((threading.current_thread().name, list(responses), batch_size))
+            events.append("score start")
+            self.release.wait(10)
+            events.append("score end")
+            if "bad" in responses:
+                raise ValueError("cannot score 'bad'")
+            return RewardScores(mean=np.array([10.0 * len(r) + i for i, r in enumerate(responses)]))
+
+    async def scenario():
+        source = Recording()
+        batcher = DynamicBatcher(source, max_batch_tokens=10, max_wait_ms=200, batch_size=3)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score(["p"], ["a"], tokens=2))
+        while not events:  # until the first request, alone after its 200 ms wait, is being scored
+            await asyncio.sleep(0.001)
+        jobs = [asyncio.ensure_future(batcher.score(["p"] * 2, ["bb", "ccc"], tokens=4, truncated=1)),
+                asyncio.ensure_future(batcher.score(["p"], ["dddd"], tokens=4)),
+                asyncio.ensure_future(batcher.score(["p"], ["e"], tokens=4))]  # 4 + 4 + 4 > 10: carried to a third batch
+        await asyncio.sleep(0.05)
+        between = asyncio.ensure_future(batcher.call(lambda: (events.append("call"), threading.current_thread().name)[1]))
+        await asyncio.sleep(0.05)
+        assert events == ["score start"]  # the call waits for the batch in progress
+        source.release.set()
+        results = [await first] + [await job for job in jobs]
+        thread = await between
+        failing = [asyncio.ensure_future(batcher.score(["p"], [text], tokens=1)) for text in ("ok", "bad")]
+        await asyncio.sleep(0)
+        await batcher.stop()
+        return results, thread, failing, batcher.stats
+
+    results, thread, failing, stats = asyncio.run(scenario())
+    assert events[:3] == ["score start", "score end", "call"]
+    assert [responses for _, responses, _ in calls] == [["a"], ["bb", "ccc", "dddd"], ["e"], ["ok", "bad"], ["ok"], ["bad"]]
+    assert {name for name, _, _ in calls} == {thread} and thread.startswith("rewardstack-score") and {b for _, _, b in calls} == {3}
+    assert [r.mean.tolist() for r in results] == [[10.0], [20.0, 31.0], [42.0], [10.0]]
+    assert [r.truncated for r in results] == [0, 1, 0, 0]
+    assert failing[0].result().mean.tolist() == [20.0] and "cannot score 'bad'" in str(failing[1].exception())
+    assert (stats.requests, stats.rows, stats.batches, stats.truncated, stats.refused, stats.largest_batch_requests) == (5, 6, 4, 1, 0, 2)
