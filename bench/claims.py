@@ -25,8 +25,8 @@ Claims:
   different members (a reward model, a format rule, length) are right: bandit against the best single member,
   a random member and the ensemble, with the regret curve and arm shares per task.
 - optimize: LASeR in iterative preference optimisation on generated word problems, a good and a poor
-  member: the bandit with gold feedback against the bandit with −loss feedback, a random member and the
-  good member alone; greedy dev accuracy after each pass.
+  member: the bandit with gold feedback against the bandit with −loss feedback and the good member alone
+  (and a random member, --optimize-random); greedy dev accuracy after each pass.
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
 # --- laplace ------------------------------------------------------------------------------------------
 
 LCB_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: lcb is the mean, so validation may reject the penalty
+LCB_FAMILIES = ("lcb", "slcb")  # μ − k·σ, and μ − k·sd(μ)·σ/mean(σ) per pool (the std's scale taken out)
 
 
 def policy_pool_splits(args: argparse.Namespace) -> dict[str, tuple[int, int, int]]:
@@ -215,8 +216,9 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     """Best-of-n on generated word problems with a verifiable answer, the policy's own samples as pools.
     Pools are sampled once (seed 0) and kept in <out>/laplace-pools/; a seed trains a BT reward model on
     gold pairs of the training problems' pools and fits the Laplace posterior (head, or LoRA + head). On
-    the validation problems k of lcb:k is chosen from LCB_GRID by gold at the largest n; the test
-    problems (in distribution, and with numbers up to 30) then compare lcb:k* with mean."""
+    the validation problems k of lcb:k, and of slcb:k (the std rescaled to each pool's reward spread), is
+    chosen from LCB_GRID by gold at the largest n; the test problems (in distribution, and with numbers
+    up to 30) then compare each with mean. Runs recorded before slcb existed count for lcb alone."""
     from rewardstack.bayes import Laplace
     from rewardstack.bon import Objective, run_best_of_n
     from rewardstack.data.pools import gold_pairs
@@ -225,24 +227,31 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     pools = {name: policy_pools(args, name) for name in splits}
     settings = {"train_problems": args.train_problems, "test_problems": args.test_problems, "n": args.n, "model": args.model}
     records = Records(args.out / "laplace.jsonl", settings)
-    objectives = [Objective("mean")] + [Objective("lcb", k) for k in LCB_GRID]
+    objectives = [Objective("mean")] + [Objective(family, k) for family in LCB_FAMILIES for k in LCB_GRID]
+
+    def run_of(seed: int, subset: str) -> dict | None:
+        """The seed's run with every family, else its older lcb-only run."""
+        return records.find(seed=seed, subset=subset, families=list(LCB_FAMILIES)) or records.find(seed=seed, subset=subset)
+
     for seed in args.seeds:
         model = None
         for subset in args.subsets:
-            if records.find(seed=seed, subset=subset):
+            if records.find(seed=seed, subset=subset, families=list(LCB_FAMILIES)):
                 continue
             started = time.perf_counter()
             pairs = gold_pairs(pools["train"], 6, seed)
             if model is None:  # one reward model per seed, each posterior fitted to it
                 model = train_on_policy_pairs(args, pairs, seed)
             posterior = Laplace(model, subset=subset).fit(pairs).posterior
-            curves = {}  # split → objective → per-pool gold curve over n = 1 … N
+            curves, scale = {}, {}  # split → objective → per-pool gold curve over n = 1 … N; split → the std's scale
             for name in list(splits)[1:]:
                 result = run_best_of_n(model, pools[name], objectives)
                 curves[name] = {o.name: [r["objectives"][o.name]["gold"] for r in result["pools"]] for o in objectives}
+                scale[name] = {"std": float(np.median([s for r in result["pools"] for s in r["reward_std"]])),
+                               "spread": float(np.median([np.std(r["reward"]) for r in result["pools"]]))}
             seconds = time.perf_counter() - started
-            records.add({"seed": seed, "subset": subset, "train_pairs": len(pairs), "prior_precision": posterior.prior_precision,
-                         "curves": curves, "seconds": seconds})
+            records.add({"seed": seed, "subset": subset, "families": list(LCB_FAMILIES), "train_pairs": len(pairs),
+                         "prior_precision": posterior.prior_precision, "curves": curves, "scale": scale, "seconds": seconds})
             end = {name: {o: float(np.mean(c, axis=0)[-1]) for o, c in by_objective.items()} for name, by_objective in curves.items()}
             print(f"seed {seed} {subset}: gold at n={args.n}: {json.dumps(end)} ({seconds:.0f} s)", flush=True)
 
@@ -253,25 +262,32 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
 
     effects, table = [], {}
     for subset in args.subsets:
-        runs = [records.find(seed=s, subset=subset) for s in args.seeds]
-        chosen_k = [max(LCB_GRID, key=lambda k: np.mean(run["curves"]["validation"][f"lcb:{k:g}"], axis=0)[-1]) for run in runs]
+        runs = [run_of(s, subset) for s in args.seeds]
+        families = [f for f in LCB_FAMILIES if all(f"{f}:0" in run["curves"]["validation"] for run in runs)]
         for name in list(splits)[2:]:
             mean = np.array([run["curves"][name]["mean"] for run in runs])  # (seeds, pools, n)
-            lcb = np.array([run["curves"][name][f"lcb:{k:g}"] for run, k in zip(runs, chosen_k)])
-            both = np.stack([lcb, mean], axis=-1)
-            effects.append(Effect(f"{subset} posterior: lcb:k* − mean, gold at n={args.n}, {name}",
-                                  *paired_bootstrap(lcb[..., -1] - mean[..., -1]), len(runs), mean.shape[1]))
-            effects.append(Effect(f"{subset} posterior: over-optimisation of mean − of lcb:k*, {name}",
-                                  *paired_bootstrap(both, statistic=lambda a: overoptimisation(a[..., 1]) - overoptimisation(a[..., 0])),
-                                  len(runs), mean.shape[1]))
-            table[f"{subset}, {name}"] = {"k*": chosen_k, "mean": mean.mean(axis=(0, 1)).tolist(), "lcb:k*": lcb.mean(axis=(0, 1)).tolist()}
-    seconds = sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds)
+            row = table[f"{subset}, {name}"] = {"mean": mean.mean(axis=(0, 1)).tolist()}
+            for family in families:
+                chosen_k = [max(LCB_GRID, key=lambda k: np.mean(run["curves"]["validation"][f"{family}:{k:g}"], axis=0)[-1]) for run in runs]
+                penalised = np.array([run["curves"][name][f"{family}:{k:g}"] for run, k in zip(runs, chosen_k)])
+                both = np.stack([penalised, mean], axis=-1)
+                effects.append(Effect(f"{subset} posterior: {family}:k* − mean, gold at n={args.n}, {name}",
+                                      *paired_bootstrap(penalised[..., -1] - mean[..., -1]), len(runs), mean.shape[1]))
+                effects.append(Effect(f"{subset} posterior: over-optimisation of mean − of {family}:k*, {name}",
+                                      *paired_bootstrap(both, statistic=lambda a: overoptimisation(a[..., 1]) - overoptimisation(a[..., 0])),
+                                      len(runs), mean.shape[1]))
+                row[f"{family}:k*"], row[f"{family} k*"] = penalised.mean(axis=(0, 1)).tolist(), chosen_k
+            if all("scale" in run for run in runs):  # median std / median within-pool spread of the rewards, per seed
+                row["std / spread"] = [run["scale"][name]["std"] / run["scale"][name]["spread"] for run in runs]
+    seconds = sum(run_of(s, subset)["seconds"] for s in args.seeds for subset in args.subsets)
 
     def plot(axis) -> None:
         ns = np.arange(1, args.n + 1)
         for label, curves in table.items():
             line, = axis.plot(ns, curves["mean"], label=f"mean, {label}")
-            axis.plot(ns, curves["lcb:k*"], "--", color=line.get_color(), label=f"lcb:k*, {label}")
+            for family, style in zip(LCB_FAMILIES, ("--", ":")):
+                if f"{family}:k*" in curves:
+                    axis.plot(ns, curves[f"{family}:k*"], style, color=line.get_color(), label=f"{family}:k*, {label}")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("n")
         axis.set_ylabel("expected gold of best-of-n")
@@ -517,7 +533,7 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
 # --- optimize -----------------------------------------------------------------------------------------
 
 OPTIMIZE_ARMS = {"bandit, gold feedback": ("bandit", "gold"), "bandit, loss feedback": ("bandit", "loss"),
-                 "random": ("random", "loss"), "single:arith": ("single:arith", "loss")}  # name → (selection, feedback)
+                 "single:arith": ("single:arith", "loss"), "random": ("random", "loss")}  # name → (selection, feedback)
 
 
 def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
@@ -527,7 +543,8 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     samples (the laplace claim's train pools): a good teacher; `length` (words): a poor one. Per seed (the
     LoRA initialisation, the prompt order, the samples, the bandit), from the same start: the bandit
     (LinUCB on word-hash contexts) with gold feedback and with −loss feedback, a random member per prompt,
-    and `arith` alone. Greedy accuracy on held-out problems after each pass, compared per seed and problem."""
+    and `arith` alone (and, with --optimize-random, a random member per prompt). Greedy accuracy on held-out
+    problems after each pass, compared per seed and problem."""
     from rewardstack.data.pools import gold_pairs, load_prompts
     from rewardstack.laser.context import ContextEncoder
     from rewardstack.laser.optimize import OptimizeConfig, Optimizer
@@ -541,9 +558,10 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     records = Records(args.out / "optimize.jsonl", settings)
     prompts = load_prompts(word_problems(args.optimize_prompts, seed=5000))[0]
     dev = {"dev": load_prompts(word_problems(args.dev_problems, seed=6000))[0]}
+    arms = {name: arm for name, arm in OPTIMIZE_ARMS.items() if name != "random" or args.optimize_random}
     members = None
     for seed in args.seeds:
-        for arm, (selection, feedback) in OPTIMIZE_ARMS.items():
+        for arm, (selection, feedback) in arms.items():
             if records.find(seed=seed, arm=arm):
                 continue
             if members is None:
@@ -560,13 +578,13 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
             print(f"seed {seed} {arm}: dev accuracy " + " → ".join(f"{h['accuracy']['dev']:.3f}" for h in history)
                   + f" ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    runs = {arm: [records.find(seed=s, arm=arm) for s in args.seeds] for arm in OPTIMIZE_ARMS}
+    runs = {arm: [records.find(seed=s, arm=arm) for s in args.seeds] for arm in arms}
     correct = {arm: np.array([[h["dev_correct"]["dev"] for h in run["history"]] for run in arm_runs], dtype=float)  # (seeds, passes + 1, dev)
                for arm, arm_runs in runs.items()}
     final = {arm: values[:, -1] for arm, values in correct.items()}
     effects = [Effect(f"bandit, gold feedback − {other}, dev accuracy after {args.iterations} passes",
                       *paired_bootstrap(final["bandit, gold feedback"] - final[other]), len(args.seeds), args.dev_problems)
-               for other in OPTIMIZE_ARMS if other != "bandit, gold feedback"]
+               for other in arms if other != "bandit, gold feedback"]
     effects += [Effect(f"{arm} − start, dev accuracy", *paired_bootstrap(values[:, -1] - values[:, 0]), len(args.seeds), args.dev_problems)
                 for arm, values in correct.items()]
     table = {}
@@ -582,7 +600,7 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     seconds = sum(run["seconds"] for arm_runs in runs.values() for run in arm_runs)
 
     def plot(axis) -> None:
-        for arm in OPTIMIZE_ARMS:
+        for arm in arms:
             axis.plot(range(args.iterations + 1), correct[arm].mean(axis=(0, 2)), marker="o", label=arm)
         axis.set_xlabel("passes over the training prompts")
         axis.set_ylabel("greedy dev accuracy")
@@ -605,12 +623,17 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
              "| effect | mean | 95 % interval | verdict | items | seeds |", "|---|---|---|---|---|---|"]
     lines += [e.row() for e in effects]
     if "curves" in extra:
-        lines += ["", f"| posterior, test set | k* per seed | gold at n=1 | mean: peak (n) | mean at n={len(next(iter(extra['curves'].values()))['mean'])} | lcb:k* at the largest n |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"| posterior, test set | gold at n=1 | mean: peak (n) | mean at n={len(next(iter(extra['curves'].values()))['mean'])} | "
+                  "penalised at the largest n (k* per seed) |", "|---|---|---|---|---|"]
         for label, c in extra["curves"].items():
             peak = int(np.argmax(c["mean"]))
-            lines.append(f"| {label} | {', '.join(f'{k:g}' for k in c['k*'])} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | "
-                         f"{c['mean'][-1]:.3f} | {c['lcb:k*'][-1]:.3f} |")
+            penalised = "; ".join(f"{family}:k* {c[f'{family}:k*'][-1]:.3f} ({', '.join(f'{k:g}' for k in c[f'{family} k*'])})"
+                                  for family in LCB_FAMILIES if f"{family}:k*" in c)
+            lines.append(f"| {label} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | {c['mean'][-1]:.3f} | {penalised} |")
+        scales = {label: c["std / spread"] for label, c in extra["curves"].items() if "std / spread" in c}
+        if scales:
+            lines += ["", "The std's scale, per seed: median reward std / median within-pool spread (std) of the rewards: "
+                      + "; ".join(f"{label} " + ", ".join(f"{v:.2f}" for v in values) for label, values in scales.items()) + "."]
     for key, row_name in (("modes", "mode, aspects"), ("methods", "method")):
         if key in extra:
             columns = list(next(iter(extra[key].values())))
@@ -669,6 +692,7 @@ def main() -> None:
     parser.add_argument("--optimize-prompts", type=int, default=32, help="optimize: training prompts (word problems)")
     parser.add_argument("--dev-problems", type=int, default=64, help="optimize: held-out problems, greedy accuracy")
     parser.add_argument("--iterations", type=int, default=2, help="optimize: passes over the training prompts")
+    parser.add_argument("--optimize-random", action="store_true", help="optimize: also a random member per prompt (5 more runs, about 30 min)")
     parser.add_argument("--policy-learning-rate", type=float, default=1e-4, help="optimize: the policy's learning rate")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--out", type=Path, default=Path("bench/results/claims"))

@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Objective:
-    """How samples are ranked: mean (μ), lcb:k (μ − k·σ), var:k (μ − k·σ²), and for an ensemble source,
-    from its members' rewards m_i: min (min_i m_i) or uwo:k (mean_i m_i − k·variance_i m_i)."""
+    """How samples are ranked: mean (μ), lcb:k (μ − k·σ), var:k (μ − k·σ²), slcb:k (μ − k·sd(μ)·σ/mean(σ),
+    sd and mean over the rows scored together, a pool: the penalty in units of the pool's reward spread,
+    whatever the scale of σ), and for an ensemble source, from its members' rewards m_i: min (min_i m_i)
+    or uwo:k (mean_i m_i − k·variance_i m_i)."""
 
     kind: str
     k: float = 0.0
@@ -49,9 +51,9 @@ class Objective:
 
     @classmethod
     def parse(cls, spec: str) -> "Objective":
-        return cls(*parse_spec(spec, ("mean", "min"), ("lcb", "var", "uwo"), "objective",
-                               "use mean, lcb:K (mean − K·std), var:K (mean − K·variance), or for an ensemble min or "
-                               "uwo:K (members' mean − K·their variance), K ≥ 0"))
+        return cls(*parse_spec(spec, ("mean", "min"), ("lcb", "var", "slcb", "uwo"), "objective",
+                               "use mean, lcb:K (mean − K·std), var:K (mean − K·variance), slcb:K (lcb with the std rescaled to "
+                               "the pool's reward spread), or for an ensemble min or uwo:K (members' mean − K·their variance), K ≥ 0"))
 
     def score(self, scores: RewardScores) -> np.ndarray:
         """Selection score of each row of `scores` (an ensemble's `parts` are its members' rewards)."""
@@ -63,8 +65,11 @@ class Objective:
             return np.asarray(scores.mean, dtype=np.float64)
         if scores.std is None:
             raise UserError(f"objective {self.name} needs rewards with a std: fit a posterior first (rewardstack laplace)")
-        penalty = np.asarray(scores.std) if self.kind == "lcb" else np.square(scores.std)
-        return np.asarray(scores.mean, dtype=np.float64) - self.k * penalty
+        mean, std = np.asarray(scores.mean, dtype=np.float64), np.asarray(scores.std, dtype=np.float64)
+        if self.kind == "slcb":
+            typical = std.mean()
+            return mean - self.k * mean.std() * (std / typical if typical > 0 else 0.0)
+        return mean - self.k * (std if self.kind == "lcb" else np.square(std))
 
 
 def _log_choose(k: np.ndarray, n: int) -> np.ndarray:
@@ -192,7 +197,8 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
 class BonConfig:
     """Options of `rewardstack bon` (and of `best_of_n`)."""
 
-    objective: list[str] = option(help="mean, lcb:K (mean − K·std), var:K (mean − K·variance), or for an ensemble min or uwo:K; "
+    objective: list[str] = option(help="mean, lcb:K (mean − K·std), var:K (mean − K·variance), slcb:K (mean − K·the pool's reward "
+                                       "spread·std/the pool's mean std), or for an ensemble min or uwo:K; "
                                        "repeatable", factory=lambda: ["mean"])
     policy: str = option("smollm2-135m", "Policy that prompts are sampled from: smollm2-135m, a local path or Hugging Face id")
     sampling: SamplingConfig = option(factory=SamplingConfig)

@@ -50,13 +50,20 @@ def test_objectives_parse_score_and_refuse_bad_specs():
     assert Objective.parse("mean").score(RewardScores(mean)).tolist() == [1.0, 2.0]
     assert Objective.parse("lcb:1.5").score(RewardScores(mean, std)).tolist() == [0.25, -1.0]
     assert Objective.parse("var:2").score(RewardScores(mean, std)).tolist() == [0.5, -6.0]
+    # slcb:1 on μ = (1, 2, 4), σ = 1000·(1, 3, 2): sd(μ) = √14/3, σ/mean σ = (0.5, 1.5, 1): μ − (√14/6, √14/2, √14/3)
+    pool_mean, pool_std, root = np.array([1.0, 2.0, 4.0]), 1000 * np.array([1.0, 3.0, 2.0]), 14**0.5
+    slcb = Objective.parse("slcb:1").score(RewardScores(pool_mean, pool_std))
+    np.testing.assert_allclose(slcb, [1 - root / 6, 2 - root / 2, 4 - root / 3], rtol=1e-12)
+    np.testing.assert_allclose(Objective.parse("slcb:1").score(RewardScores(pool_mean, pool_std / 1e6)), slcb, rtol=1e-12)  # σ's scale
+    np.testing.assert_allclose(Objective.parse("slcb:1").score(RewardScores(3 * pool_mean, pool_std)), 3 * slcb, rtol=1e-12)  # μ's scale
+    assert Objective.parse("slcb:2").score(RewardScores(pool_mean, np.zeros(3))).tolist() == [1.0, 2.0, 4.0]  # no std: the mean
     members = {"a": np.array([1.0, 4.0]), "b": np.array([3.0, 0.0])}  # means 2, 2; variances 1, 4
     assert Objective.parse("min").score(RewardScores(mean, parts=members)).tolist() == [1.0, 0.0]
     assert Objective.parse("uwo:0.5").score(RewardScores(mean, parts=members)).tolist() == [1.5, 0.0]
     with pytest.raises(UserError, match="needs an ensemble"):
         Objective.parse("min").score(RewardScores(mean))
     assert Objective.parse("lcb:1.0").name == "lcb:1"
-    for bad in ("lcb", "lcb:x", "max", "var:-1", "mean:2"):
+    for bad in ("lcb", "lcb:x", "max", "var:-1", "mean:2", "slcb"):
         with pytest.raises(UserError, match="objective"):
             Objective.parse(bad)
     with pytest.raises(UserError, match="rewardstack laplace"):
