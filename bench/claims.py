@@ -541,9 +541,9 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     (SmolLM2 + LoRA) learns from its own samples of generated word problems (numbers to 9, the answer
     checked). Members: `arith`, a Bradley–Terry model trained once (seed 0) on gold pairs of the policy's
     samples (the laplace claim's train pools): a good teacher; `length` (words): a poor one. Per seed (the
-    LoRA initialisation, the prompt order, the samples, the bandit), from the same start: the bandit
-    (LinUCB on word-hash contexts) with gold feedback and with −loss feedback, a random member per prompt,
-    and `arith` alone (and, with --optimize-random, a random member per prompt). Greedy accuracy on held-out
+    prompt order, the samples, the bandit's draws; LoRA starts at zero, so every arm starts from the same
+    policy): the bandit (LinUCB on word-hash contexts) with gold feedback and with −loss feedback, and
+    `arith` alone (with --optimize-random also a random member per prompt). Greedy accuracy on held-out
     problems after each pass, compared per seed and problem."""
     from rewardstack.data.pools import gold_pairs, load_prompts
     from rewardstack.laser.context import ContextEncoder
@@ -553,8 +553,8 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     from rewardstack.sources.rules import Rule, length_rule
     from rewardstack.synthetic import word_problems
 
-    settings = {"train_problems": args.train_problems, "prompts": args.optimize_prompts, "batch_prompts": 4, "dev": args.dev_problems, "iterations": args.iterations,
-                "learning_rate": args.policy_learning_rate, "context_dim": args.context_dim, "model": args.model}
+    settings = {"train_problems": args.train_problems, "prompts": args.optimize_prompts, "batch_prompts": 4, "dev": args.dev_problems,
+                "iterations": args.iterations, "learning_rate": args.policy_learning_rate, "context_dim": args.context_dim, "model": args.model}
     records = Records(args.out / "optimize.jsonl", settings)
     prompts = load_prompts(word_problems(args.optimize_prompts, seed=5000))[0]
     dev = {"dev": load_prompts(word_problems(args.dev_problems, seed=6000))[0]}
