@@ -534,6 +534,7 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
 
 OPTIMIZE_ARMS = {"bandit, gold feedback": ("bandit", "gold"), "bandit, loss feedback": ("bandit", "loss"),
                  "single:arith": ("single:arith", "loss"), "random": ("random", "loss")}  # name → (selection, feedback)
+OPTIMIZE_BATCH_PROMPTS = 4  # prompts per source choice and per update
 
 
 def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
@@ -553,7 +554,7 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
     from rewardstack.sources.rules import Rule, length_rule
     from rewardstack.synthetic import word_problems
 
-    settings = {"train_problems": args.train_problems, "prompts": args.optimize_prompts, "batch_prompts": 4, "dev": args.dev_problems,
+    settings = {"train_problems": args.train_problems, "prompts": args.optimize_prompts, "batch_prompts": OPTIMIZE_BATCH_PROMPTS, "dev": args.dev_problems,
                 "iterations": args.iterations, "learning_rate": args.policy_learning_rate, "context_dim": args.context_dim, "model": args.model}
     records = Records(args.out / "optimize.jsonl", settings)
     prompts = load_prompts(word_problems(args.optimize_prompts, seed=5000))[0]
@@ -571,12 +572,12 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
                 members = {"arith": RewardModel.from_pretrained(arith_dir), "length": Rule(length_rule(), "length")}
             started = time.perf_counter()
             selector = BanditSelector(members, ContextEncoder("words", dim=args.context_dim), "linucb", seed=seed)
-            config = OptimizeConfig(policy=args.model, selection=selection, feedback=feedback, iterations=args.iterations, batch_prompts=4,
-                                    n=4, max_new_tokens=40, max_length=128, learning_rate=args.policy_learning_rate, seed=seed)
+            config = OptimizeConfig(policy=args.model, selection=selection, feedback=feedback, iterations=args.iterations,
+                                    batch_prompts=OPTIMIZE_BATCH_PROMPTS, n=4, max_new_tokens=40, max_length=128, learning_rate=args.policy_learning_rate, seed=seed)
             history = Optimizer(selector, config, work / f"{seed}-{arm}").run(prompts, dev)
-            records.add({"seed": seed, "arm": arm, "history": history, "seconds": time.perf_counter() - started})
-            print(f"seed {seed} {arm}: dev accuracy " + " → ".join(f"{h['accuracy']['dev']:.3f}" for h in history)
-                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+            took = time.perf_counter() - started
+            records.add({"seed": seed, "arm": arm, "history": history, "seconds": took})
+            print(f"seed {seed} {arm}: dev accuracy " + " → ".join(f"{h['accuracy']['dev']:.3f}" for h in history) + f" ({took:.0f} s)", flush=True)
 
     runs = {arm: [records.find(seed=s, arm=arm) for s in args.seeds] for arm in arms}
     correct = {arm: np.array([[h["dev_correct"]["dev"] for h in run["history"]] for run in arm_runs], dtype=float)  # (seeds, passes + 1, dev)
@@ -594,9 +595,11 @@ def optimize_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], 
         total = max(1, sum(counts.values()))
         table[arm] = {f"pass {i}" if i else "start": float(correct[arm][:, i].mean()) for i in range(args.iterations + 1)} | \
                      {"pairs right over wrong": counts["agree"] / total, "pairs wrong over right": counts["disagree"] / total}
+    bandits = [arm for arm in arms if OPTIMIZE_ARMS[arm][0] == "bandit"]
+    names = sorted({name for arm in bandits for run in runs[arm] for h in run["history"][1:] for name in h["arms"]})
     shares = {f"{arm}, pass {i}": {name: float(np.mean([run["history"][i]["arms"].get(name, 0) / sum(run["history"][i]["arms"].values())
-                                                         for run in runs[arm]])) for name in ("arith", "length")}
-              for arm in ("bandit, gold feedback", "bandit, loss feedback") for i in range(1, args.iterations + 1)}
+                                                         for run in runs[arm]])) for name in names}
+              for arm in bandits for i in range(1, args.iterations + 1)}
     seconds = sum(run["seconds"] for arm_runs in runs.values() for run in arm_runs)
 
     def plot(axis) -> None:
