@@ -7,6 +7,8 @@ a switch, records which tests reach which function, and runs, per mutant, the te
 mutant is killed when one of them fails, survives when all pass, and has no tests when none reaches it.
 Error-message text is not mutated (`raise …Error(...)` statements, see DO_NOT_MUTATE): the conditions
 that raise are, and the tests check each message's file, row and field, not every word.
+Figures are not mutated either (`# pragma: no mutate block` on a plotting function): the tests check
+that a figure is written, not how it looks.
 
 Mutants judged equivalent (no input can tell them from the original) are listed with their reason in
 bench/mutation_equivalent.txt and left out of the score: killed / (mutants − equivalent).
@@ -33,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = {  # module → the fast test files that exercise it
     "rewardstack/losses.py": ["tests/test_math.py", "tests/test_haf.py"],
     "rewardstack/metrics.py": ["tests/test_math.py"],
-    "rewardstack/bon.py": ["tests/test_bon.py"],
+    "rewardstack/bon.py": ["tests/test_bon.py", "tests/test_api.py", "tests/test_bad_input.py", "tests/test_bandit.py"],
     "rewardstack/sources/combine.py": ["tests/test_sources.py"],
     "rewardstack/laser/bandits.py": ["tests/test_bandit.py"],
-    "rewardstack/bayes/*": ["tests/test_laplace.py", "tests/test_math.py"],
+    "rewardstack/bayes/*": ["tests/test_laplace.py", "tests/test_math.py", "tests/test_api.py", "tests/test_bad_input.py"],
     "rewardstack/data/encode.py": ["tests/test_data.py"],
     "rewardstack/data/load.py": ["tests/test_data.py", "tests/test_api.py"],
     "rewardstack/server/batching.py": ["tests/test_server.py"],

@@ -89,7 +89,7 @@ def expected_best_of_n(scores: np.ndarray, values: np.ndarray, ns: Sequence[int]
     total = len(scores)
     if total == 0 or len(values) != total:
         raise ValueError("expected_best_of_n needs as many values as scores, at least one")
-    order = np.argsort(scores, kind="stable")
+    order = np.argsort(scores)  # the order within a tie is irrelevant: a tie contributes its mean
     sorted_scores, sorted_values = scores[order], values[order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
     ends = np.r_[starts[1:], total]  # group g holds ranks starts[g]+1 … ends[g]
@@ -158,7 +158,8 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
     """LASeR best-of-n: pools in order; for each, the bandit picks a member, the member's best response's
     gold is the bandit's feedback. Beside the bandit, the same pools under each member alone, a uniformly
     random member (the mean of the members' curves: its exact expectation) and the ensemble mean of the
-    members' rewards, each z-scored over all responses of the run. Every member scores every pool once
+    members' rewards, each divided by its std over all responses of the run (a z-score without the shift,
+    which moves no ranking). Every member scores every pool once
     for these baselines; the bandit itself only needs its chosen member. Returns run_best_of_n's layout (gold curves) plus the arm of each pool,
     arm counts by pool group, and the bandit's log."""
     if not pools:
@@ -167,10 +168,7 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
         raise UserError("bandit best-of-n: --feedback gold needs gold for every pool (gold, answer, or --gold-reward)")
     scored = {name: score_pools(member, pools, batch_size) for name, member in selector.members.items()}
     member_scores = {name: scores for name, (scores, _) in scored.items()}
-    moments = {}  # each member's mean and std over every response, for the ensemble's z-scores
-    for name, scores in member_scores.items():
-        values = np.concatenate([s.mean for s in scores])
-        moments[name] = (values.mean(), values.std() or 1.0)
+    spread = {name: np.concatenate([s.mean for s in scores]).std() or 1.0 for name, scores in member_scores.items()}
     ns = list(range(1, min(len(pool.responses) for pool in pools) + 1))
     records, by_group = [], defaultdict(lambda: dict.fromkeys(selector.names, 0))
     for t, pool in enumerate(pools):
@@ -181,7 +179,7 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
         selector.feedback(contexts[0], arm, float(pool.gold[best]), pool.prompt)
         by_group[pool.group or "all"][name] += 1
         members = {m: expected_best_of_n(member_scores[m][t].mean, pool.gold, ns) for m in selector.names}
-        ensemble = np.mean([(member_scores[m][t].mean - moments[m][0]) / moments[m][1] for m in selector.names], axis=0)
+        ensemble = np.mean([member_scores[m][t].mean / spread[m] for m in selector.names], axis=0)
         curves = {"bandit": members[name], "random": np.mean(list(members.values()), axis=0),
                   "ensemble": expected_best_of_n(ensemble, pool.gold, ns), **{f"only:{m}": c for m, c in members.items()}}
         records.append({"key": pool.key, "group": pool.group, "arm": name, "best": pool.response_ids[best], "feedback": float(pool.gold[best]),
@@ -270,7 +268,7 @@ def set_gold_from(source, pools: Sequence["Pool"], batch_size: int = 16) -> None
 
 def summarize_best_of_n(result: dict[str, Any], **info: Any) -> dict[str, Any]:
     """run_best_of_n's result without the per-pool records (their count instead), plus `info`."""
-    return {key: value for key, value in result.items() if key != "pools"} | {"pools": len(result["pools"])} | info
+    return result | {"pools": len(result["pools"])} | info
 
 
 def write_best_of_n(result: dict[str, Any], output_dir: str | Path, title: str, **info: Any) -> dict[str, Any]:
@@ -296,7 +294,7 @@ def format_best_of_n(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-of-n") -> None:
+def plot_best_of_n(result: dict[str, Any], path: str | Path, title: str = "best-of-n") -> None:  # pragma: no mutate block (a figure)
     """A grid of gold (when known) and proxy reward of best-of-n, against n (log scale) and against KL,
     one line per curve that has the reward kind."""
     import matplotlib

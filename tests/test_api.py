@@ -88,6 +88,10 @@ def test_best_of_n_takes_pools_as_rows_a_dataset_or_a_path(tmp_path):
     assert best_of_n(length, BonConfig(), pools=datasets.Dataset.from_list(pools))["curves"] == summary["curves"]
     path = write_jsonl(pools, tmp_path / "pools.jsonl")
     assert best_of_n(length, BonConfig(), pools=str(path))["curves"] == summary["curves"]
+    bad = {"prompt": "p3", "responses": ["a", "b"], "gold": [1.0]}
+    assert best_of_n(length, BonConfig(skip_invalid=True), pools=pools + [bad])["skipped"] == {"wrong type": 1}
+    with pytest.raises(UserError, match="row 3: field 'gold'"):
+        best_of_n(length, BonConfig(), pools=pools + [bad])
 
 
 def test_a_mixture_draws_exact_seeded_shares_reading_only_what_it_takes(rows):

@@ -7,6 +7,7 @@ import torch
 import pytest
 import yaml
 
+from rewardstack.bon import BonConfig, best_of_n
 from rewardstack.laser.bandits import EpsilonGreedy, Exp3, LinearThompson, LinUCB, PercentileNormalizer, make_bandit
 from rewardstack.laser.context import ContextEncoder
 from rewardstack.errors import UserError
@@ -181,8 +182,8 @@ def test_bon_with_a_bandit_learns_from_gold_and_reports_baselines(tmp_path):
                         {"name": "short", "source": {"kind": "rule", "function": "rules:short"}}]}
     (tmp_path / "bandit.yaml").write_text(yaml.safe_dump(tree))
     out = tmp_path / "out"
-    result = cli("bon", "--reward", tmp_path / "bandit.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "gold", "--output-dir", out)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = best_of_n(load_source(tmp_path / "bandit.yaml"), BonConfig(feedback="gold"), pools=tmp_path / "pools.jsonl", output_dir=out)
+    assert json.loads((out / "summary.json").read_text()) == summary
     curves = summary["curves"]
     assert set(curves) == {"bandit", "random", "ensemble", "only:long", "only:short"}
     # each member alone: right on half the pools. Best-of-3 by length on a math pool has gold 1, on a chat pool 0.
@@ -192,9 +193,16 @@ def test_bon_with_a_bandit_learns_from_gold_and_reports_baselines(tmp_path):
     assert curves["bandit"]["gold"][2] > 0.7  # it learns which member suits which kind of prompt
     counts = summary["arm_counts_by_group"]
     assert counts["math"]["long"] > counts["math"]["short"] and counts["chat"]["short"] > counts["chat"]["long"]
-    assert sum(summary["arm_counts"].values()) == 40 and "arm counts by group" in result.stdout
+    assert sum(summary["arm_counts"].values()) == 40
     assert (out / "bandit_state.safetensors").exists() and len((out / "bandit_log.jsonl").read_text().splitlines()) == 40
     assert load_source(tmp_path / "bandit.yaml").arm_counts() == {"long": 0, "short": 0}  # no state path: starts fresh
+    # the CLI gives the same run; a tree with a state path keeps the bandit there, and the next run resumes it
+    (tmp_path / "kept.yaml").write_text(yaml.safe_dump({**tree, "state": "kept/state.safetensors"}))
+    result = cli("bon", "--reward", tmp_path / "kept.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "gold", "--output-dir", tmp_path / "cli")
+    assert "arm counts by group" in result.stdout and not (tmp_path / "cli" / "bandit_state.safetensors").exists()
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["arm_counts"] == summary["arm_counts"]
+    assert load_source(tmp_path / "kept.yaml").arm_counts() == summary["arm_counts"]
+    assert len((tmp_path / "kept" / "bandit_log.jsonl").read_text().splitlines()) == 40
     error = cli("bon", "--reward", tmp_path / "bandit.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "user", "--output-dir", out, check_rc=2)
     assert "got 'user' (option --feedback)" in error.stderr
 

@@ -12,6 +12,7 @@ from rewardstack.data.pools import load_pools
 from rewardstack.errors import UserError
 from rewardstack.gold import answer_is_correct, extract_answer, normalize_answer
 from rewardstack.model import ModelConfig, RewardModel
+from rewardstack.sampling import SamplingConfig
 from rewardstack.sources import RewardScores
 
 from conftest import cli, write_rows
@@ -38,6 +39,11 @@ def test_expected_best_of_n_equals_enumerating_every_subset_with_ties():
     assert expected_best_of_n([1, 2, 3], [10, 20, 30], [2])[0] == pytest.approx(80 / 3)
     with pytest.raises(ValueError, match="outside"):
         expected_best_of_n([1, 2], [1, 2], [3])
+    # values given as booleans (correct or not) count as 0/1, also summed within a tie
+    assert expected_best_of_n([1, 1, 0], [True, True, False], [1, 2, 3]).tolist() == pytest.approx([2 / 3, 1.0, 1.0])
+    assert expected_best_of_n([5.0], [0.3], [1]).tolist() == [0.3]  # one sample
+    with pytest.raises(ValueError, match="as many values as scores"):
+        expected_best_of_n([1, 2], [1], [1])
 
 
 def test_best_of_n_kl():
@@ -66,8 +72,37 @@ def test_objectives_parse_score_and_refuse_bad_specs():
     for bad in ("lcb", "lcb:x", "max", "var:-1", "mean:2", "slcb"):
         with pytest.raises(UserError, match="objective"):
             Objective.parse(bad)
+    with pytest.raises(UserError) as error:
+        Objective.parse("max")
+    assert str(error.value) == ("objective 'max': use mean, lcb:K (mean − K·std), var:K (mean − K·variance), slcb:K (lcb with the std "
+                                "rescaled to the pool's reward spread), or for an ensemble min or uwo:K (members' mean − K·their variance), K ≥ 0")
     with pytest.raises(UserError, match="rewardstack laplace"):
         Objective.parse("lcb:1").score(RewardScores(mean))
+
+
+def test_selection_scores_are_float64_whatever_the_rewards_precision():
+    mean, std = np.float32([0.1, 2.7, 1.3]), np.float32([0.1, 0.7, 0.3])  # a model's float32 rewards
+    m, s = mean.astype(np.float64), std.astype(np.float64)
+    scores = RewardScores(mean, std)
+    assert Objective.parse("mean").score(scores).dtype == np.float64
+    assert Objective.parse("lcb:0.3").score(scores).tolist() == (m - 0.3 * s).tolist()
+    assert Objective.parse("slcb:0.3").score(scores).tolist() == (m - 0.3 * m.std() * s / s.mean()).tolist()
+
+
+def test_set_gold_from_scores_every_pool_in_float64():
+    from rewardstack.bon import set_gold_from
+
+    class Float32Length(LengthReward):
+        def score(self, prompts, responses, batch_size=16):
+            scores = super().score(prompts, responses, batch_size)
+            return RewardScores(scores.mean.astype(np.float32))
+
+    pools = [pool_of("0", "q", ["a", "bbb"], [1.0, 0.0]), pool_of("1", "q", ["cc"])]
+    gold = Float32Length()
+    set_gold_from(gold, pools)
+    set_gold_from(gold, pools, batch_size=3)
+    assert [p.gold.tolist() for p in pools] == [[1.0, 3.0], [2.0]] and pools[0].gold.dtype == np.float64
+    assert gold.batch_sizes == [16, 3]
 
 
 @pytest.mark.parametrize(
@@ -134,24 +169,155 @@ def test_bad_pool_rows_name_file_row_and_field(tmp_path):
 
 
 class LengthReward:
-    """A rule source: reward = response length, std = 1 for responses starting with '?'."""
+    """A rule source: reward = response length, std = 10 for responses starting with '?'; reports 2 rows
+    truncated per call and records the batch size it was given."""
+
+    def __init__(self):
+        self.batch_sizes = []
 
     def score(self, prompts, responses, batch_size=16):
+        self.batch_sizes.append(batch_size)
         mean = np.array([float(len(r)) for r in responses])
-        return RewardScores(mean=mean, std=np.array([10.0 if r.startswith("?") else 0.0 for r in responses]))
+        return RewardScores(mean=mean, std=np.array([10.0 if r.startswith("?") else 0.0 for r in responses]), truncated=2)
+
+
+def pool_of(key, prompt, responses, gold=None, group=None):
+    from rewardstack.data.pools import Pool
+
+    ids = [f"{key}-{i}" for i in range(len(responses))]
+    return Pool(key, ({"role": "user", "content": prompt},), responses, ids, None if gold is None else np.array(gold, dtype=float), group=group)
 
 
 def test_run_best_of_n_curves_per_objective():
-    from rewardstack.data.pools import Pool
-
-    pool = Pool("0", ({"role": "user", "content": "q"},), ["a", "bbb", "?cccc"], ["x", "y", "z"], np.array([0.0, 1.0, 0.2]))
+    pool = pool_of("0", "q", ["a", "bbb", "?cccc"], [0.0, 1.0, 0.2])
     result = run_best_of_n(LengthReward(), [pool, pool], [Objective.parse("mean"), Objective.parse("lcb:1")])
-    assert result["n"] == [1, 2, 3]
+    assert result["n"] == [1, 2, 3] and result["truncated"] == 2
+    np.testing.assert_allclose(result["kl"], [0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
     # mean picks by length: the uncertain longest one wins whenever drawn
     np.testing.assert_allclose(result["curves"]["mean"]["gold"], [1.2 / 3, (1.0 + 0.2 + 0.2) / 3, 0.2])
-    # lcb:1 ranks "?cccc" at 5 − 10 = −5, below the rest
+    np.testing.assert_allclose(result["curves"]["mean"]["proxy"], [3.0, 13 / 3, 5.0])  # lengths 1, 3, 5
+    # lcb:1 ranks "?cccc" at 5 − 10 = −5, below the rest; its proxy is still the mean reward, 5
     np.testing.assert_allclose(result["curves"]["lcb:1"]["gold"], [1.2 / 3, (1.0 + 0.0 + 1.0) / 3, 1.0])
-    assert result["pools"][0]["objectives"]["lcb:1"]["best"] == "y"
+    np.testing.assert_allclose(result["curves"]["lcb:1"]["proxy"], [3.0, (3 + 1 + 3) / 3, 3.0])
+    record = result["pools"][0]
+    assert record["objectives"]["lcb:1"]["best"] == "0-1" and record["objectives"]["mean"]["best"] == "0-2"
+    assert {k: v for k, v in record.items() if k != "objectives"} == {
+        "key": "0", "responses": 3, "reward": [1.0, 3.0, 5.0], "reward_std": [0.0, 0.0, 10.0], "gold": [0.0, 1.0, 0.2]}
+    # a pool without gold: proxy curves only, up to the smallest pool's size
+    mixed = run_best_of_n(LengthReward(), [pool, pool_of("1", "q", ["dd", "e"])], [Objective.parse("mean")])
+    assert mixed["n"] == [1, 2] and list(mixed["curves"]["mean"]) == ["proxy"] and "gold" not in mixed["pools"][1]
+    np.testing.assert_allclose(mixed["curves"]["mean"]["proxy"], [(3.0 + 1.5) / 2, (13 / 3 + 2.0) / 2])
+    with pytest.raises(UserError, match="no pools"):
+        run_best_of_n(LengthReward(), [], [Objective.parse("mean")])
+    with pytest.raises(UserError, match=r"needs an ensemble reward source \(kind: ensemble in a YAML tree\)"):
+        run_best_of_n(LengthReward(), [pool], [Objective.parse("uwo:1")])
+    source = LengthReward()
+    run_best_of_n(source, [pool], [Objective.parse("mean")])
+    run_best_of_n(source, [pool], [Objective.parse("mean")], batch_size=3)
+    assert source.batch_sizes == [16, 3]
+
+
+def test_member_objectives_rank_by_an_ensembles_members_also_when_normalized():
+    from rewardstack.sources.combine import Ensemble, Normalized
+
+    # members: length (1, 3, 5) and 6 − length (5, 3, 1): their mean is 3 for every response, their
+    # variance 4, 0, 4, so uwo:1 = 3 − variance and min = (1, 3, 1) both pick "bbb", the gold one
+    ensemble = Ensemble({"long": LengthReward(), "short": RuleReward(lambda r: 6.0 - len(r), 0)})
+    pool = pool_of("0", "q", ["a", "bbb", "?cccc"], [0.0, 1.0, 0.2])
+    for source in (ensemble, Normalized(ensemble, 1.0, 2.0)):
+        result = run_best_of_n(source, [pool], [Objective.parse("uwo:1"), Objective.parse("min")])
+        assert result["pools"][0]["objectives"]["uwo:1"]["best"] == "0-1" and result["pools"][0]["objectives"]["min"]["best"] == "0-1"
+        np.testing.assert_allclose(result["curves"]["min"]["gold"], [1.2 / 3, (1.0 + 0.1 + 1.0) / 3, 1.0])  # a and ?cccc tie
+
+
+class ScriptedSelector:
+    """A stand-in for a bandit: arm 0 for prompts that mention math, else arm 1; it records its feedback."""
+
+    def __init__(self, members):
+        self.members, self.names, self.feedbacks = members, list(members), []
+
+    def select(self, prompts):
+        text = prompts[0][-1]["content"]
+        return np.array([[float(len(text))]]), [0 if "math" in text else 1]
+
+    def feedback(self, context, arm, raw, prompt=None):
+        self.feedbacks.append((context.tolist(), arm, raw, prompt[-1]["content"]))
+
+    def arm_counts(self):
+        return {name: sum(arm == i for _, arm, _, _ in self.feedbacks) for i, name in enumerate(self.names)}
+
+
+class RuleReward:
+    def __init__(self, rule, truncated):
+        self.rule, self.truncated = rule, truncated
+
+    def score(self, prompts, responses, batch_size=16):
+        return RewardScores(mean=np.array([self.rule(r) for r in responses], dtype=float), truncated=self.truncated)
+
+
+def test_bandit_best_of_n_follows_the_chosen_member_and_reports_every_baseline():
+    from rewardstack.bon import run_bandit_best_of_n
+
+    # `long` = 10·length, `y` = 1 for the response "yy": z-scored over all 9 responses (length mean 2, sd √(2/3);
+    # `y` mean 1/3, sd √2/3) their sum ranks yy (1.41) > zzz (0.52) > x (−1.93). Unscaled, `long` would decide.
+    members = {"long": RuleReward(lambda r: 10.0 * len(r), 1), "y": RuleReward(lambda r: float(r == "yy"), 3)}
+    pools = [pool_of("0", "math 0", ["x", "yy", "zzz"], [0.0, 0.5, 1.0], "math"),
+             pool_of("1", "chat 1", ["x", "yy", "zzz"], [1.0, 0.25, 0.0], "chat"),
+             pool_of("2", "chat two", ["yy", "zzz", "x"], [0.5, 0.0, 1.0])]
+    selector = ScriptedSelector(members)
+    result = run_bandit_best_of_n(selector, pools)
+    assert result["arms"] == ["long", "y", "y"] and result["truncated"] == 3
+    assert selector.feedbacks == [([6.0], 0, 1.0, "math 0"), ([6.0], 1, 0.25, "chat 1"), ([8.0], 1, 0.5, "chat two")]
+    assert [r["best"] for r in result["pools"]] == ["0-2", "1-1", "2-0"] and [r["feedback"] for r in result["pools"]] == [1.0, 0.25, 0.5]
+    assert result["arm_counts_by_group"] == {"math": {"long": 1, "y": 0}, "chat": {"long": 0, "y": 1}, "all": {"long": 0, "y": 1}}
+    assert result["arm_counts"] == {"long": 1, "y": 2} and result["n"] == [1, 2, 3]
+    np.testing.assert_allclose(result["kl"], [0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
+    assert [r["key"] for r in result["pools"]] == ["0", "1", "2"]
+    assert result["pools"][2]["rewards"] == {"long": [20.0, 30.0, 10.0], "y": [1.0, 0.0, 0.0]}
+    assert result["pools"][2]["group"] is None and result["pools"][2]["gold"] == [0.5, 0.0, 1.0]
+    # a group's counts add up; one pool alone; the batch size reaches every member
+    twice = run_bandit_best_of_n(ScriptedSelector(members), [pools[1], pools[1]])
+    assert twice["arm_counts_by_group"] == {"chat": {"long": 0, "y": 2}}
+    counting = LengthReward()
+    alone = run_bandit_best_of_n(ScriptedSelector({"long": counting, "y": members["y"]}), [pools[0]], batch_size=5)
+    assert alone["arms"] == ["long"] and set(alone["curves"]) == {"bandit", "random", "ensemble", "only:long", "only:y"}
+    assert counting.batch_sizes == [5]
+    run_bandit_best_of_n(ScriptedSelector({"long": counting, "y": members["y"]}), [pools[0]])
+    assert counting.batch_sizes == [5, 16]
+
+    def curve(ranks, pool):  # best-of-n gold of ranking the pool's responses by `ranks`
+        return [brute_force(ranks, pool.gold.tolist(), n) for n in (1, 2, 3)]
+
+    by_length = [curve([len(r) for r in p.responses], p) for p in pools]
+    by_y = [curve([float(r == "yy") for r in p.responses], p) for p in pools]
+    ensemble = [curve([{"yy": 3, "zzz": 2, "x": 1}[r] for r in p.responses], p) for p in pools]
+    expected = {"bandit": np.mean([by_length[0], by_y[1], by_y[2]], axis=0), "only:long": np.mean(by_length, axis=0),
+                "only:y": np.mean(by_y, axis=0), "ensemble": np.mean(ensemble, axis=0)}
+    expected["random"] = (expected["only:long"] + expected["only:y"]) / 2
+    assert set(result["curves"]) == set(expected)
+    for method, values in expected.items():
+        np.testing.assert_allclose(result["curves"][method]["gold"], values, rtol=1e-12, err_msg=method)
+        np.testing.assert_allclose(result["pools"][1]["objectives"][method]["gold"],
+                                   {"bandit": by_y[1], "only:long": by_length[1], "only:y": by_y[1], "ensemble": ensemble[1],
+                                    "random": (np.array(by_length[1]) + by_y[1]) / 2}[method], rtol=1e-12, err_msg=method)
+    with pytest.raises(UserError, match="needs gold for every pool"):
+        run_bandit_best_of_n(ScriptedSelector(members), [pools[0], pool_of("3", "q", ["a", "b"])])
+    with pytest.raises(UserError, match="no pools"):
+        run_bandit_best_of_n(ScriptedSelector(members), [])
+
+
+def test_format_best_of_n_shows_powers_of_two_and_the_largest_n():
+    from rewardstack.bon import format_best_of_n
+
+    curves = {"only:length": {"proxy": [float(n) for n in range(1, 18)], "gold": [n / 100 for n in range(1, 18)]}, "mean": {"proxy": [0.5] * 17}}
+    assert format_best_of_n({"n": list(range(1, 18)), "curves": curves}).splitlines() == [
+        "objective    reward        n=1      n=2      n=4      n=8     n=16     n=17",
+        "only:length  proxy       1.000    2.000    4.000    8.000   16.000   17.000",
+        "only:length  gold        0.010    0.020    0.040    0.080    0.160    0.170",
+        "mean         proxy       0.500    0.500    0.500    0.500    0.500    0.500"]
+    assert format_best_of_n({"n": list(range(1, 66)), "curves": {"mean": {"proxy": [n / 4 for n in range(1, 66)]}}}).splitlines() == [
+        "objective  reward        n=1      n=2      n=4      n=8     n=16     n=32     n=64     n=65",
+        "mean       proxy       0.250    0.500    1.000    2.000    4.000    8.000   16.000   16.250"]
 
 
 def test_cli_bon_writes_results_summary_and_plot(tmp_path):
@@ -182,7 +348,7 @@ def perturbed_policy():
 
 
 def test_shared_prompt_cache_gives_the_same_tokens_as_plain_generation():
-    from rewardstack.sampling import SamplingConfig, sample_responses
+    from rewardstack.sampling import sample_responses
 
     policy, tokenizer = perturbed_policy()
     prompt = ({"role": "user", "content": "What is 2 + 3?"},)
@@ -197,7 +363,7 @@ def test_shared_prompt_cache_gives_the_same_tokens_as_plain_generation():
 
 
 def test_samples_are_seeded_per_prompt():
-    from rewardstack.sampling import SamplingConfig, sample_responses
+    from rewardstack.sampling import sample_responses
 
     policy, tokenizer = perturbed_policy()
     a, b = ({"role": "user", "content": "Name a colour."},), ({"role": "user", "content": "Count to three, slowly, and then stop counting."},)
@@ -213,21 +379,71 @@ def test_samples_are_seeded_per_prompt():
         SamplingConfig(temperature=-1)
 
 
-def test_cli_bon_samples_from_a_policy_and_uses_a_gold_model(tmp_path):
-    model_dir = tmp_path / "model"
-    RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2)).save(model_dir)
-    prompts = write_rows(tmp_path / "prompts.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": "4"}])
+def test_bon_samples_from_a_policy_writes_its_pools_and_takes_a_gold_model(tmp_path):
+    from rewardstack.bon import BonConfig, best_of_n
+
+    model = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=2))
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # rewards that differ per response
+    rows = [{"question": "1+1?", "solution": "2"}, {"question": "2+2?", "solution": "4"}, {"solution": "6"}, {"question": "4+4?", "solution": "8"}]
+    config = BonConfig(policy="tiny-random", prompt_key="question", answer_key="solution", max_pools=2, skip_invalid=True,
+                       sampling=SamplingConfig(n=3, max_new_tokens=6), batch_size=4)
     out = tmp_path / "bon"
-    result = cli("bon", "--reward", model_dir, "--prompts", prompts, "--policy", "tiny-random", "--n", "3",
-                 "--max-new-tokens", "6", "--output-dir", out)
-    assert "2 pools, n up to 3" in result.stdout and "samples cut at --max-new-tokens" in result.stdout
+    summary = best_of_n(model, config, prompts=rows, output_dir=out)
+    assert summary["pools"] == 2 and summary["n"] == [1, 2, 3] and summary["skipped"] == {"missing field": 1}
+    assert summary["unfinished_samples"] == 6  # six tokens never end a tiny-random sample
     pools = [json.loads(line) for line in (out / "pools.jsonl").read_text().splitlines()]
-    assert [len(p["responses"]) for p in pools] == [3, 3] and all(len(p["gold"]) == 3 for p in pools)
-    cli("bon", "--reward", model_dir, "--pools", out / "pools.jsonl", "--gold-reward", model_dir, "--output-dir", tmp_path / "self")
-    summary = json.loads((tmp_path / "self" / "summary.json").read_text())
-    assert summary["curves"]["mean"]["gold"] == pytest.approx(summary["curves"]["mean"]["proxy"])  # its own gold
-    bad = cli("bon", "--reward", model_dir, "--output-dir", out, check_rc=2)
-    assert "exactly one of --pools" in bad.stderr
+    assert [p["prompt"][-1]["content"] for p in pools] == ["1+1?", "2+2?"] and [len(p["responses"]) for p in pools] == [3, 3]
+    assert [p["gold"] for p in pools] == [[0.0] * 3] * 2  # random text never answers
+    assert json.loads((out / "summary.json").read_text()) == summary
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in results] == [p["id"] for p in pools] and (out / "best_of_n.png").stat().st_size > 1000
+    assert best_of_n(model, replace(config, max_pools=1), prompts=rows)["pools"] == 1  # without an output directory
+    assert json.loads((out / ".rewardstack-run").read_text()) == {"command": "bon"}
+    # the model as its own gold: gold curves equal the proxy curves, which rise with n
+    own = best_of_n(model, BonConfig(), pools=out / "pools.jsonl", gold_source=model)
+    assert own["curves"]["mean"]["gold"] == pytest.approx(own["curves"]["mean"]["proxy"])
+    assert own["curves"]["mean"]["proxy"][0] < own["curves"]["mean"]["proxy"][2] and own["unfinished_samples"] is None
+    # the CLI with the same options samples the same pools
+    model.save(tmp_path / "model")
+    prompts = write_rows(tmp_path / "prompts.jsonl", rows)
+    result = cli("bon", "--reward", tmp_path / "model", "--prompts", prompts, "--policy", "tiny-random", "--prompt-key", "question",
+                 "--answer-key", "solution", "--max-pools", "2", "--skip-invalid", "--n", "3", "--max-new-tokens", "6",
+                 "--batch-size", "4", "--output-dir", tmp_path / "cli")
+    assert "2 pools, n up to 3" in result.stdout and "samples cut at --max-new-tokens" in result.stdout
+    assert (tmp_path / "cli" / "pools.jsonl").read_text() == (out / "pools.jsonl").read_text()
+    assert json.loads((tmp_path / "cli" / "summary.json").read_text())["curves"]["mean"]["proxy"] == pytest.approx(summary["curves"]["mean"]["proxy"])
+    result = cli("bon", "--reward", tmp_path / "model", "--output-dir", out, check_rc=2)
+    assert "exactly one of --pools" in result.stderr
+
+
+def test_bon_samples_on_the_configured_device(monkeypatch):
+    import rewardstack.sampling
+    from rewardstack.bon import BonConfig, best_of_n
+    from rewardstack.config import ComputeConfig
+
+    asked = []
+
+    def sample_pools(policy, prompts, config, device):
+        asked.append((policy, [p.key for p in prompts], config.n, device))
+        return [pool_of(p.key, "q", ["a", "bbb"], [0.0, 1.0]) for p in prompts], 0
+
+    monkeypatch.setattr(rewardstack.sampling, "sample_pools", sample_pools)
+    config = BonConfig(policy="some/policy", sampling=SamplingConfig(n=2), compute=ComputeConfig(device="cuda:1"))
+    summary = best_of_n(LengthReward(), config, prompts=[{"prompt": "1+1?"}, {"prompt": "2+2?"}])
+    assert asked == [("some/policy", ["row 1", "row 2"], 2, "cuda:1")] and summary["unfinished_samples"] == 0
+
+
+def test_bon_hands_its_batch_size_to_every_source_it_scores_with():
+    from rewardstack.bon import BonConfig, best_of_n
+    from rewardstack.laser.context import ContextEncoder
+    from rewardstack.laser.selector import BanditSelector
+
+    pools = [{"prompt": "p", "responses": ["a", "bbb"], "gold": [0.0, 1.0]}]
+    reward, gold = LengthReward(), LengthReward()
+    best_of_n(reward, BonConfig(batch_size=3), pools=pools, gold_source=gold)
+    members = {"a": LengthReward(), "b": LengthReward()}
+    best_of_n(BanditSelector(members, ContextEncoder("words", dim=4)), BonConfig(batch_size=5, feedback="gold"), pools=pools)
+    assert (reward.batch_sizes, gold.batch_sizes, members["a"].batch_sizes, members["b"].batch_sizes) == ([3], [3], [5], [5])
 
 
 class FakeVllm:
@@ -272,7 +488,7 @@ class FakeVllm:
 def test_generation_backend_picks_vllm_only_with_the_package_and_a_gpu(monkeypatch):
     import importlib.util
 
-    from rewardstack.sampling import SamplingConfig, generation_backend
+    from rewardstack.sampling import generation_backend
 
     real_find_spec = importlib.util.find_spec
     for has_vllm, has_gpu in itertools.product([False, True], repeat=2):

@@ -364,3 +364,47 @@ def test_batcher_groups_by_tokens_carries_the_overflow_and_serialises_calls_with
     assert [r.truncated for r in results] == [0, 1, 0, 0]
     assert failing[0].result().mean.tolist() == [20.0] and "cannot score 'bad'" in str(failing[1].exception())
     assert (stats.requests, stats.rows, stats.batches, stats.truncated, stats.refused, stats.largest_batch_requests) == (5, 6, 4, 1, 0, 2)
+
+
+def test_batcher_waits_for_company_scores_a_full_batch_at_once_and_stops_cleanly():
+    """The defaults; a request arriving within max_wait_ms joins the batch, a job that fills it exactly
+    is taken, and a full batch is scored at once (not at the end of the wait); stop() without start()
+    waits for a `call` in progress."""
+    import asyncio
+
+    from rewardstack.server.batching import DynamicBatcher
+
+    class Lengths:
+        def __init__(self):
+            self.calls = []
+
+        def score(self, prompts, responses, batch_size=16):
+            self.calls.append(list(responses))
+            return RewardScores(mean=np.array([float(len(r)) for r in responses]))
+
+    defaults = DynamicBatcher(Lengths())
+    assert (defaults.max_batch_tokens, defaults.max_wait, defaults.queue.maxsize, defaults.batch_size) == (16384, 0.005, 256, 16)
+
+    async def scenario():
+        source = Lengths()
+        batcher = DynamicBatcher(source, max_batch_tokens=8, max_wait_ms=800)
+        batcher.start()
+        started = time.perf_counter()
+        first = asyncio.ensure_future(batcher.score(["p"], ["a"], tokens=3))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.score(["p"], ["bb"], tokens=5))  # 3 + 5 = 8: fills the batch exactly
+        results = await asyncio.gather(first, second)
+        waited = time.perf_counter() - started
+        await batcher.stop()
+        idle, done = DynamicBatcher(source), []
+        running = asyncio.ensure_future(idle.call(lambda: (time.sleep(0.3), done.append("call"))))
+        await asyncio.sleep(0.05)
+        await idle.stop()
+        stopped_after_call = list(done)
+        await running
+        return source.calls, results, waited, stopped_after_call
+
+    calls, results, waited, stopped_after_call = asyncio.run(scenario())
+    assert calls == [["a", "bb"]] and [r.mean.tolist() for r in results] == [[1.0], [2.0]]
+    assert waited < 0.5  # scored when full, not at the end of its 800 ms wait
+    assert stopped_after_call == ["call"]

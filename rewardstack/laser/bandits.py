@@ -28,7 +28,7 @@ def argmax_breaking_ties(values: np.ndarray, rng: np.random.Generator) -> int:
 class _Linear:
     """Per-arm ridge statistics A_k⁻¹ and b_k over d-dimensional contexts."""
 
-    def __init__(self, arms: int, dim: int, ridge: float = 1.0, seed: int = 0):
+    def __init__(self, arms: int, dim: int, ridge: float, seed: int):
         self.A_inv = np.stack([np.eye(dim) / ridge for _ in range(arms)])
         self.b = np.zeros((arms, dim))
         self.counts = np.zeros(arms, dtype=np.int64)

@@ -98,8 +98,6 @@ class DynamicBatcher:
                 batch.append(job)
                 tokens += job.tokens
             await self._score(batch)
-        if carried is not None:
-            await self._score([carried])
 
     async def _score(self, batch: list[Job]) -> None:
         """Score the batch in one call; if that fails, score each request alone, so only the requests that
