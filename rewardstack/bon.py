@@ -159,8 +159,8 @@ def run_bandit_best_of_n(selector, pools: Sequence["Pool"], batch_size: int = 16
     gold is the bandit's feedback. Beside the bandit, the same pools under each member alone, a uniformly
     random member (the mean of the members' curves: its exact expectation) and the ensemble mean of the
     members' rewards, each divided by its std over all responses of the run (a z-score without the shift,
-    which moves no ranking). Every member scores every pool once
-    for these baselines; the bandit itself only needs its chosen member. Returns run_best_of_n's layout (gold curves) plus the arm of each pool,
+    which moves no ranking). Every member scores every pool once for these baselines; the bandit itself
+    only needs its chosen member. Returns run_best_of_n's layout (gold curves) plus the arm of each pool,
     arm counts by pool group, and the bandit's log."""
     if not pools:
         raise UserError("best-of-n: no pools")
