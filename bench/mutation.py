@@ -86,6 +86,7 @@ def write_config(work: Path, modules: list[str]) -> None:
         handle.write(f"""
 [tool.mutmut]
 source_paths = ["rewardstack/"]
+also_copy = ["configs/"]
 only_mutate = {json.dumps(modules)}
 do_not_mutate_patterns = {json.dumps(DO_NOT_MUTATE)}
 pytest_add_cli_args = ["-m", "not integration", "-p", "no:cacheprovider"]
