@@ -317,3 +317,32 @@ def test_prior_precision_search_finds_an_interior_optimum_on_either_side(eigenva
     found, curve = posterior.optimize_prior_precision()
     assert found == pytest.approx(optimum, rel=1e-6)
     assert min(d for d, _ in curve) < optimum < max(d for d, _ in curve) and all(abs(d / optimum - 1) > 0.01 for d, _ in curve)
+
+
+def test_factor_sums_add_up_across_processes_only_when_there_are_several():
+    """all_reduce sums the dense factor, or the sketch and its exact diagonal, over the processes; with
+    one process it leaves them alone. A stand-in accelerator plays a second process holding the same rows."""
+
+    class TwoProcesses:
+        def __init__(self, processes):
+            self.num_processes, self.calls = processes, []
+
+        def reduce(self, tensor, reduction):
+            self.calls.append(reduction)
+            return tensor * self.num_processes
+
+    rows = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
+    for max_dense in (3, 2):  # dense, then a sketch of rank 1
+        factor = FactorSum(3, max_dense, 1, torch.device("cpu"))
+        factor.add(rows)
+        alone = (factor.sum.clone(), None if factor.dense else factor.diagonal.clone())
+        single = TwoProcesses(1)
+        factor.all_reduce(single)
+        assert torch.equal(factor.sum, alone[0]) and single.calls == []
+        accelerator = TwoProcesses(2)
+        factor.all_reduce(accelerator)
+        assert torch.equal(factor.sum, 2 * alone[0])
+        if factor.dense:
+            assert torch.equal(factor.sum, 2 * rows.T @ rows) and accelerator.calls == ["sum"]
+        else:
+            assert torch.equal(factor.diagonal, 2 * rows.square().sum(0)) and accelerator.calls == ["sum", "sum"]
