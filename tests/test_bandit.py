@@ -196,7 +196,7 @@ def test_bon_with_a_bandit_learns_from_gold_and_reports_baselines(tmp_path):
     assert sum(summary["arm_counts"].values()) == 40
     assert (out / "bandit_state.safetensors").exists() and len((out / "bandit_log.jsonl").read_text().splitlines()) == 40
     assert load_source(tmp_path / "bandit.yaml").arm_counts() == {"long": 0, "short": 0}  # no state path: starts fresh
-    # the CLI gives the same run; a tree with a state path keeps the bandit there, and the next run resumes it
+    # the CLI gives the same run; a tree with a state path keeps the bandit there, and loading the tree again resumes it
     (tmp_path / "kept.yaml").write_text(yaml.safe_dump({**tree, "state": "kept/state.safetensors"}))
     result = cli("bon", "--reward", tmp_path / "kept.yaml", "--pools", tmp_path / "pools.jsonl", "--feedback", "gold", "--output-dir", tmp_path / "cli")
     assert "arm counts by group" in result.stdout and not (tmp_path / "cli" / "bandit_state.safetensors").exists()

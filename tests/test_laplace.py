@@ -323,7 +323,7 @@ def test_factor_sums_add_up_across_processes_only_when_there_are_several():
     """all_reduce sums the dense factor, or the sketch and its exact diagonal, over the processes; with
     one process it leaves them alone. A stand-in accelerator plays a second process holding the same rows."""
 
-    class TwoProcesses:
+    class StandInAccelerator:
         def __init__(self, processes):
             self.num_processes, self.calls = processes, []
 
@@ -336,10 +336,10 @@ def test_factor_sums_add_up_across_processes_only_when_there_are_several():
         factor = FactorSum(3, max_dense, 1, torch.device("cpu"))
         factor.add(rows)
         alone = (factor.sum.clone(), None if factor.dense else factor.diagonal.clone())
-        single = TwoProcesses(1)
+        single = StandInAccelerator(1)
         factor.all_reduce(single)
         assert torch.equal(factor.sum, alone[0]) and single.calls == []
-        accelerator = TwoProcesses(2)
+        accelerator = StandInAccelerator(2)
         factor.all_reduce(accelerator)
         assert torch.equal(factor.sum, 2 * alone[0])
         if factor.dense:
