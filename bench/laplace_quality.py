@@ -61,7 +61,7 @@ def main() -> None:
 
     posterior = fit_laplace(model, train_file)
     val_pairs = encode_pairs(model.encoder, load_preferences(val_file)[0])
-    grid, val_nll = validation_nll_curve(model, posterior, val_pairs)
+    grid, val_nll = validation_nll_curve(model, val_pairs)
     priors = {"evidence": posterior.prior_precision, "val": float(grid[int(np.argmin(val_nll))])}
 
     results = {"settings": vars(args) | {"out": str(args.out)}, "train": summary, "priors": priors,

@@ -2,6 +2,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,13 +12,13 @@ from torch.func import functional_call, jacrev
 from rewardstack.bayes import Laplace, fit_laplace, pair_moments
 from rewardstack.config import LaplaceConfig
 from rewardstack.bayes.fit import FactorSum
-from rewardstack.bayes.posterior import Block, Eigen
+from rewardstack.bayes.posterior import PRIOR_GRID, Block, Eigen, Posterior
 from rewardstack.bayes.predict import probit_logit
 from rewardstack.bayes.taps import posterior_layers
 from rewardstack.sources import build_source
 from rewardstack.data.encode import Encoded, encode_pairs
 from rewardstack.packing import pack
-from rewardstack.data.load import PreferencePair
+from rewardstack.data.load import Columns, PreferencePair
 from rewardstack.errors import UserError
 from rewardstack.model import ModelConfig, RewardModel
 from rewardstack.synthetic import arithmetic_pairs, write_jsonl
@@ -38,6 +39,17 @@ def lora_model(objective="bt", lora_r=2) -> RewardModel:
 def pairs_of(n, seed=7):
     rows = arithmetic_pairs(n, seed=seed)
     return [PreferencePair(({"role": "user", "content": r["prompt"]},), r["chosen"], r["rejected"]) for r in rows]
+
+
+class StandInAccelerator:
+    """Plays `processes` processes that all hold the same statistics: a sum over them is `processes` times one."""
+
+    def __init__(self, processes):
+        self.num_processes, self.calls = processes, []
+
+    def reduce(self, tensor, reduction="sum"):
+        self.calls.append(reduction)
+        return tensor * self.num_processes
 
 
 class DenseLaplace:
@@ -140,6 +152,14 @@ def test_low_rank_factor_variances_equal_the_dense_covariance_they_stand_for():
     assert sum(m * len(v) for v, m in groups) == out_dim * in_dim
     expected_logdet = torch.logdet(torch.kron(dense_factor(out), dense_factor(inp)).double() + delta * torch.eye(18, dtype=torch.float64))
     assert sum(m * float(torch.log(v.double() + delta).sum()) for v, m in groups) == pytest.approx(float(expected_logdet), rel=1e-5)
+    # two blocks: the evidence adds both log-determinants to −log p(D|θ*) … over all 18 + 6 weights
+    head = Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), Eigen(torch.eye(6), torch.arange(1.0, 7.0)))
+    posterior = Posterior("all", [Block("x", out, inp), head], log_likelihood=-2.5, mean_sq_norm=1.5)
+    head_logdet = float(torch.log(torch.arange(1.0, 7.0, dtype=torch.float64) + delta).sum())
+    expected = -2.5 - 0.5 * delta * 1.5 + 0.5 * 24 * math.log(delta) - 0.5 * (float(expected_logdet) + head_logdet)
+    assert posterior.log_marginal_likelihood(delta) == pytest.approx(expected, rel=1e-6)
+    assert posterior.to("meta") is posterior
+    assert {t.device.type for b in posterior.blocks for e in (b.out, b.inp) for t in (e.vectors, e.values)} == {"meta"}
 
 
 def test_sketched_factor_is_exact_below_its_rank_and_keeps_the_trace():
@@ -166,6 +186,7 @@ def test_low_rank_fit_runs_and_gives_positive_std():
     model = lora_model()
     train = encode_pairs(model.encoder, pairs_of(12))
     posterior = Laplace(model, max_factor_size=16, factor_rank=4).fit(train).posterior
+    assert (posterior.info["pairs"], posterior.info["truncated"], "data" in posterior.info) == (12, train.truncated, False)
     lora_a = next(b for b in posterior.blocks if "lora_A" in b.name)
     assert lora_a.inp.vectors.shape == (32, 4) and lora_a.inp.rest > 0
     rows = arithmetic_pairs(3, seed=1)
@@ -218,13 +239,63 @@ def test_validation_prior_picks_the_lowest_validation_nll():
         fit_laplace(model, train, LaplaceConfig(prior="val"))
 
 
+def test_laplace_reads_rows_through_its_columns_and_records_how_it_was_fitted():
+    model = lora_model()
+    columns = Columns(prompt_key="q", chosen_key="good", rejected_key="bad")
+
+    def rows(pairs, oriented=False):  # the user's rows under other names, and one without a rejected response
+        out = []
+        for r in pairs:
+            good, bad = r["chosen"], r["rejected"]
+            if oriented and np.subtract(*model.score([r["prompt"]] * 2, [good, bad]).mean) < 0:
+                good, bad = bad, good  # now the MAP reward prefers `good`: a sharper posterior only helps
+            out.append({"q": r["prompt"], "good": good, "bad": bad})
+        return out + [{"q": "1+1?", "good": "2"}]
+
+    defaults, laplace = LaplaceConfig(), Laplace(model)
+    assert (laplace.subset, laplace.batch_size, laplace.max_factor_size, laplace.factor_rank, laplace.skip_invalid) == (
+        defaults.subset, defaults.batch_size, defaults.max_factor_size, defaults.factor_rank, defaults.skip_invalid)
+    with pytest.raises(UserError, match="call fit"):
+        laplace.optimize_prior_precision()
+    started = time.perf_counter()
+    laplace = Laplace(model, batch_size=4, max_factor_size=16, factor_rank=4, columns=columns, skip_invalid=True).fit(rows(arithmetic_pairs(10, seed=0)))
+    elapsed = time.perf_counter() - started
+    posterior, info = laplace.posterior, laplace.posterior.info
+    assert model.posterior is posterior
+    assert {k: info[k] for k in ("data", "pairs", "skipped", "prior_method", "max_factor_size", "factor_rank")} == {
+        "data": "<list>", "pairs": 10, "skipped": {"missing field": 1}, "prior_method": "evidence", "max_factor_size": 16, "factor_rank": 4}
+    assert 0 < info["fit_seconds"] <= elapsed
+    assert info["evidence_curve"] == [(d, posterior.log_marginal_likelihood(d)) for d in PRIOR_GRID]
+    evidence = info["evidence_prior_precision"]
+    assert evidence == posterior.prior_precision
+    assert next(b for b in posterior.blocks if "lora_A" in b.name).inp.vectors.shape == (32, 4)  # side 32 > 16: rank 4
+    # the validation prior reads rows the same way; on pairs the MAP gets right, the sharpest posterior wins
+    val = rows(arithmetic_pairs(6, seed=5), oriented=True)
+    assert laplace.optimize_prior_precision("val", val) == PRIOR_GRID[-1] == posterior.prior_precision
+    assert info["prior_method"] == "val" and info["val_data"] == {"data": "<list>", "pairs": 6, "truncated": 6, "skipped": {"missing field": 1}}  # max_length 64 cuts all six
+    assert [d for d, _ in info["val_nll_curve"]] == PRIOR_GRID.tolist()
+    assert laplace.optimize_prior_precision() == evidence == posterior.prior_precision  # back to the evidence
+    assert info["prior_method"] == "evidence" and "val_nll_curve" not in info
+    # fit_laplace passes every option of its config on
+    config = LaplaceConfig(batch_size=3, max_factor_size=16, factor_rank=5, columns=columns, skip_invalid=True, prior="val")
+    posterior = fit_laplace(model, rows(arithmetic_pairs(10, seed=0)), config, val_data=val)
+    assert (posterior.info["pairs"], posterior.info["skipped"], posterior.info["prior_method"]) == (10, {"missing field": 1}, "val")
+    assert next(b for b in posterior.blocks if "lora_A" in b.name).inp.vectors.shape == (32, 5)
+    with pytest.raises(UserError, match="needs --val-data"):  # before any fitting: no data is even read
+        fit_laplace(model, [], LaplaceConfig(prior="val"))
+
+
 def test_models_without_a_reward_head_posterior_are_refused():
     with pytest.raises(UserError, match="dpo"):
         fit_laplace(lora_model(objective="dpo"), encode_pairs(lora_model().encoder, pairs_of(2)))
     full = RewardModel.create(ModelConfig(model="tiny-random", max_length=64, lora_r=0))
     with pytest.raises(UserError, match="--subset head"):
         fit_laplace(full, encode_pairs(full.encoder, pairs_of(2)))
-    assert Laplace(full, subset="head").fit(encode_pairs(full.encoder, pairs_of(4))).posterior.n_params == 32
+    head_only = Laplace(full, subset="head").fit(encode_pairs(full.encoder, pairs_of(1))).posterior  # one pair is enough
+    assert head_only.n_params == 32
+    assert head_only.memory_bytes() == 4 * ((1 + 1) + (32 * 32 + 32))  # float32 eigenvectors and values: out (1 × 1), in (32 × 32)
+    with pytest.raises(UserError, match="no pairs to fit on"):
+        Laplace(full, subset="head").fit(encode_pairs(full.encoder, []))
 
 
 def test_cli_fits_scores_with_std_and_reports_ood_auroc(tmp_path):
@@ -298,19 +369,36 @@ def test_kfac_statistics_count_a_shared_prompt_once_by_hand():
     torch.testing.assert_close(stats.inputs["w"].sum, sum(torch.outer(a[0, t], a[0, t]) for t in range(5)))
     torch.testing.assert_close(stats.outputs["w"].sum, sum(torch.outer(g[0, t], g[0, t]) for t in range(5)))
     assert float(stats.positions["w"]) == 5
+    stats.on_gradient("w", a, g)  # the same pair again (a second batch): sums and positions add up
+    assert float(stats.positions["w"]) == 10
+    torch.testing.assert_close(stats.inputs["w"].sum, 2 * sum(torch.outer(a[0, t], a[0, t]) for t in range(5)))
     head_g = torch.randn(2, 1, 1)
     head_a = torch.randn(2, 1, 3)
     stats.on_gradient("head", head_a, head_g)
     j = head_g[0, 0, 0] * head_a[0, 0] + head_g[1, 0, 0] * head_a[1, 0]
     torch.testing.assert_close(stats.inputs["head"].sum, torch.outer(j, j))
+    # the blocks: G = Σ g gᵀ, A = Σ a aᵀ / positions; the head's exact block j jᵀ with out = 1
+    gram_g, gram_a = stats.outputs["w"].sum.clone(), stats.inputs["w"].sum.clone()
+    blocks = {b.name: b for b in stats.blocks()}
+    dense = lambda e: e.vectors @ torch.diag(e.values) @ e.vectors.T  # noqa: E731
+    torch.testing.assert_close(dense(blocks["w"].out), gram_g)
+    torch.testing.assert_close(dense(blocks["w"].inp), gram_a / 10)
+    assert blocks["head"].out.values.tolist() == [1.0] and blocks["head"].out.vectors.tolist() == [[1.0]]
+    torch.testing.assert_close(dense(blocks["head"].inp), torch.outer(j, j), atol=1e-6, rtol=1e-5)
+    # a second process with the same pairs doubles every sum and the positions: A / positions stays
+    stats.all_reduce(StandInAccelerator(2))
+    assert float(stats.positions["w"]) == 20
+    torch.testing.assert_close(stats.outputs["w"].sum, 2 * gram_g)
+    torch.testing.assert_close(stats.inputs["w"].sum, 2 * gram_a)
+    torch.testing.assert_close(stats.inputs["head"].sum, 2 * torch.outer(j, j))
+    torch.testing.assert_close(dense({b.name: b for b in stats.blocks()}["w"].inp), gram_a / 10)
 
 
-@pytest.mark.parametrize("eigenvalue, mean_sq_norm", [(50.0, 0.3), (0.01, 1000.0)])
+@pytest.mark.parametrize("eigenvalue, mean_sq_norm", [(50.0, 0.3), (0.01, 1000.0), (0.01, 53952.0)])
 def test_prior_precision_search_finds_an_interior_optimum_on_either_side(eigenvalue, mean_sq_norm):
     """With P equal GGN eigenvalues λ the evidence −½δm + (P/2) log δ − (P/2) log(λ + δ) peaks where
-    δ² + λδ − Pλ/m = 0: δ* ≈ 15.3 and ≈ 0.0042, both inside the grid and off its points."""
-    from rewardstack.bayes.posterior import Posterior
-
+    δ² + λδ − Pλ/m = 0: δ* ≈ 15.3, ≈ 0.0042 and ≈ 1.1·10⁻⁴ (between the grid's first two points, nearer the
+    first), all inside the grid and off its points."""
     block = Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), Eigen(torch.eye(6), torch.full((6,), eigenvalue)))
     posterior = Posterior("head", [block], log_likelihood=-3.0, mean_sq_norm=mean_sq_norm)
     optimum = (-eigenvalue + math.sqrt(eigenvalue**2 + 4 * 6 * eigenvalue / mean_sq_norm)) / 2
@@ -322,14 +410,6 @@ def test_prior_precision_search_finds_an_interior_optimum_on_either_side(eigenva
 def test_factor_sums_add_up_across_processes_only_when_there_are_several():
     """all_reduce sums the dense factor, or the sketch and its exact diagonal, over the processes; with
     one process it leaves them alone. A stand-in accelerator plays a second process holding the same rows."""
-
-    class StandInAccelerator:
-        def __init__(self, processes):
-            self.num_processes, self.calls = processes, []
-
-        def reduce(self, tensor, reduction):
-            self.calls.append(reduction)
-            return tensor * self.num_processes
 
     rows = torch.tensor([[1.0, 2.0, 0.0], [0.5, -1.0, 3.0]])
     for max_dense in (3, 2):  # dense, then a sketch of rank 1

@@ -122,8 +122,7 @@ class _KfacStatistics:
             if self.outputs[name] is None:
                 blocks.append(Block(name, one, inputs.eigen(1.0)))
             else:
-                count = max(float(self.positions[name]), 1.0)
-                blocks.append(Block(name, self.outputs[name].eigen(1.0), inputs.eigen(1.0 / count)))
+                blocks.append(Block(name, self.outputs[name].eigen(1.0), inputs.eigen(1.0 / float(self.positions[name]))))
         return blocks
 
 
@@ -211,7 +210,7 @@ class Laplace:
         from .predict import validation_nll_curve
 
         val_pairs, val_info = _encoded(self.model, val_data, self.columns, self.skip_invalid)
-        grid, nll = validation_nll_curve(self.model, self.posterior, val_pairs, self.batch_size)
+        grid, nll = validation_nll_curve(self.model, val_pairs, self.batch_size)
         self.posterior.prior_precision = float(grid[int(np.argmin(nll))])
         info.update(val_nll_curve=[(float(d), float(v)) for d, v in zip(grid, nll)], val_data=val_info)
         return self.posterior.prior_precision

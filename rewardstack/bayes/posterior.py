@@ -46,15 +46,10 @@ class Eigen:
         return self.vectors.shape[0] - self.vectors.shape[1]
 
     @classmethod
-    def of(cls, matrix: torch.Tensor, rank: int | None = None) -> "Eigen":
-        """Eigendecomposition of a dense symmetric matrix, truncated to its top `rank` eigenpairs if given."""
+    def of(cls, matrix: torch.Tensor) -> "Eigen":
+        """Eigendecomposition of a dense symmetric PSD matrix (rounding's negative eigenvalues set to 0)."""
         values, vectors = torch.linalg.eigh(matrix.double())
-        values = values.clamp_min(0.0)
-        if rank is None or rank >= len(values):
-            return cls(vectors.float(), values.float())
-        top = torch.argsort(values, descending=True)[:rank]
-        rest = float(values.sum() - values[top].sum()) / (len(values) - rank)
-        return cls(vectors[:, top].float(), values[top].float(), rest)
+        return cls(vectors.float(), values.clamp_min(0.0).float())
 
     def memory_bytes(self) -> int:
         return self.vectors.numel() * self.vectors.element_size() + self.values.numel() * self.values.element_size()
@@ -140,10 +135,10 @@ class Posterior:
                 logdet += multiplicity * float(torch.log(values.double() + d).sum())
         return self.log_likelihood - 0.5 * d * self.mean_sq_norm + 0.5 * self.n_params * math.log(d) - 0.5 * logdet
 
-    def optimize_prior_precision(self, grid: np.ndarray | None = None) -> tuple[float, list[tuple[float, float]]]:
-        """δ maximising the log marginal likelihood: the best point of a log-spaced grid (10⁻⁴…10⁴, the
-        evidence curve), refined by golden-section search in log δ between its neighbours."""
-        grid = PRIOR_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    def optimize_prior_precision(self) -> tuple[float, list[tuple[float, float]]]:
+        """δ maximising the log marginal likelihood: the best point of PRIOR_GRID (10⁻⁴…10⁴, the evidence
+        curve), refined by golden-section search in log δ between its neighbours."""
+        grid = PRIOR_GRID
         curve = [(float(d), self.log_marginal_likelihood(d)) for d in grid]
         best = int(np.argmax([v for _, v in curve]))
         lo, hi = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..data.encode import PROGRESS_MIN_BATCHES, Encoded, EncodedPairs, length_batches
 from ..packing import pack, plan_batches, prompt_segments
-from .posterior import PRIOR_GRID, Posterior
+from .posterior import PRIOR_GRID
 from .taps import posterior_layers, record
 
 
@@ -85,13 +85,11 @@ def reward_moments(model, sequences: Sequence[Encoded], batch_size: int = 16) ->
     return mean, var
 
 
-def pair_moments(
-    model, pairs: EncodedPairs, batch_size: int = 8, prior_precisions: Sequence[float] | None = None, posterior: Posterior | None = None
-) -> dict[str, np.ndarray]:
+def pair_moments(model, pairs: EncodedPairs, batch_size: int = 8, prior_precisions: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """For each pair: rewards `chosen`, `rejected`, their variances `var_chosen`, `var_rejected` and
-    `var_delta` = Var[r_c − r_r], each variance of shape (pairs, len(prior_precisions)) (default: the
-    posterior's own δ, one column). `posterior` defaults to model.posterior."""
-    posterior = posterior or model.posterior
+    `var_delta` = Var[r_c − r_r] under model.posterior, each variance of shape (pairs, len(prior_precisions))
+    (default: the posterior's own δ, one column)."""
+    posterior = model.posterior
     layers, blocks = posterior_layers(model, posterior.subset), {b.name: b for b in posterior.blocks}
     deltas = torch.tensor([posterior.prior_precision] if prior_precisions is None else list(prior_precisions), dtype=torch.float64)
     n = len(pairs)
@@ -111,9 +109,10 @@ def pair_moments(
     return out
 
 
-def validation_nll_curve(model, posterior: Posterior, pairs: EncodedPairs, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Mean NLL of the Laplace pairwise probability on `pairs` for each δ of PRIOR_GRID (one pass)."""
-    moments = pair_moments(model, pairs, batch_size, PRIOR_GRID, posterior)
+def validation_nll_curve(model, pairs: EncodedPairs, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean NLL of the Laplace pairwise probability under model.posterior on `pairs` for each δ of
+    PRIOR_GRID (one pass)."""
+    moments = pair_moments(model, pairs, batch_size, PRIOR_GRID)
     mean_delta = (moments["chosen"] - moments["rejected"])[:, None]
     nll = np.logaddexp(0.0, -probit_logit(mean_delta, moments["var_delta"])).mean(0)
     return PRIOR_GRID, nll
