@@ -42,14 +42,19 @@ def pairs_of(n, seed=7):
 
 
 class StandInAccelerator:
-    """Plays `processes` processes that all hold the same statistics: a sum over them is `processes` times one."""
+    """Process `index` of `processes`, played in-process. A sum over the processes adds to each tensor what
+    `partner` (the other process, played first) reduced at the same call; without a partner, every process
+    is taken to hold the same tensor."""
 
-    def __init__(self, processes):
-        self.num_processes, self.calls = processes, []
+    def __init__(self, processes=2, index=0, partner=None):
+        self.num_processes, self.process_index, self.is_main_process = processes, index, index == 0
+        self.device, self.partner, self.reduced = torch.device("cpu"), partner, []
 
     def reduce(self, tensor, reduction="sum"):
-        self.calls.append(reduction)
-        return tensor * self.num_processes
+        self.reduced.append(tensor)
+        if self.partner is None:
+            return tensor * self.num_processes
+        return tensor + self.partner.reduced[len(self.reduced) - 1]
 
 
 class DenseLaplace:
@@ -209,6 +214,37 @@ def test_block_diagonal_posterior_adds_the_head_and_lora_variances():
         assert ("head" in {b.name for b in posterior.blocks}) == (subset != "lora")
     np.testing.assert_allclose(variances["all"], variances["lora"] + variances["head"], rtol=1e-5)
     assert variances["lora"].min() > 0 and variances["head"].min() > 0
+
+
+def test_curvature_is_the_same_for_any_batching_packing_and_split_between_processes():
+    """The factors and the log-likelihood are sums over pairs: the batch size, packing pairs into shared
+    rows, and splitting the batches between two processes change none of them."""
+    from rewardstack.config import ComputeConfig
+    from rewardstack.training import float32_accelerator
+
+    model = lora_model()
+    pairs = encode_pairs(model.encoder, pairs_of(7))
+    laplace = Laplace(model, max_factor_size=16, factor_rank=4)
+
+    def curvature(batch_size, pack_tokens=0, accelerator=None):
+        model.use(ComputeConfig(device="cpu", pack_tokens=pack_tokens))
+        laplace.batch_size = batch_size
+        stats, log_likelihood = laplace._curvature(pairs, accelerator or float32_accelerator())
+        sums = {f"{name}.{side}": getattr(factor, "sum") for side, factors in (("in", stats.inputs), ("out", stats.outputs))
+                for name, factor in factors.items() if factor is not None}
+        return sums, {name: float(count) for name, count in stats.positions.items()}, log_likelihood
+
+    sums, positions, log_likelihood = curvature(batch_size=7)
+    assert log_likelihood == pytest.approx(float(torch.nn.functional.logsigmoid(torch.tensor(
+        model.rewards(pairs.chosen) - model.rewards(pairs.rejected), dtype=torch.float64)).sum()), rel=1e-6)
+    assert positions["head"] == 0 and min(v for k, v in positions.items() if k != "head") > 0
+    second = StandInAccelerator(2, index=1)
+    curvature(batch_size=2, accelerator=second)  # process 1: batches 1 and 3
+    for other in (curvature(batch_size=1), curvature(batch_size=3, pack_tokens=200), curvature(batch_size=2, accelerator=StandInAccelerator(2, 0, second))):
+        assert other[1] == positions and other[2] == pytest.approx(log_likelihood, rel=1e-6)
+        for key, value in sums.items():
+            torch.testing.assert_close(other[0][key], value, rtol=1e-4, atol=1e-5)
+    model.use(ComputeConfig(device="cpu"))
 
 
 def test_std_is_independent_of_batch_size_and_survives_save_and_reload(tmp_path):
@@ -418,11 +454,11 @@ def test_factor_sums_add_up_across_processes_only_when_there_are_several():
         alone = (factor.sum.clone(), None if factor.dense else factor.diagonal.clone())
         single = StandInAccelerator(1)
         factor.all_reduce(single)
-        assert torch.equal(factor.sum, alone[0]) and single.calls == []
+        assert torch.equal(factor.sum, alone[0]) and single.reduced == []
         accelerator = StandInAccelerator(2)
         factor.all_reduce(accelerator)
         assert torch.equal(factor.sum, 2 * alone[0])
         if factor.dense:
-            assert torch.equal(factor.sum, 2 * rows.T @ rows) and accelerator.calls == ["sum"]
+            assert torch.equal(factor.sum, 2 * rows.T @ rows) and len(accelerator.reduced) == 1
         else:
-            assert torch.equal(factor.diagonal, 2 * rows.square().sum(0)) and accelerator.calls == ["sum", "sum"]
+            assert torch.equal(factor.diagonal, 2 * rows.square().sum(0)) and len(accelerator.reduced) == 2
