@@ -177,6 +177,14 @@ def test_sketched_factor_is_exact_below_its_rank_and_keeps_the_trace():
     top = torch.linalg.eigvalsh(dense.double()).flip(0)[:5].float()
     torch.testing.assert_close(eigen.values, 0.5 * top, rtol=1e-4, atol=1e-2)
     assert eigen.rest == pytest.approx(0.0, abs=1e-3)
+    tiny = FactorSum(40, max_dense=10, rank=5, device="cpu")  # the same factor at a millionth of the scale
+    tiny.add(low * 1e-6)
+    torch.testing.assert_close(tiny.eigen(1.0).values, 1e-12 * top, rtol=1e-3, atol=1e-14)
+    assert sketch.test.shape == (40, 10) and torch.equal(sketch.test, tiny.test)  # 2·rank columns, one Ω for a side
+    nothing = FactorSum(40, max_dense=10, rank=5, device="cpu").eigen(1.0)  # no rows: zero eigenvalues, orthonormal vectors
+    assert nothing.values.tolist() == [0.0] * 5 and nothing.rest == 0.0
+    torch.testing.assert_close(nothing.vectors.T @ nothing.vectors, torch.eye(5))
+    assert FactorSum(10, max_dense=10, rank=5, device="cpu").dense and not FactorSum(11, max_dense=10, rank=5, device="cpu").dense
     full = torch.randn(300, 40) * torch.logspace(0.5, -2, 40)  # a fast-decaying spectrum
     sketch = FactorSum(40, max_dense=10, rank=5, device="cpu")
     sketch.add(full)
