@@ -167,6 +167,44 @@ def test_low_rank_factor_variances_equal_the_dense_covariance_they_stand_for():
     assert {t.device.type for b in posterior.blocks for e in (b.out, b.inp) for t in (e.vectors, e.values)} == {"meta"}
 
 
+def test_posterior_round_trips_every_field_and_refuses_an_unknown_format(tmp_path):
+    torch.manual_seed(1)
+    low_rank = Eigen(torch.linalg.qr(torch.randn(6, 6))[0][:, :2], torch.tensor([3.0, 0.5]), 0.25)
+    blocks = [Block("a", Eigen(torch.eye(2), torch.tensor([2.0, 1.0])), low_rank), Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), low_rank)]
+    posterior = Posterior("all", blocks, log_likelihood=-4.5, mean_sq_norm=2.75, prior_precision=0.3, info={"pairs": 12, "prior_method": "val"})
+    posterior.save(tmp_path)
+    loaded = Posterior.load(tmp_path)
+    assert (loaded.subset, loaded.log_likelihood, loaded.mean_sq_norm, loaded.prior_precision, loaded.info) == ("all", -4.5, 2.75, 0.3, {"pairs": 12, "prior_method": "val"})
+    assert [b.name for b in loaded.blocks] == ["a", "head"]
+    for block, original in zip(loaded.blocks, blocks):
+        for eigen, expected in ((block.out, original.out), (block.inp, original.inp)):
+            assert torch.equal(eigen.vectors, expected.vectors) and torch.equal(eigen.values, expected.values) and eigen.rest == expected.rest
+    assert Posterior.load(tmp_path / "elsewhere") is None
+    meta = json.loads((tmp_path / "posterior.json").read_text())
+    (tmp_path / "posterior.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(UserError, match="unknown posterior format"):
+        Posterior.load(tmp_path)
+
+
+def test_a_rank_one_lora_posterior_saves_and_reloads(tmp_path):
+    """With r = 1 every LoRA A matrix has one output, so its block is exact, like the head's: their
+    output factors are one shared [1] that safetensors refuses unless saved as copies."""
+    model = lora_model(lora_r=1)
+    fit_laplace(model, encode_pairs(model.encoder, pairs_of(6)))
+    model.save(tmp_path / "m")
+    reloaded = RewardModel.from_pretrained(tmp_path / "m")
+    np.testing.assert_allclose(reloaded.score(["2+2?"], ["4"]).std, model.score(["2+2?"], ["4"]).std, rtol=1e-6)
+
+
+def test_posterior_layers_default_to_all_and_refuse_a_head_with_bias():
+    model = lora_model()
+    assert list(posterior_layers(model)) == list(posterior_layers(model, "all"))
+    assert len(posterior_layers(model)) == 2 * 2 * 2 + 1  # 2 layers × (q, v) × (A, B), and the head
+    model.head = torch.nn.Linear(model.head.in_features, 1, bias=True)
+    with pytest.raises(UserError, match="layer head is not a linear layer without bias"):
+        posterior_layers(model, "head")
+
+
 def test_sketched_factor_is_exact_below_its_rank_and_keeps_the_trace():
     torch.manual_seed(0)
     low = torch.randn(600, 3) @ torch.randn(3, 40)  # rank 3 < sketch rank 5: Nyström is exact

@@ -156,9 +156,9 @@ class Posterior:
         directory = Path(directory)
         tensors, blocks = {}, []
         for i, block in enumerate(self.blocks):
-            for side, eigen in (("out", block.out), ("in", block.inp)):
-                tensors[f"{i}.{side}.vectors"] = eigen.vectors.cpu().contiguous()
-                tensors[f"{i}.{side}.values"] = eigen.values.cpu().contiguous()
+            for side, eigen in (("out", block.out), ("in", block.inp)):  # copies: blocks may share a factor
+                tensors[f"{i}.{side}.vectors"] = eigen.vectors.cpu().clone(memory_format=torch.contiguous_format)
+                tensors[f"{i}.{side}.values"] = eigen.values.cpu().clone(memory_format=torch.contiguous_format)
             blocks.append({"name": block.name, "out_rest": block.out.rest, "in_rest": block.inp.rest})
         with atomic_path(directory / POSTERIOR_FILE) as temporary:
             save_file(tensors, temporary)
