@@ -112,7 +112,7 @@ def _listed(row: dict, columns: Columns, row_id: str | None) -> Comparison:
     for key in (columns.chosen_key, columns.rejected_key):
         value = row.get(key)
         responses = value if _is_list_of_responses(value) else [value]
-        texts = tuple(_response_after(list(prompt), v, key) if v is not None else None for v in responses)
+        texts = tuple(_response_after(v, key) if v is not None else None for v in responses)
         if not texts or None in texts:
             raise RowError("missing field", key, "missing")
         if any(not t.strip() for t in texts):

@@ -400,3 +400,85 @@ def test_mixture_checks_counts_and_reports_exactly():
     assert len(pairs) == 3 and report.skipped == {"missing field": 1} and report.rows == 1 + 3
     with pytest.raises(UserError, match=r"^<list>: the mixture takes 2 pairs from it, but it has only 1 \(2 rows, skipped \{'missing field': 1\}\)"):
         load_preferences(Mixture([rows("b", 1, bad=1)], [1], 2), skip_invalid=True)
+
+
+def test_mutation_survivors_in_the_file_and_object_readers(monkeypatch, tmp_path):
+    """Bugs the second mutation run of data/load showed the suite missed: row numbers of .json, parquet and
+    DataFrame rows; invalid UTF-8 and blank lines in a .jsonl; gzip files that are not one or end early;
+    DatasetDict-like objects and objects that merely have `columns`; repeated drops and what follows
+    them; an empty margin; a PandaLM row at its minimal keys and with a unanimous second annotator;
+    Anthropic-style prompts; a conversational response of two messages; split defaults."""
+    import datasets
+    import pandas as pd
+
+    from rewardstack.data.load import Mixture, parse_rows, LoadReport
+    from rewardstack.data.pools import load_prompts
+
+    good, bad = {"prompt": "Hi", "chosen": "a", "rejected": "b"}, {"prompt": "Hi", "chosen": "a"}
+    (tmp_path / "rows.json").write_text(json.dumps([good, bad]))
+    pq.write_table(pa.Table.from_pylist([good, {**bad, "rejected": None}]), tmp_path / "rows.parquet")
+    frame = pd.DataFrame([good, {**bad, "rejected": math.nan}])
+    for source, name in ((tmp_path / "rows.json", "rows.json"), (tmp_path / "rows.parquet", "rows.parquet"), (frame, "<DataFrame>")):
+        with pytest.raises(UserError, match=f"{re.escape(name)}: row 2: field 'rejected': missing"):
+            load_preferences(source)
+    messages = pd.DataFrame([{"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}])
+    assert load_preferences(messages)[0] == [PreferencePair(({"role": "user", "content": "Hi"},), "a", "b")]  # a list cell is no gap
+
+    # .jsonl: an invalid UTF-8 line is named or counted, and neither it nor a blank line ends the file
+    (tmp_path / "utf.jsonl").write_bytes(json.dumps(good).encode() + b"\n\n" + b'{"prompt": "caf\xe9"}\n' + json.dumps(good).encode() + b"\n")
+    with pytest.raises(UserError, match=r"utf.jsonl: row 3: invalid UTF-8 at byte 15$"):
+        load_preferences(tmp_path / "utf.jsonl")
+    pairs, report = load_preferences(tmp_path / "utf.jsonl", skip_invalid=True)
+    assert len(pairs) == 2 and report.to_dict() == {"source": str(tmp_path / "utf.jsonl"), "rows": 3, "pairs": 2, "skipped": {"invalid UTF-8": 1}}
+    (tmp_path / "plain.jsonl.gz").write_text(json.dumps(good) + "\n")
+    with pytest.raises(UserError, match=r"plain.jsonl.gz: not a gzip file \(rename it to .jsonl if it is plain text\)"):
+        load_preferences(tmp_path / "plain.jsonl.gz")
+    whole = gzip.compress(json.dumps({**good, "prompt": " ".join(map(str, range(2000)))}).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match="cut.jsonl.gz: truncated gzip file: it ends inside row 1$"):
+        load_preferences(tmp_path / "cut.jsonl.gz")
+
+    class IterableDatasetDict(dict):  # what a streaming load_dataset without a split returns
+        pass
+
+    with pytest.raises(UserError, match=r"<IterableDatasetDict>: choose a split, e.g. data\['train'\] \(splits: train\)"):
+        load_preferences(IterableDatasetDict(train=[good]))
+
+    class Rows(list):  # rows that carry a `columns` attribute but are no DataFrame
+        columns = ["prompt", "chosen", "rejected"]
+
+    assert len(load_preferences(Rows([good, good]))[0]) == 2
+
+    # drops are counted one by one and the rows after them still read; a mixture of one pair
+    panda = {"instruction": "Fix it.", "response1": "the cat", "response2": "teh cat", "annotator1": 1, "annotator2": 2, "annotator3": 0}
+    pairs, report = load_preferences([panda, panda, {**panda, "annotator1": 2, "annotator2": 2, "annotator3": 2}])
+    assert report.skipped == {"tie (no majority)": 2} and pairs == [PreferencePair(({"role": "user", "content": "Fix it."},), "teh cat", "the cat")]
+    assert len(load_preferences(Mixture([[good]], [1], 1))[0]) == 1
+    with pytest.raises(UserError, match="row 1: field 'instruction': missing"):  # PandaLM by its three keys alone
+        load_preferences([{"response1": "a", "response2": "b", "annotator1": 1}])
+    assert load_preferences([{**good, "margin": ""}])[0][0].margin is None
+
+    # explicit prompts in the Anthropic format, under a renamed prompt column
+    columns = Columns(prompt_key="question")
+
+    def prompt_of(text):
+        return [dict(m) for m in load_preferences([{"question": text, "chosen": "a", "rejected": "b"}], columns)[0][0].prompt]
+
+    assert prompt_of("Human: Hi\n\nAssistant:") == [{"role": "user", "content": "Hi"}]  # the open assistant turn dropped
+    assert prompt_of("\n\nHuman: Hi\n\nAssistant: Yo\n\nHuman: More\n\nAssistant:") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": "More"}]
+    assert prompt_of("Human: Hi\n\nAssistant: Yo\n\nHuman:") == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}, {"role": "user", "content": ""}]  # only an assistant turn is dropped
+    with pytest.raises(UserError, match="row 1: field 'question': expected a string or a non-empty list"):
+        load_preferences([{"question": [], "chosen": "a", "rejected": "b"}], columns)
+    two = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
+    for key in ("chosen", "rejected"):
+        with pytest.raises(UserError, match=f"row 1: field '{key}': with an explicit prompt, a conversational response must be one assistant message"):
+            load_preferences([{**good, key: two}])
+
+    # hub names read by the other row loaders use the train split; prompt ids default to their row number
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, split: calls.append(split) or [{"prompt": "Hi", "response": "Yo"}, {"prompt": "Hey"}])
+    assert [p.key for p in load_prompts("someorg/prompts")[0]] == ["row 1", "row 2"]
+    assert [row for row in parse_rows("someorg/prompts", lambda row, number: number, False, LoadReport("x"))] == [1, 2]
+    assert calls == ["train", "train"]

@@ -322,8 +322,8 @@ def row_to_pair(row: dict, columns: Columns) -> PreferencePair:
         prompt, chosen_text, rejected_text = _split_implicit(chosen, rejected, columns)
     else:
         prompt = _prompt_messages(prompt_value, columns.prompt_key)
-        chosen_text = _response_after(prompt, chosen, columns.chosen_key)
-        rejected_text = _response_after(prompt, rejected, columns.rejected_key)
+        chosen_text = _response_after(chosen, columns.chosen_key)
+        rejected_text = _response_after(rejected, columns.rejected_key)
     if not chosen_text.strip():
         raise RowError("empty response", columns.chosen_key, "empty response")
     if not rejected_text.strip():
@@ -431,7 +431,7 @@ def _prompt_messages(value: Any, key: str) -> list[Message]:
     return _messages(value, key)
 
 
-def _response_after(prompt: list[Message], value: Any, key: str) -> str:
+def _response_after(value: Any, key: str) -> str:
     if isinstance(value, str):
         return value
     messages = _messages(value, key)
