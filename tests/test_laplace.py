@@ -476,11 +476,11 @@ def test_kfac_statistics_count_a_shared_prompt_once_by_hand():
     torch.testing.assert_close(dense({b.name: b for b in stats.blocks()}["w"].inp), gram_a / 10)
 
 
-@pytest.mark.parametrize("eigenvalue, mean_sq_norm", [(50.0, 0.3), (0.01, 1000.0), (0.01, 53952.0)])
+@pytest.mark.parametrize("eigenvalue, mean_sq_norm", [(50.0, 0.3), (0.01, 1000.0), (0.01, 53952.0), (50.0, 3.681e-6)])
 def test_prior_precision_search_finds_an_interior_optimum_on_either_side(eigenvalue, mean_sq_norm):
     """With P equal GGN eigenvalues λ the evidence −½δm + (P/2) log δ − (P/2) log(λ + δ) peaks where
-    δ² + λδ − Pλ/m = 0: δ* ≈ 15.3, ≈ 0.0042 and ≈ 1.1·10⁻⁴ (between the grid's first two points, nearer the
-    first), all inside the grid and off its points."""
+    δ² + λδ − Pλ/m = 0: δ* ≈ 15.3, ≈ 0.0042, ≈ 1.1·10⁻⁴ (between the grid's first two points, nearer the
+    first) and ≈ 9000 (between its last two, nearer the last), all inside the grid and off its points."""
     block = Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), Eigen(torch.eye(6), torch.full((6,), eigenvalue)))
     posterior = Posterior("head", [block], log_likelihood=-3.0, mean_sq_norm=mean_sq_norm)
     optimum = (-eigenvalue + math.sqrt(eigenvalue**2 + 4 * 6 * eigenvalue / mean_sq_norm)) / 2

@@ -137,15 +137,14 @@ class Posterior:
 
     def optimize_prior_precision(self) -> tuple[float, list[tuple[float, float]]]:
         """δ maximising the log marginal likelihood: the best point of PRIOR_GRID (10⁻⁴…10⁴, the evidence
-        curve), refined by golden-section search in log δ between its neighbours."""
+        curve), refined by golden-section search in log δ between its neighbours. The evidence has one
+        maximum: 2δ times its derivative, Σ_k λ_k / (λ_k + δ) − δ‖θ*‖², decreases in δ, so the best grid
+        point's neighbours bracket it."""
         grid = PRIOR_GRID
         curve = [(float(d), self.log_marginal_likelihood(d)) for d in grid]
         best = int(np.argmax([v for _, v in curve]))
         lo, hi = math.log(grid[max(best - 1, 0)]), math.log(grid[min(best + 1, len(grid) - 1)])
-        objective = lambda x: -self.log_marginal_likelihood(math.exp(x))  # noqa: E731
-        log_delta = golden_section_minimum(objective, lo, hi)
-        if -objective(log_delta) < curve[best][1]:
-            log_delta = math.log(grid[best])
+        log_delta = golden_section_minimum(lambda x: -self.log_marginal_likelihood(math.exp(x)), lo, hi)
         return math.exp(log_delta), curve
 
     def memory_bytes(self) -> int:
@@ -157,8 +156,8 @@ class Posterior:
         tensors, blocks = {}, []
         for i, block in enumerate(self.blocks):
             for side, eigen in (("out", block.out), ("in", block.inp)):  # copies: blocks may share a factor
-                tensors[f"{i}.{side}.vectors"] = eigen.vectors.cpu().clone(memory_format=torch.contiguous_format)
-                tensors[f"{i}.{side}.values"] = eigen.values.cpu().clone(memory_format=torch.contiguous_format)
+                tensors[f"{i}.{side}.vectors"] = eigen.vectors.cpu().contiguous().clone()
+                tensors[f"{i}.{side}.values"] = eigen.values.cpu().contiguous().clone()
             blocks.append({"name": block.name, "out_rest": block.out.rest, "in_rest": block.inp.rest})
         with atomic_path(directory / POSTERIOR_FILE) as temporary:
             save_file(tensors, temporary)
