@@ -170,7 +170,8 @@ def test_low_rank_factor_variances_equal_the_dense_covariance_they_stand_for():
 def test_posterior_round_trips_every_field_and_refuses_an_unknown_format(tmp_path):
     torch.manual_seed(1)
     low_rank = Eigen(torch.linalg.qr(torch.randn(6, 6))[0][:, :2], torch.tensor([3.0, 0.5]), 0.25)
-    blocks = [Block("a", Eigen(torch.eye(2), torch.tensor([2.0, 1.0])), low_rank), Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), low_rank)]
+    low_rank_out = Eigen(torch.linalg.qr(torch.randn(4, 4))[0][:, :1], torch.tensor([2.0]), 0.5)
+    blocks = [Block("a", low_rank_out, low_rank), Block("head", Eigen(torch.ones(1, 1), torch.ones(1)), low_rank)]
     posterior = Posterior("all", blocks, log_likelihood=-4.5, mean_sq_norm=2.75, prior_precision=0.3, info={"pairs": 12, "prior_method": "val"})
     posterior.save(tmp_path)
     loaded = Posterior.load(tmp_path)
