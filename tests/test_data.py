@@ -411,7 +411,7 @@ def test_mutation_survivors_in_the_file_and_object_readers(monkeypatch, tmp_path
     import datasets
     import pandas as pd
 
-    from rewardstack.data.load import Mixture, parse_rows, LoadReport
+    from rewardstack.data.load import LoadReport, Mixture, parse_rows, read_rows
     from rewardstack.data.pools import load_prompts
 
     good, bad = {"prompt": "Hi", "chosen": "a", "rejected": "b"}, {"prompt": "Hi", "chosen": "a"}
@@ -421,8 +421,13 @@ def test_mutation_survivors_in_the_file_and_object_readers(monkeypatch, tmp_path
     for source, name in ((tmp_path / "rows.json", "rows.json"), (tmp_path / "rows.parquet", "rows.parquet"), (frame, "<DataFrame>")):
         with pytest.raises(UserError, match=f"{re.escape(name)}: row 2: field 'rejected': missing"):
             load_preferences(source)
-    messages = pd.DataFrame([{"prompt": "Hi", "chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}])
-    assert load_preferences(messages)[0] == [PreferencePair(({"role": "user", "content": "Hi"},), "a", "b")]  # a list cell is no gap
+    hi = {"role": "user", "content": "Hi"}
+    dialogues = pd.DataFrame([{"chosen": [hi, {"role": "assistant", "content": "a"}], "rejected": [hi, {"role": "assistant", "content": "b"}]}])
+    assert load_preferences(dialogues)[0] == [PreferencePair((hi,), "a", "b")]  # a list cell is no gap
+    # CSV: a quoted field keeps its line break as written; a cell that is not UTF-8 is counted under its reason
+    (tmp_path / "rows.csv").write_bytes(b'prompt,chosen,rejected\r\nHi,"line 1\r\nline 2",b\r\nHi,caf\xe9,b\r\n')
+    pairs, report = load_preferences(tmp_path / "rows.csv", skip_invalid=True)
+    assert [p.chosen for p in pairs] == ["line 1\r\nline 2"] and report.skipped == {"invalid UTF-8": 1}
 
     # .jsonl: an invalid UTF-8 line is named or counted, and neither it nor a blank line ends the file
     (tmp_path / "utf.jsonl").write_bytes(json.dumps(good).encode() + b"\n\n" + b'{"prompt": "caf\xe9"}\n' + json.dumps(good).encode() + b"\n")
@@ -481,4 +486,5 @@ def test_mutation_survivors_in_the_file_and_object_readers(monkeypatch, tmp_path
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: calls.append(split) or [{"prompt": "Hi", "response": "Yo"}, {"prompt": "Hey"}])
     assert [p.key for p in load_prompts("someorg/prompts")[0]] == ["row 1", "row 2"]
     assert [row for row in parse_rows("someorg/prompts", lambda row, number: number, False, LoadReport("x"))] == [1, 2]
-    assert calls == ["train", "train"]
+    assert [number for number, _ in read_rows("someorg/prompts")] == [1, 2]
+    assert calls == ["train", "train", "train"]
