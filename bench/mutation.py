@@ -13,7 +13,7 @@ that a figure is written, not how it looks.
 Mutants judged equivalent (no input can tell them from the original) are listed with their reason in
 bench/mutation_equivalent.txt and left out of the score: killed / (mutants − equivalent).
 
-    python bench/mutation.py                  # all core modules (about 1–2 h on 2 cores)
+    python bench/mutation.py                  # all core modules (about 3 h on 2 cores; bayes/* alone 78 min)
     python bench/mutation.py --modules rewardstack/losses.py rewardstack/metrics.py
 """
 
