@@ -1,6 +1,7 @@
 """GPU checks of the packed forward pass: on CUDA, packed and prefix-shared rewards and log π equal each
-sequence run alone (float32, every attention kernel), bf16 autocast stays close to float32, and the
-throughput of scoring best-of-n pools with and without prompt sharing. Prints one line per check.
+sequence run alone (float32, every attention kernel), bf16 autocast stays close to float32, a Laplace
+posterior fitted on the device equals the CPU's, and the throughput of scoring best-of-n pools with and
+without prompt sharing. Prints one line per check.
 
     python bench/gpu/checks.py [--pools runs/demo/data/pools.jsonl] [--model smollm2-135m] [--device cuda]
 
@@ -35,6 +36,35 @@ def alone_rewards(model: RewardModel, sequences) -> np.ndarray:
     return np.array(out)
 
 
+def laplace_on_device(args) -> None:
+    """A LoRA + head Laplace posterior fitted and used on the device equals the one on the CPU (float32)."""
+    from rewardstack.bayes import fit_laplace
+    from rewardstack.config import LaplaceConfig
+    from rewardstack.data.encode import encode_pairs
+    from rewardstack.data.load import PreferencePair
+    from rewardstack.synthetic import arithmetic_pairs
+
+    rows = arithmetic_pairs(16, seed=0)
+    pairs = [PreferencePair(as_messages(r["prompt"]), r["chosen"], r["rejected"]) for r in rows]
+    fitted = {}
+    for device in ("cpu", args.device):
+        torch.manual_seed(0)
+        model = RewardModel.create(ModelConfig(model=args.model, max_length=256, lora_r=4))
+        with torch.no_grad():
+            for weight in model.trainable_parameters().values():
+                weight.normal_(0, 0.02)
+        model.use(ComputeConfig(device=device))
+        posterior = fit_laplace(model, encode_pairs(model.encoder, pairs), LaplaceConfig(max_factor_size=256, factor_rank=16))
+        scored = model.score([r["prompt"] for r in rows[:8]], [r["chosen"] for r in rows[:8]])
+        fitted[device] = {"log_likelihood": posterior.log_likelihood, "prior_precision": posterior.prior_precision,
+                          "std": scored.std, "on": str(model.head.weight.device)}
+    cpu, device = fitted["cpu"], fitted[args.device]
+    print(json.dumps({"check": "laplace on the device = on the cpu", "devices": [cpu["on"], device["on"]],
+                      "log_likelihood": [cpu["log_likelihood"], device["log_likelihood"]],
+                      "prior_precision": [cpu["prior_precision"], device["prior_precision"]],
+                      "max_rel_std_diff": float(np.max(np.abs(device["std"] / cpu["std"] - 1)))}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -66,6 +96,8 @@ def main() -> None:
     model.use(replace(compute, bf16=True))
     half = model.rewards(sequences)
     print(json.dumps({"check": "bf16 vs float32", "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device, "max_abs_diff": float(np.abs(half - full).max()), "reward_std": float(full.std())}))
+
+    laplace_on_device(args)
 
     pools = [json.loads(line) for line in open(args.pools)] if args.pools else [{"prompt": PROMPT, "responses": responses}] * 64
     sequences = [s for pool in pools for s in model.encoder.encode(as_messages(pool["prompt"]), pool["responses"][: args.n])[0]]
