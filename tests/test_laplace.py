@@ -294,6 +294,18 @@ def test_curvature_is_the_same_for_any_batching_packing_and_split_between_proces
     model.use(ComputeConfig(device="cpu"))
 
 
+def test_fit_runs_where_the_model_is_set_to_run(monkeypatch):
+    """The accelerator comes from the model's compute settings, so `--device cpu` holds on a GPU machine too."""
+    import rewardstack.training as training
+    from rewardstack.config import ComputeConfig
+
+    asked, build = [], training.float32_accelerator
+    monkeypatch.setattr(training, "float32_accelerator", lambda config=None, logging_dir=None: asked.append(config) or build(config))
+    model = lora_model().use(ComputeConfig(device="cpu", pack_tokens=100))
+    Laplace(model, subset="head").fit(encode_pairs(model.encoder, pairs_of(2)))
+    assert [config.compute for config in asked] == [ComputeConfig(device="cpu", pack_tokens=100)]
+
+
 def test_std_is_independent_of_batch_size_and_survives_save_and_reload(tmp_path):
     model = lora_model()
     fit_laplace(model, encode_pairs(model.encoder, pairs_of(16)))
