@@ -42,16 +42,17 @@ LENGTH_GROUP = 16  # batches per shuffled chunk that is sorted by length
 SHARDS_FILE = "optimizer-shards.pt"  # a sharded run's checkpoint: each process's optimizer state
 
 
-def float32_accelerator(config: TrainConfig | None = None, logging_dir: Path | None = None) -> Accelerator:
-    """An Accelerator computing in float32 (the CPU default), or under bf16 autocast when `compute.bf16`,
-    with the trackers of `config.report_to` writing under `logging_dir`. Without cpu=True accelerate ignores a
-    multi-process launch on a machine with no accelerator (see cpu_accelerator). A process whose accelerate state another
-    trainer set to another precision (TRL's GRPOConfig defaults to bf16) cannot change it: say so."""
-    options: dict[str, Any] = {"mixed_precision": "bf16" if config is not None and config.compute.bf16 else "no"}
-    if config is not None and config.report_to != "none":
-        options.update(log_with=config.report_to.split(","), project_dir=logging_dir)
+def float32_accelerator(compute: ComputeConfig | None = None, report_to: str = "none", logging_dir: Path | None = None) -> Accelerator:
+    """An Accelerator on `compute.device` (auto by default) computing in float32 (the CPU default), or under
+    bf16 autocast when `compute.bf16`, with the trackers of `report_to` writing under `logging_dir`. Without
+    cpu=True accelerate ignores a multi-process launch on a machine with no accelerator (see cpu_accelerator).
+    A process whose accelerate state another trainer set to another precision (TRL's GRPOConfig defaults to
+    bf16) cannot change it: say so."""
+    options: dict[str, Any] = {"mixed_precision": "bf16" if compute is not None and compute.bf16 else "no"}
+    if report_to != "none":
+        options.update(log_with=report_to.split(","), project_dir=logging_dir)
     try:
-        on_cpu = not torch.accelerator.is_available() or (config is not None and config.compute.device == "cpu")
+        on_cpu = not torch.accelerator.is_available() or (compute is not None and compute.device == "cpu")
         return cpu_accelerator(**options) if on_cpu else Accelerator(**options)
     except ValueError as err:
         if "already been initialized" not in str(err):
@@ -168,7 +169,7 @@ def train(config: TrainConfig, train_data: Any, eval_data: Any = None, output_di
     check_output_dir(output_dir, "--output-dir", "train", resume)
     if not resume and (output_dir / "metrics.jsonl").exists():
         raise UserError(f"{output_dir} already holds a run: pass --resume to continue it or choose a new --output-dir")
-    accelerator = float32_accelerator(config, output_dir / "logs")
+    accelerator = float32_accelerator(config.compute, config.report_to, output_dir / "logs")
     set_seed(config.seed)
     run = _Run.prepare(config, train_data, named_data(eval_data) if eval_data is not None else {}, accelerator,
                        resume_dir=output_dir if resume else None)

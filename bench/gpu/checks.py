@@ -40,12 +40,9 @@ def laplace_on_device(args) -> None:
     """A LoRA + head Laplace posterior fitted and used on the device equals the one on the CPU (float32)."""
     from rewardstack.bayes import fit_laplace
     from rewardstack.config import LaplaceConfig
-    from rewardstack.data.encode import encode_pairs
-    from rewardstack.data.load import PreferencePair
     from rewardstack.synthetic import arithmetic_pairs
 
     rows = arithmetic_pairs(16, seed=0)
-    pairs = [PreferencePair(as_messages(r["prompt"]), r["chosen"], r["rejected"]) for r in rows]
     fitted = {}
     for device in ("cpu", args.device):
         torch.manual_seed(0)
@@ -54,7 +51,7 @@ def laplace_on_device(args) -> None:
             for weight in model.trainable_parameters().values():
                 weight.normal_(0, 0.02)
         model.use(ComputeConfig(device=device))
-        posterior = fit_laplace(model, encode_pairs(model.encoder, pairs), LaplaceConfig(max_factor_size=256, factor_rank=16))
+        posterior = fit_laplace(model, rows, LaplaceConfig(max_factor_size=256, factor_rank=16))
         scored = model.score([r["prompt"] for r in rows[:8]], [r["chosen"] for r in rows[:8]])
         fitted[device] = {"log_likelihood": posterior.log_likelihood, "prior_precision": posterior.prior_precision,
                           "std": scored.std, "on": str(model.head.weight.device)}

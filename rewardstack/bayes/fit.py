@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from ..config import LaplaceConfig, TrainConfig
+from ..config import LaplaceConfig
 from ..data.encode import EncodedPairs, encode_pairs
 from ..data.load import Columns, load_preferences
 from ..errors import UserError
@@ -153,7 +153,7 @@ class Laplace:
         started = time.perf_counter()
         from ..training import float32_accelerator
 
-        accelerator = float32_accelerator(TrainConfig(compute=self.model.compute))  # on the device the model is set to use
+        accelerator = float32_accelerator(self.model.compute)  # on the device the model is set to use
         pairs, info = _encoded(self.model, data, self.columns, self.skip_invalid)
         if len(pairs) == 0:
             raise UserError("laplace: no pairs to fit on")
