@@ -93,11 +93,12 @@ class Records:
     def find(self, **key) -> dict | None:
         return next((r for r in self.runs if all(r.get(k) == v for k, v in key.items())), None)
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict) -> dict:
         record = {"settings": self.settings, **record}
         self.runs.append(record)
         with open(self.path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        return record
 
 
 def pair_correct(chosen: np.ndarray, rejected: np.ndarray) -> list[float]:
@@ -176,6 +177,11 @@ LCB_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: lcb is the mean, so validation 
 LCB_FAMILIES = ("lcb", "slcb")  # μ − k·σ, and μ − k·sd(μ)·σ/mean(σ) per pool (the std's scale taken out)
 
 
+def rounded(values) -> list[float]:
+    """Floats to 7 significant digits (a float32 reward's precision), to keep the records small."""
+    return [float(f"{v:.7g}") for v in np.asarray(values, dtype=np.float64)]
+
+
 def policy_pool_splits(args: argparse.Namespace) -> dict[str, tuple[int, int, int]]:
     """Word-problem splits sampled from the policy: name → (problems, largest number, generator seed)."""
     return {"train": (args.train_problems, 9, 1), "validation": (args.test_problems // 2, 9, 2),
@@ -215,44 +221,43 @@ def train_on_policy_pairs(args: argparse.Namespace, pairs: list[dict], seed: int
 def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict, Callable]:
     """Best-of-n on generated word problems with a verifiable answer, the policy's own samples as pools.
     Pools are sampled once (seed 0) and kept in <out>/laplace-pools/; a seed trains a BT reward model on
-    gold pairs of the training problems' pools and fits the Laplace posterior (head, or LoRA + head). On
-    the validation problems k of lcb:k, and of slcb:k (the std rescaled to each pool's reward spread), is
-    chosen from LCB_GRID by gold at the largest n; the test problems (in distribution, and with numbers
-    up to 30) then compare each with mean. Runs recorded before slcb existed count for lcb alone."""
+    gold pairs of the training problems' pools, fits the Laplace posterior (head, or LoRA + head) and
+    records every response's reward and std. From them, on the validation problems, k of lcb:k and of
+    slcb:k (the std rescaled to each pool's reward spread) is chosen from LCB_GRID by gold at the
+    largest n; the test problems (in distribution, and with numbers up to 30) then compare each with mean."""
     from rewardstack.bayes import Laplace
-    from rewardstack.bon import Objective, run_best_of_n
+    from rewardstack.bon import Objective, expected_best_of_n, score_pools
     from rewardstack.data.pools import gold_pairs
+    from rewardstack.scores import RewardScores
 
     splits = policy_pool_splits(args)
     pools = {name: policy_pools(args, name) for name in splits}
     settings = {"train_problems": args.train_problems, "test_problems": args.test_problems, "n": args.n, "model": args.model}
     records = Records(args.out / "laplace.jsonl", settings)
-    objectives = [Objective("mean")] + [Objective(family, k) for family in LCB_FAMILIES for k in LCB_GRID]
+    scored_splits = list(splits)[1:]
 
-    def run_of(seed: int, subset: str) -> dict | None:
-        """The seed's run with every family, else its older lcb-only run."""
-        return records.find(seed=seed, subset=subset, families=list(LCB_FAMILIES)) or records.find(seed=seed, subset=subset)
+    def gold(run: dict, split: str, objective: Objective, ns: list[int]) -> np.ndarray:
+        """(pools, len(ns)): the exact expected gold of best-of-n ranked by `objective`, from the run's scores."""
+        return np.array([expected_best_of_n(objective.score(RewardScores(np.array(s["reward"]), np.array(s["std"]))), pool.gold, ns)
+                         for s, pool in zip(run["scores"][split], pools[split])])
 
     for seed in args.seeds:
         model = None
         for subset in args.subsets:
-            if records.find(seed=seed, subset=subset, families=list(LCB_FAMILIES)):
+            if records.find(seed=seed, subset=subset):
                 continue
             started = time.perf_counter()
             pairs = gold_pairs(pools["train"], 6, seed)
             if model is None:  # one reward model per seed, each posterior fitted to it
                 model = train_on_policy_pairs(args, pairs, seed)
             posterior = Laplace(model, subset=subset).fit(pairs).posterior
-            curves, scale = {}, {}  # split → objective → per-pool gold curve over n = 1 … N; split → the std's scale
-            for name in list(splits)[1:]:
-                result = run_best_of_n(model, pools[name], objectives)
-                curves[name] = {o.name: [r["objectives"][o.name]["gold"] for r in result["pools"]] for o in objectives}
-                scale[name] = {"std": float(np.median([s for r in result["pools"] for s in r["reward_std"]])),
-                               "spread": float(np.median([np.std(r["reward"]) for r in result["pools"]]))}
+            scores = {split: [{"reward": rounded(s.mean), "std": rounded(s.std)} for s in score_pools(model, pools[split])[0]]
+                      for split in scored_splits}
             seconds = time.perf_counter() - started
-            records.add({"seed": seed, "subset": subset, "families": list(LCB_FAMILIES), "train_pairs": len(pairs),
-                         "prior_precision": posterior.prior_precision, "curves": curves, "scale": scale, "seconds": seconds})
-            end = {name: {o: float(np.mean(c, axis=0)[-1]) for o, c in by_objective.items()} for name, by_objective in curves.items()}
+            run = records.add({"seed": seed, "subset": subset, "train_pairs": len(pairs), "prior_precision": posterior.prior_precision,
+                               "scores": scores, "seconds": seconds})
+            end = {split: {o.name: float(gold(run, split, o, [args.n]).mean()) for o in map(Objective, ("mean", "lcb"), (0, 1))}
+                   for split in scored_splits}
             print(f"seed {seed} {subset}: gold at n={args.n}: {json.dumps(end)} ({seconds:.0f} s)", flush=True)
 
     def overoptimisation(curves: np.ndarray) -> float:
@@ -260,16 +265,19 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
         mean_curve = curves.reshape(-1, curves.shape[-1]).mean(axis=0)
         return float(mean_curve.max() - mean_curve[-1])
 
-    effects, table = [], {}
+    ns = list(range(1, args.n + 1))
+    grid = {family: {k: Objective(family, k) if k else Objective("mean") for k in LCB_GRID} for family in LCB_FAMILIES}
+    effects, table, fixed, prior = [], {}, {}, {}
     for subset in args.subsets:
-        runs = [run_of(s, subset) for s in args.seeds]
-        families = [f for f in LCB_FAMILIES if all(f"{f}:0" in run["curves"]["validation"] for run in runs)]
-        for name in list(splits)[2:]:
-            mean = np.array([run["curves"][name]["mean"] for run in runs])  # (seeds, pools, n)
+        runs = [records.find(seed=s, subset=subset) for s in args.seeds]
+        fixed[subset] = {o.name: {split: [float(gold(run, split, o, [args.n]).mean()) for run in runs] for split in scored_splits}
+                         for o in {o.name: o for by_k in grid.values() for o in by_k.values()}.values()}
+        for name in scored_splits[1:]:
+            mean = np.array([gold(run, name, Objective("mean"), ns) for run in runs])  # (seeds, pools, n)
             row = table[f"{subset}, {name}"] = {"mean": mean.mean(axis=(0, 1)).tolist()}
-            for family in families:
-                chosen_k = [max(LCB_GRID, key=lambda k: np.mean(run["curves"]["validation"][f"{family}:{k:g}"], axis=0)[-1]) for run in runs]
-                penalised = np.array([run["curves"][name][f"{family}:{k:g}"] for run, k in zip(runs, chosen_k)])
+            for family in LCB_FAMILIES:
+                chosen_k = [max(LCB_GRID, key=lambda k: fixed[subset][grid[family][k].name]["validation"][i]) for i in range(len(runs))]
+                penalised = np.array([gold(run, name, grid[family][k], ns) for run, k in zip(runs, chosen_k)])
                 both = np.stack([penalised, mean], axis=-1)
                 effects.append(Effect(f"{subset} posterior: {family}:k* − mean, gold at n={args.n}, {name}",
                                       *paired_bootstrap(penalised[..., -1] - mean[..., -1]), len(runs), mean.shape[1]))
@@ -277,23 +285,22 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
                                       *paired_bootstrap(both, statistic=lambda a: overoptimisation(a[..., 1]) - overoptimisation(a[..., 0])),
                                       len(runs), mean.shape[1]))
                 row[f"{family}:k*"], row[f"{family} k*"] = penalised.mean(axis=(0, 1)).tolist(), chosen_k
-            if all("scale" in run for run in runs):  # median std / median within-pool spread of the rewards, per seed
-                row["std / spread"] = [run["scale"][name]["std"] / run["scale"][name]["spread"] for run in runs]
-    seconds = sum(run_of(s, subset)["seconds"] for s in args.seeds for subset in args.subsets)
+            row["std / spread"] = [float(np.median(np.concatenate([s["std"] for s in run["scores"][name]]))
+                                         / np.median([np.std(s["reward"]) for s in run["scores"][name]])) for run in runs]
+        prior[subset] = [run["prior_precision"] for run in runs]
+    seconds = sum(run["seconds"] for run in records.runs if run["seed"] in args.seeds and run["subset"] in args.subsets)
 
     def plot(axis) -> None:
-        ns = np.arange(1, args.n + 1)
         for label, curves in table.items():
             line, = axis.plot(ns, curves["mean"], label=f"mean, {label}")
             for family, style in zip(LCB_FAMILIES, ("--", ":")):
-                if f"{family}:k*" in curves:
-                    axis.plot(ns, curves[f"{family}:k*"], style, color=line.get_color(), label=f"{family}:k*, {label}")
+                axis.plot(ns, curves[f"{family}:k*"], style, color=line.get_color(), label=f"{family}:k*, {label}")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("n")
         axis.set_ylabel("expected gold of best-of-n")
         axis.legend(fontsize=7)
 
-    return effects, {"curves": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
+    return effects, {"curves": table, "fixed k": fixed, "prior precision": prior, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
 # --- alarm --------------------------------------------------------------------------------------------
@@ -627,16 +634,18 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
     lines += [e.row() for e in effects]
     if "curves" in extra:
         lines += ["", f"| posterior, test set | gold at n=1 | mean: peak (n) | mean at n={len(next(iter(extra['curves'].values()))['mean'])} | "
-                  "penalised at the largest n (k* per seed) |", "|---|---|---|---|---|"]
+                  "penalised at the largest n (k* per seed) | std / spread per seed |", "|---|---|---|---|---|---|"]
         for label, c in extra["curves"].items():
             peak = int(np.argmax(c["mean"]))
-            penalised = "; ".join(f"{family}:k* {c[f'{family}:k*'][-1]:.3f} ({', '.join(f'{k:g}' for k in c[f'{family} k*'])})"
-                                  for family in LCB_FAMILIES if f"{family}:k*" in c)
-            lines.append(f"| {label} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | {c['mean'][-1]:.3f} | {penalised} |")
-        scales = {label: c["std / spread"] for label, c in extra["curves"].items() if "std / spread" in c}
-        if scales:
-            lines += ["", "The std's scale, per seed: median reward std / median within-pool spread (std) of the rewards: "
-                      + "; ".join(f"{label} " + ", ".join(f"{v:.2f}" for v in values) for label, values in scales.items()) + "."]
+            penalised = "; ".join(f"{family}:k* {c[f'{family}:k*'][-1]:.3f} ({', '.join(f'{k:g}' for k in c[f'{family} k*'])})" for family in LCB_FAMILIES)
+            lines.append(f"| {label} | {c['mean'][0]:.3f} | {c['mean'][peak]:.3f} ({peak + 1}) | {c['mean'][-1]:.3f} | {penalised} | "
+                         + ", ".join(f"{v:.2f}" for v in c["std / spread"]) + " |")
+        for subset, by_objective in extra["fixed k"].items():
+            splits = list(next(iter(by_objective.values())))
+            lines += ["", f"Every fixed objective, {subset} posterior (descriptive: k is chosen on validation only); gold at the largest n, "
+                      "mean over seeds. Prior precision per seed: " + ", ".join(f"{p:.3g}" for p in extra["prior precision"][subset]) + ".",
+                      "", "| objective | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+            lines += [f"| {name} | " + " | ".join(f"{np.mean(v):.3f}" for v in by_split.values()) + " |" for name, by_split in by_objective.items()]
     for key, row_name in (("modes", "mode, aspects"), ("methods", "method")):
         if key in extra:
             columns = list(next(iter(extra[key].values())))
