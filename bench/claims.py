@@ -228,6 +228,7 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     from rewardstack.bayes import Laplace
     from rewardstack.bon import Objective, expected_best_of_n, score_pools
     from rewardstack.data.pools import gold_pairs
+    from rewardstack.metrics import auroc
     from rewardstack.scores import RewardScores
 
     splits = policy_pool_splits(args)
@@ -260,6 +261,17 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
                    for split in scored_splits}
             print(f"seed {seed} {subset}: gold at n={args.n}: {json.dumps(end)} ({seconds:.0f} s)", flush=True)
 
+    def separation(run: dict, split: str, key: str, sign: float) -> float:
+        """Mean, over the pools holding right and wrong responses, of the AUROC with which sign · `key`
+        (reward or std) ranks the right responses above the wrong ones."""
+        areas = []
+        for s, pool in zip(run["scores"][split], pools[split]):
+            right = pool.gold > 0.5
+            if right.any() and not right.all():
+                values = sign * np.array(s[key])
+                areas.append(auroc(values[~right], values[right]))
+        return float(np.mean(areas)) if areas else float("nan")
+
     def overoptimisation(curves: np.ndarray) -> float:
         """Gold lost between the peak of the mean curve and its largest n: max_n g(n) − g(N)."""
         mean_curve = curves.reshape(-1, curves.shape[-1]).mean(axis=0)
@@ -267,9 +279,12 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
 
     ns = list(range(1, args.n + 1))
     grid = {family: {k: Objective(family, k) if k else Objective("mean") for k in LCB_GRID} for family in LCB_FAMILIES}
-    effects, table, fixed, prior = [], {}, {}, {}
+    effects, table, fixed, prior, separations = [], {}, {}, {}, {}
     for subset in args.subsets:
         runs = [records.find(seed=s, subset=subset) for s in args.seeds]
+        separations[subset] = {split: {label: float(np.mean([separation(run, split, key, sign) for run in runs]))
+                                       for label, key, sign in (("reward", "reward", 1.0), ("−std", "std", -1.0))}
+                               for split in scored_splits}
         fixed[subset] = {o.name: {split: [float(gold(run, split, o, [args.n]).mean()) for run in runs] for split in scored_splits}
                          for o in {o.name: o for by_k in grid.values() for o in by_k.values()}.values()}
         for name in scored_splits[1:]:
@@ -300,7 +315,7 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
         axis.set_ylabel("expected gold of best-of-n")
         axis.legend(fontsize=7)
 
-    return effects, {"curves": table, "fixed k": fixed, "prior precision": prior, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
+    return effects, {"curves": table, "fixed k": fixed, "prior precision": prior, "separation": separations, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
 # --- alarm --------------------------------------------------------------------------------------------
@@ -646,6 +661,10 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
                       "mean over seeds. Prior precision per seed: " + ", ".join(f"{p:.3g}" for p in extra["prior precision"][subset]) + ".",
                       "", "| objective | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
             lines += [f"| {name} | " + " | ".join(f"{np.mean(v):.3f}" for v in by_split.values()) + " |" for name, by_split in by_objective.items()]
+        lines += ["", "Right above wrong within a pool: the AUROC of the reward and of −std, mean over the pools holding both "
+                  "and over seeds.", "", "| posterior, set | reward | −std |", "|---|---|---|"]
+        lines += [f"| {subset}, {split} | {by_score['reward']:.3f} | {by_score['−std']:.3f} |"
+                  for subset, by_split in extra["separation"].items() for split, by_score in by_split.items()]
     for key, row_name in (("modes", "mode, aspects"), ("methods", "method")):
         if key in extra:
             columns = list(next(iter(extra[key].values())))
