@@ -32,6 +32,7 @@ Claims:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import sys
 import tempfile
@@ -82,12 +83,14 @@ class Effect:
 
 
 class Records:
-    """The finished runs of a claim, one JSON line each, filtered to the current settings."""
+    """The finished runs of a claim, one JSON line each, filtered to the current settings; gzip-compressed
+    when the path ends in .gz (each run appended as its own gzip member)."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
+        self.open = gzip.open if path.suffix == ".gz" else open
         path.parent.mkdir(parents=True, exist_ok=True)
-        lines = path.read_text().splitlines() if path.exists() else []
+        lines = self.open(path, "rt").read().splitlines() if path.exists() else []
         self.runs = [r for r in map(json.loads, filter(None, lines)) if r["settings"] == settings]
 
     def find(self, **key) -> dict | None:
@@ -96,7 +99,7 @@ class Records:
     def add(self, record: dict) -> dict:
         record = {"settings": self.settings, **record}
         self.runs.append(record)
-        with open(self.path, "a") as handle:
+        with self.open(self.path, "at") as handle:
             handle.write(json.dumps(record) + "\n")
         return record
 
@@ -234,7 +237,7 @@ def laplace_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], d
     splits = policy_pool_splits(args)
     pools = {name: policy_pools(args, name) for name in splits}
     settings = {"train_problems": args.train_problems, "test_problems": args.test_problems, "n": args.n, "model": args.model}
-    records = Records(args.out / "laplace.jsonl", settings)
+    records = Records(args.out / "laplace.jsonl.gz", settings)  # about 60 KB per run compressed
     scored_splits = list(splits)[1:]
 
     def gold(run: dict, split: str, objective: Objective, ns: list[int]) -> np.ndarray:

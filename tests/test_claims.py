@@ -1,6 +1,7 @@
 """The claims harness (bench/claims.py): its interval, verdict and records, and a resumable Laplace run."""
 
 import argparse
+import gzip
 import importlib.util
 import json
 import sys
@@ -47,7 +48,7 @@ def test_records_keep_runs_of_their_settings_only(tmp_path):
 def test_a_quick_laplace_claim_records_scores_and_resumes(tmp_path):
     args = argparse.Namespace(seeds=[0, 1], train_problems=8, test_problems=8, n=4, model="tiny-random", subsets=["head", "all"], out=tmp_path)
     effects, extra, _ = claims.laplace_claim(args, tmp_path / "work")
-    records = [json.loads(line) for line in (tmp_path / "laplace.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in gzip.open(tmp_path / "laplace.jsonl.gz", "rt").read().splitlines()]
     assert [(r["seed"], r["subset"]) for r in records] == [(0, "head"), (0, "all"), (1, "head"), (1, "all")]
     pools = {split: load_pools(next((tmp_path / "laplace-pools").glob(f"{split}-*.jsonl")))[0] for split in ("validation", "test")}
     for split, split_pools in pools.items():
@@ -63,5 +64,5 @@ def test_a_quick_laplace_claim_records_scores_and_resumes(tmp_path):
     assert {e.name for e in effects} >= {"all posterior: lcb:k* − mean, gold at n=4, test", "head posterior: slcb:k* − mean, gold at n=4, test"}
 
     again, _, _ = claims.laplace_claim(args, tmp_path / "work")
-    assert len((tmp_path / "laplace.jsonl").read_text().splitlines()) == 4  # nothing rerun
+    assert len(gzip.open(tmp_path / "laplace.jsonl.gz", "rt").read().splitlines()) == 4  # nothing rerun
     assert [(e.name, e.mean, e.low, e.high) for e in again] == [(e.name, e.mean, e.low, e.high) for e in effects]
