@@ -481,7 +481,7 @@ def laser_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
     scoring = {"pairs": args.pairs, "per_task": args.per_task, "pool_size": args.pool_size, "max_length": 128, "lora_r": 16,
                "learning_rate": args.learning_rate, "model": args.model}
     settings = scoring | {"algorithm": args.algorithm, "exploration": args.exploration, "context_dim": args.context_dim}
-    records, scored = Records(args.out / "laser.jsonl", settings), Records(args.out / "laser-scores.jsonl", scoring)
+    records, scored = Records(args.out / "laser.jsonl.gz", settings), Records(args.out / "laser-scores.jsonl", scoring)
     pools = load_pools(mixed_task_pools(args.per_task, args.pool_size, seed=40_000))[0]
     scores = scored.find(kind="member scores")  # shared by every bandit setting
     if scores is None:
