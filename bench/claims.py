@@ -3,12 +3,12 @@
     python bench/claims.py --claim haf|laplace|alarm|laser|optimize [--seeds 0 1 2 3 4] [--quick] [--out bench/results/claims]
 
 Every arm of a claim runs on the same data with the same seeds (a seed picks the training rows and their
-order), so arms are compared run by run. Each finished run is appended to <out>/<claim>.jsonl
-(.jsonl.gz for the large ones) with its per-item results; a rerun with the same settings skips the runs
-already there, so an interrupted claim continues where it stopped. An effect is the mean difference between two arms over seeds and test items;
-its 95 % interval is a paired bootstrap that resamples seeds and test items together (both sources of
-noise), and its verdict is "holds" or "fails" when the interval excludes zero, "inconclusive" when it
-spans zero. The report goes to the terminal, <out>/<claim>.md and <out>/<claim>.png.
+order), so arms are compared run by run. Each finished run is appended to <out>/<claim>.jsonl (.jsonl.gz for
+the large ones) with its per-item results; a rerun with the same settings skips the runs already there, so
+an interrupted claim continues where it stopped. An effect is the mean difference between two arms over
+seeds and test items; its 95 % interval is a paired bootstrap that resamples seeds and test items together
+(both sources of noise), and its verdict is "holds" or "fails" when the interval excludes zero,
+"inconclusive" when it spans zero. The report goes to the terminal, <out>/<claim>.md and <out>/<claim>.png.
 
 Claims:
 - laplace: best-of-n with the reward's lower confidence bound lcb:k (k chosen on validation problems)
