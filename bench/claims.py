@@ -150,10 +150,12 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
             print(f"seed {seed} {arm:<4} {summary} ({seconds:.0f} s)", flush=True)
 
     def accuracy(arm: str, world: str, field: str = "correct") -> np.ndarray:
-        return np.array([records.find(seed=s, arm=arm)[field][world] for s in args.seeds])
+        """(seeds, items) correctness; world "all worlds" puts the four worlds' items side by side."""
+        worlds = WORLDS if world == "all worlds" else (world,)
+        return np.array([sum((records.find(seed=s, arm=arm)[field][w] for w in worlds), []) for s in args.seeds])
 
     effects = []
-    for world in WORLDS:
+    for world in (*WORLDS, "all worlds"):
         for name, a, b in (("haf − bt", accuracy("haf", world), accuracy("bt", world)),
                            ("dpo − bt", accuracy("dpo", world), accuracy("bt", world)),
                            ("haf implicit − dpo", accuracy("haf", world, "implicit"), accuracy("dpo", world))):
