@@ -149,18 +149,17 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
             summary = ", ".join(f"{w} {np.mean(c):.3f}" for w, c in correct.items())
             print(f"seed {seed} {arm:<4} {summary} ({seconds:.0f} s)", flush=True)
 
-    def accuracy(arm: str, world: str, field: str = "correct") -> np.ndarray:
-        """(seeds, items) correctness; world "all worlds" puts the four worlds' items side by side."""
-        worlds = WORLDS if world == "all worlds" else (world,)
+    def accuracy(arm: str, worlds: tuple[str, ...], field: str = "correct") -> np.ndarray:
+        """(seeds, items) correctness, the items of `worlds` side by side."""
         return np.array([sum((records.find(seed=s, arm=arm)[field][w] for w in worlds), []) for s in args.seeds])
 
     effects = []
-    for world in (*WORLDS, "all worlds"):
-        for name, a, b in (("haf − bt", accuracy("haf", world), accuracy("bt", world)),
-                           ("dpo − bt", accuracy("dpo", world), accuracy("bt", world)),
-                           ("haf implicit − dpo", accuracy("haf", world, "implicit"), accuracy("dpo", world))):
-            effects.append(Effect(f"{name}, {world}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
-    table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, w, field).mean()) for w in WORLDS}
+    for label, worlds in [(world, (world,)) for world in WORLDS] + [("all worlds", tuple(WORLDS))]:
+        for name, a, b in (("haf − bt", accuracy("haf", worlds), accuracy("bt", worlds)),
+                           ("dpo − bt", accuracy("dpo", worlds), accuracy("bt", worlds)),
+                           ("haf implicit − dpo", accuracy("haf", worlds, "implicit"), accuracy("dpo", worlds))):
+            effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
+    table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, (w,), field).mean()) for w in WORLDS}
              for arm, field in (("bt", "correct"), ("haf", "correct"), ("haf", "implicit"), ("dpo", "correct"))}
     seconds = sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds)
 
