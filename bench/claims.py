@@ -128,13 +128,15 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
     records = Records(args.out / "haf.jsonl", settings)
     tests = {world: write_jsonl(arithmetic_pairs(args.test_pairs, seed=10_000 + i, world=world), work / f"test-{i}.jsonl")
              for i, world in enumerate(WORLDS)}
+    policy_weights = {f"haf α={alpha:g}": alpha for alpha in args.policy_weights}  # "haf": the library's default α
     for seed in args.seeds:
         train_file = write_jsonl(arithmetic_pairs(args.pairs, seed=seed), work / f"train-{seed}.jsonl")
-        for arm in HAF_ARMS:
+        for arm in HAF_ARMS + tuple(policy_weights):
             if records.find(seed=seed, arm=arm):
                 continue
+            weight = {"policy_weight": policy_weights[arm]} if arm in policy_weights else {}
             config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate,
-                                 objective=arm, seed=seed, ref_cache_dir=str(args.out / "reference-logprobs"))
+                                 objective=arm.split()[0], seed=seed, ref_cache_dir=str(args.out / "reference-logprobs"), **weight)
             started = time.perf_counter()
             model, _ = train(config, train_file)
             correct, implicit = {}, {}
@@ -159,15 +161,21 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
                            ("dpo − bt", accuracy("dpo", worlds), accuracy("bt", worlds)),
                            ("haf implicit − dpo", accuracy("haf", worlds, "implicit"), accuracy("dpo", worlds))):
             effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
+    for arm in policy_weights:
+        a, bt = accuracy(arm, tuple(WORLDS)), accuracy("bt", tuple(WORLDS))
+        effects.append(Effect(f"{arm} − bt, all worlds", *paired_bootstrap(a - bt), len(args.seeds), a.shape[1]))
+        effects.append(Effect(f"{arm} − haf, all worlds", *paired_bootstrap(a - accuracy("haf", tuple(WORLDS))),
+                              len(args.seeds), a.shape[1]))
     table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, (w,), field).mean()) for w in WORLDS}
-             for arm, field in (("bt", "correct"), ("haf", "correct"), ("haf", "implicit"), ("dpo", "correct"))}
+             for arm, field in (("bt", "correct"), ("haf", "correct"), *((arm, "correct") for arm in policy_weights),
+                                ("haf", "implicit"), ("dpo", "correct"))}
     seconds = sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds)
 
     def plot(axis) -> None:
-        width = 0.2
+        width = 0.8 / len(table)
         for k, (arm, by_world) in enumerate(table.items()):
             axis.bar(np.arange(len(WORLDS)) + k * width, list(by_world.values()), width, label=arm)
-        axis.set_xticks(np.arange(len(WORLDS)) + 1.5 * width, list(WORLDS))
+        axis.set_xticks(np.arange(len(WORLDS)) + (len(table) - 1) / 2 * width, list(WORLDS))
         axis.set_ylabel("held-out pair accuracy")
         axis.set_ylim(0.4, 1.0)
         axis.legend(loc="lower left", ncols=4, fontsize=8)
@@ -711,6 +719,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a small run to check the harness (2 seeds, few pairs)")
     parser.add_argument("--pairs", type=int, default=256, help="training pairs per run")
     parser.add_argument("--test-pairs", type=int, default=200, help="held-out pairs per test world")
+    parser.add_argument("--policy-weights", type=float, nargs="*", default=[],
+                        help="haf: more haf arms at these policy-loss weights α (the haf arm keeps the default, 0.2)")
     parser.add_argument("--learning-rate", type=float, default=2e-4, help="the reward models' learning rate (haf: of all three objectives)")
     parser.add_argument("--train-problems", type=int, default=48, help="laplace: problems whose pools train the reward model")
     parser.add_argument("--test-problems", type=int, default=96, help="laplace: test problems per world (validation: half as many)")

@@ -66,3 +66,31 @@ def test_a_quick_laplace_claim_records_scores_and_resumes(tmp_path):
     again, _, _ = claims.laplace_claim(args, tmp_path / "work")
     assert len(gzip.open(tmp_path / "laplace.jsonl.gz", "rt").read().splitlines()) == 4  # nothing rerun
     assert [(e.name, e.mean, e.low, e.high) for e in again] == [(e.name, e.mean, e.low, e.high) for e in effects]
+
+
+def test_a_quick_haf_claim_trains_the_extra_policy_weights_and_resumes(tmp_path, monkeypatch):
+    import rewardstack.training
+
+    trained = []
+    real_train = rewardstack.training.train
+
+    def recording_train(config, data, *run_directory):
+        if not run_directory:  # train calls itself once with a temporary run directory
+            trained.append((config.objective, config.policy_weight, config.seed))
+        return real_train(config, data, *run_directory)
+
+    monkeypatch.setattr(rewardstack.training, "train", recording_train)
+    args = argparse.Namespace(seeds=[3], pairs=8, test_pairs=4, learning_rate=2e-4, model="tiny-random", policy_weights=[0.5],
+                              out=tmp_path)
+    effects, extra, _ = claims.haf_claim(args, tmp_path / "work")
+    assert trained == [("bt", 0.2, 3), ("haf", 0.2, 3), ("dpo", 0.2, 3), ("haf", 0.5, 3)]
+    records = [json.loads(line) for line in (tmp_path / "haf.jsonl").read_text().splitlines()]
+    assert [r["arm"] for r in records] == ["bt", "haf", "dpo", "haf α=0.5"]
+    assert all(len(r["correct"][world]) == 4 for r in records for world in r["correct"])
+    names = [e.name for e in effects]
+    assert names[-2:] == ["haf α=0.5 − bt, all worlds", "haf α=0.5 − haf, all worlds"]
+    assert list(extra["accuracy"]) == ["bt", "haf", "haf α=0.5", "haf implicit", "dpo"]
+    expected = np.mean(sum(records[3]["correct"].values(), [])) - np.mean(sum(records[0]["correct"].values(), []))
+    assert effects[-2].mean == pytest.approx(expected)
+    claims.haf_claim(args, tmp_path / "work")
+    assert len(trained) == 4  # a rerun finds every run recorded
