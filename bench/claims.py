@@ -17,7 +17,8 @@ Claims:
 - haf: the HaF objective (reward head + token-level policy loss) against Bradley–Terry and DPO, on
   generated arithmetic pairs (rewardstack.synthetic): held-out pairs of the training world and of three
   shifted worlds (larger numbers, other templates, division). Accuracy of the reward head (bt, haf) or the
-  implicit reward (dpo); haf's implicit reward reported beside.
+  implicit reward (dpo); haf's implicit reward reported beside. --policy-weights adds haf arms at other
+  weights α of the policy loss (the haf arm keeps the library's default).
 - alarm: ALaRM's combination modes (holistic, aspects, weighted_sum, hierarchical) on generated answers
   with style: a holistic reward model trained per seed, rule aspects of which one is wrong, selection by
   consistency on a split apart from the test; gold of best-of-n under a gated and an additive gold.
@@ -162,10 +163,10 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
                            ("haf implicit − dpo", accuracy("haf", worlds, "implicit"), accuracy("dpo", worlds))):
             effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
     for arm in policy_weights:
-        a, bt = accuracy(arm, tuple(WORLDS)), accuracy("bt", tuple(WORLDS))
-        effects.append(Effect(f"{arm} − bt, all worlds", *paired_bootstrap(a - bt), len(args.seeds), a.shape[1]))
-        effects.append(Effect(f"{arm} − haf, all worlds", *paired_bootstrap(a - accuracy("haf", tuple(WORLDS))),
-                              len(args.seeds), a.shape[1]))
+        for name, a, b in ((f"{arm} − bt", accuracy(arm, tuple(WORLDS)), accuracy("bt", tuple(WORLDS))),
+                           (f"{arm} − haf", accuracy(arm, tuple(WORLDS)), accuracy("haf", tuple(WORLDS))),
+                           (f"{arm} implicit − dpo", accuracy(arm, tuple(WORLDS), "implicit"), accuracy("dpo", tuple(WORLDS)))):
+            effects.append(Effect(f"{name}, all worlds", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
     table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, (w,), field).mean()) for w in WORLDS}
              for arm, field in (("bt", "correct"), ("haf", "correct"), *((arm, "correct") for arm in policy_weights),
                                 ("haf", "implicit"), ("dpo", "correct"))}

@@ -88,9 +88,9 @@ def test_a_quick_haf_claim_trains_the_extra_policy_weights_and_resumes(tmp_path,
     assert [r["arm"] for r in records] == ["bt", "haf", "dpo", "haf α=0.5"]
     assert all(len(r["correct"][world]) == 4 for r in records for world in r["correct"])
     names = [e.name for e in effects]
-    assert names[-2:] == ["haf α=0.5 − bt, all worlds", "haf α=0.5 − haf, all worlds"]
+    assert names[-3:] == ["haf α=0.5 − bt, all worlds", "haf α=0.5 − haf, all worlds", "haf α=0.5 implicit − dpo, all worlds"]
     assert list(extra["accuracy"]) == ["bt", "haf", "haf α=0.5", "haf implicit", "dpo"]
     expected = np.mean(sum(records[3]["correct"].values(), [])) - np.mean(sum(records[0]["correct"].values(), []))
-    assert effects[-2].mean == pytest.approx(expected)
+    assert effects[-3].mean == pytest.approx(expected)
     claims.haf_claim(args, tmp_path / "work")
     assert len(trained) == 4  # a rerun finds every run recorded
