@@ -387,7 +387,7 @@ def alarm_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dic
     settings = {"pairs": args.pairs, "test_pools": args.test_pools, "selection_pools": args.selection_pools, "pool_size": args.pool_size,
                 "max_length": 128, "lora_r": 16, "learning_rate": args.learning_rate, "model": args.model,
                 "tuning": {"weights": list(ALARM_WEIGHTS), "thresholds": list(ALARM_THRESHOLDS)}}
-    records = Records(args.out / "alarm.jsonl", settings)
+    records = Records(args.out / "alarm.jsonl.gz", settings)
     pools = {split: {gold: load_pools(aspect_pools(count, args.pool_size, seed=seed, gold=gold))[0] for gold in ASPECT_GOLDS}
              for split, count, seed in (("test", args.test_pools, 20_000), ("selection", args.selection_pools, 30_000))}
     for seed in args.seeds:
