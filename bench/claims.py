@@ -162,10 +162,11 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
                            ("dpo − bt", accuracy("dpo", worlds), accuracy("bt", worlds)),
                            ("haf implicit − dpo", accuracy("haf", worlds, "implicit"), accuracy("dpo", worlds))):
             effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
+    everywhere = tuple(WORLDS)
     for arm in policy_weights:
-        for name, a, b in ((f"{arm} − bt", accuracy(arm, tuple(WORLDS)), accuracy("bt", tuple(WORLDS))),
-                           (f"{arm} − haf", accuracy(arm, tuple(WORLDS)), accuracy("haf", tuple(WORLDS))),
-                           (f"{arm} implicit − dpo", accuracy(arm, tuple(WORLDS), "implicit"), accuracy("dpo", tuple(WORLDS)))):
+        for name, a, b in ((f"{arm} − bt", accuracy(arm, everywhere), accuracy("bt", everywhere)),
+                           (f"{arm} − haf", accuracy(arm, everywhere), accuracy("haf", everywhere)),
+                           (f"{arm} implicit − dpo", accuracy(arm, everywhere, "implicit"), accuracy("dpo", everywhere))):
             effects.append(Effect(f"{name}, all worlds", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
     table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, (w,), field).mean()) for w in WORLDS}
              for arm, field in (("bt", "correct"), ("haf", "correct"), *((arm, "correct") for arm in policy_weights),
