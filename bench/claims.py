@@ -129,15 +129,15 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
     records = Records(args.out / "haf.jsonl", settings)
     tests = {world: write_jsonl(arithmetic_pairs(args.test_pairs, seed=10_000 + i, world=world), work / f"test-{i}.jsonl")
              for i, world in enumerate(WORLDS)}
-    policy_weights = {f"haf α={alpha:g}": alpha for alpha in args.policy_weights}  # "haf": the library's default α
+    weighted = {f"haf α={alpha:g}": {"objective": "haf", "policy_weight": alpha} for alpha in args.policy_weights}
+    arms = {arm: {"objective": arm} for arm in HAF_ARMS} | weighted  # "haf" keeps the library's default α
     for seed in args.seeds:
         train_file = write_jsonl(arithmetic_pairs(args.pairs, seed=seed), work / f"train-{seed}.jsonl")
-        for arm in HAF_ARMS + tuple(policy_weights):
+        for arm, objective in arms.items():
             if records.find(seed=seed, arm=arm):
                 continue
-            weight = {"policy_weight": policy_weights[arm]} if arm in policy_weights else {}
             config = TrainConfig(model=args.model, max_length=128, lora_r=16, batch_size=8, learning_rate=args.learning_rate,
-                                 objective=arm.split()[0], seed=seed, ref_cache_dir=str(args.out / "reference-logprobs"), **weight)
+                                 seed=seed, ref_cache_dir=str(args.out / "reference-logprobs"), **objective)
             started = time.perf_counter()
             model, _ = train(config, train_file)
             correct, implicit = {}, {}
@@ -156,20 +156,18 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
         """(seeds, items) correctness, the items of `worlds` side by side."""
         return np.array([sum((records.find(seed=s, arm=arm)[field][w] for w in worlds), []) for s in args.seeds])
 
-    effects = []
-    for label, worlds in [(world, (world,)) for world in WORLDS] + [("all worlds", tuple(WORLDS))]:
-        for name, a, b in (("haf − bt", accuracy("haf", worlds), accuracy("bt", worlds)),
-                           ("dpo − bt", accuracy("dpo", worlds), accuracy("bt", worlds)),
-                           ("haf implicit − dpo", accuracy("haf", worlds, "implicit"), accuracy("dpo", worlds))):
-            effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
     everywhere = tuple(WORLDS)
-    for arm in policy_weights:
-        for name, a, b in ((f"{arm} − bt", accuracy(arm, everywhere), accuracy("bt", everywhere)),
-                           (f"{arm} − haf", accuracy(arm, everywhere), accuracy("haf", everywhere)),
-                           (f"{arm} implicit − dpo", accuracy(arm, everywhere, "implicit"), accuracy("dpo", everywhere))):
-            effects.append(Effect(f"{name}, all worlds", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
+    effects = []
+    for label, worlds in [(world, (world,)) for world in WORLDS] + [("all worlds", everywhere)]:
+        comparisons = [("haf − bt", "haf", "correct", "bt"), ("dpo − bt", "dpo", "correct", "bt"), ("haf implicit − dpo", "haf", "implicit", "dpo")]
+        if worlds == everywhere:  # the --policy-weights arms are compared over all worlds only
+            comparisons += [row for arm in weighted for row in ((f"{arm} − bt", arm, "correct", "bt"), (f"{arm} − haf", arm, "correct", "haf"),
+                                                                (f"{arm} implicit − dpo", arm, "implicit", "dpo"))]
+        for name, arm, field, baseline in comparisons:
+            a, b = accuracy(arm, worlds, field), accuracy(baseline, worlds)
+            effects.append(Effect(f"{name}, {label}", *paired_bootstrap(a - b), len(args.seeds), a.shape[1]))
     table = {f"{arm}{' implicit' if field == 'implicit' else ''}": {w: float(accuracy(arm, (w,), field).mean()) for w in WORLDS}
-             for arm, field in (("bt", "correct"), ("haf", "correct"), *((arm, "correct") for arm in policy_weights),
+             for arm, field in (("bt", "correct"), ("haf", "correct"), *((arm, "correct") for arm in weighted),
                                 ("haf", "implicit"), ("dpo", "correct"))}
     seconds = sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds)
 
