@@ -180,7 +180,13 @@ def haf_claim(args: argparse.Namespace, work: Path) -> tuple[list[Effect], dict,
         axis.set_ylim(0.4, 1.0)
         axis.legend(loc="lower left", ncols=4, fontsize=8)
 
-    return effects, {"accuracy": table, "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
+    heads = ["bt", "haf", *weighted]
+    pooled = {f"{arm}{' implicit' if field == 'implicit' else ''}": float(accuracy(arm, everywhere, field).mean())
+              for arm, field in [(arm, "correct") for arm in heads] + [(arm, "implicit") for arm in heads[1:]] + [("dpo", "correct")]}
+    per_seed = {arm: (accuracy(arm, everywhere) - accuracy("bt", everywhere)).mean(axis=1).tolist() for arm in heads[1:]}
+    minutes = {arm: sum(r["seconds"] for r in records.runs if r["seed"] in args.seeds and r["arm"] == arm) / 60 for arm in arms}
+    return effects, {"accuracy": table, "pooled": pooled, "per seed − bt": per_seed, "minutes per arm": minutes,
+                     "seconds": seconds, "settings": settings, "seeds": args.seeds}, plot
 
 
 # --- laplace ------------------------------------------------------------------------------------------
@@ -700,6 +706,10 @@ def report(claim: str, effects: list[Effect], extra: dict, plot: Callable, out: 
         worlds = list(next(iter(extra["accuracy"].values())))
         lines += ["", "| arm | " + " | ".join(worlds) + " |", "|---|" + "---|" * len(worlds)]
         lines += [f"| {arm} | " + " | ".join(f"{v:.3f}" for v in by_world.values()) + " |" for arm, by_world in extra["accuracy"].items()]
+        lines += ["", "All worlds pooled, mean over seeds: " + ", ".join(f"{arm} {v:.3f}" for arm, v in extra["pooled"].items()) + ".",
+                  "", "All worlds pooled, arm − bt per seed: "
+                  + "; ".join(f"{arm} " + ", ".join(f"{d:+.3f}" for d in diffs) for arm, diffs in extra["per seed − bt"].items()) + ".",
+                  "", "Minutes of runs per arm: " + ", ".join(f"{arm} {m:.1f}" for arm, m in extra["minutes per arm"].items()) + "."]
     lines += ["", f"Compute: {extra['seconds'] / 60:.1f} min of runs (this machine)."]
     text = "\n".join(lines) + "\n"
     (out / f"{claim}.md").write_text(text)

@@ -92,5 +92,8 @@ def test_a_quick_haf_claim_trains_the_extra_policy_weights_and_resumes(tmp_path,
     assert list(extra["accuracy"]) == ["bt", "haf", "haf α=0.5", "haf implicit", "dpo"]
     expected = np.mean(sum(records[3]["correct"].values(), [])) - np.mean(sum(records[0]["correct"].values(), []))
     assert effects[-3].mean == pytest.approx(expected)
+    assert extra["per seed − bt"]["haf α=0.5"] == [pytest.approx(expected)]
+    assert list(extra["pooled"]) == ["bt", "haf", "haf α=0.5", "haf implicit", "haf α=0.5 implicit", "dpo"]
+    assert extra["pooled"]["haf α=0.5 implicit"] == pytest.approx(np.mean(sum(records[3]["implicit"].values(), [])))
     claims.haf_claim(args, tmp_path / "work")
     assert len(trained) == 4  # a rerun finds every run recorded
